@@ -1,0 +1,374 @@
+"""The real local components, one small class each: Kafka, the Bigtable emulator, Envoy, and
+the EventPipe gRPC services, each started as a process under a run folder.
+
+Every component keeps its log in ``<run_dir>/logs/<name>.log``, its data in
+``<run_dir>/data/<name>`` and its pidfile in ``<run_dir>/pids``; ``start`` waits until the
+component answers a real request, ``stop`` sends SIGTERM then SIGKILL, and a stopped component
+starts again on the same port (tests stop Kafka or the emulator to exercise failure handling).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from pathlib import Path
+from string import Template
+
+from eventpipe.stack import install, probes
+from eventpipe.stack.process import ManagedProcess
+from eventpipe.stack.waiting import DeadlineExceeded, wait_until
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+ENVOY_TEMPLATE = REPO_ROOT / "envoy" / "envoy.yaml"
+DESCRIPTOR_SET = REPO_ROOT / ".build" / "descriptors" / "eventpipe.pb"
+SERVICE_NAMES = ("ingest", "store", "enrich", "query")
+GRPC_SERVICES = {
+    "ingest": "eventpipe.ingest.v1.IngestService",
+    "store": "eventpipe.store.v1.StoreService",
+    "enrich": "eventpipe.enrich.v1.EnrichService",
+    "query": "eventpipe.query.v1.QueryService",
+}
+HOST = "127.0.0.1"
+
+
+class ComponentError(RuntimeError):
+    """A component could not start; the message carries the reason and its log tail."""
+
+
+class Component(ABC):
+    """A process that serves on ``port`` once ``is_healthy`` says so."""
+
+    startup_timeout: float = 60.0
+
+    def __init__(self, name: str, run_dir: Path, port: int) -> None:
+        self.name = name
+        self.run_dir = run_dir
+        self.port = port
+        self.process = ManagedProcess(name, run_dir / "pids", run_dir / "logs" / f"{name}.log")
+
+    @property
+    def data_dir(self) -> Path:
+        return self.run_dir / "data" / self.name
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    @abstractmethod
+    def argv(self) -> list[str]:
+        """The command line that starts the component."""
+
+    @abstractmethod
+    def is_healthy(self) -> bool:
+        """One real request: True when the component serves."""
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    @property
+    def cwd(self) -> Path:
+        return self.data_dir
+
+    def prepare(self) -> None:  # noqa: B027 - optional hook, most components need nothing
+        """Writes config files and formats storage before the first start."""
+
+    def safe_is_healthy(self) -> bool:
+        try:
+            return self.is_healthy()
+        except Exception:
+            return False
+
+    def start(self, timeout: float | None = None) -> bool:
+        """Starts and waits until healthy; returns False when it was already running."""
+        timeout = self.startup_timeout if timeout is None else timeout
+        if self.process.is_running():
+            self.wait_healthy(timeout)
+            return False
+        if probes.tcp_open(HOST, self.port):
+            raise ComponentError(
+                f"cannot start {self.name}: port {self.port} is already taken by a process this "
+                f"run folder did not start ({self.run_dir}); stop it or choose another port"
+            )
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.prepare()
+        self.process.start(self.argv(), self.env(), cwd=self.cwd)
+        self.wait_healthy(timeout)
+        return True
+
+    def wait_healthy(self, timeout: float) -> None:
+        try:
+            wait_until(
+                self.is_healthy,
+                timeout=timeout,
+                what=f"{self.name} on port {self.port}",
+                abort=self.process.exit_reason,
+            )
+        except DeadlineExceeded as exc:
+            raise ComponentError(f"{exc}\n{self.process.log_tail()}") from None
+
+    def stop(self, timeout: float = 20.0) -> bool:
+        """Stops the process; returns False when it was not running."""
+        return self.process.stop(timeout)
+
+    def restart(self, timeout: float | None = None) -> None:
+        self.stop()
+        self.start(timeout)
+
+
+class KafkaBroker(Component):
+    """A single-node KRaft broker (broker and controller in one JVM)."""
+
+    startup_timeout = 120.0
+
+    def __init__(self, run_dir: Path, port: int, controller_port: int, name: str = "kafka") -> None:
+        super().__init__(name, run_dir, port)
+        self.controller_port = controller_port
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.address
+
+    @property
+    def config_path(self) -> Path:
+        return self.data_dir / "server.properties"
+
+    def _server_properties(self) -> str:
+        settings = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.bootstrap.servers": f"{HOST}:{self.controller_port}",
+            "listeners": f"PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{HOST}:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(self.data_dir / "log"),
+            "num.partitions": "1",
+            # One node: every internal topic must make do with one replica.
+            "offsets.topic.replication.factor": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            # Consumers in tests join alone; waiting 3 s for more members only slows them.
+            "group.initial.rebalance.delay.ms": "0",
+            # Topics are created by ensure_topology, with their settings, never by accident.
+            "auto.create.topics.enable": "false",
+            "log.retention.check.interval.ms": "60000",
+        }
+        return "".join(f"{key}={value}\n" for key, value in settings.items())
+
+    def _log4j_config(self) -> str:
+        return (
+            "Configuration:\n"
+            "  Appenders:\n"
+            "    Console:\n"
+            "      name: STDOUT\n"
+            "      PatternLayout:\n"
+            '        pattern: "[%d] %p %m (%c)%n"\n'
+            "  Loggers:\n"
+            "    Root:\n"
+            "      level: INFO\n"
+            "      AppenderRef:\n"
+            "        - ref: STDOUT\n"
+            "    Logger:\n"
+            "      - name: org.apache.kafka.clients\n"
+            "        level: WARN\n"
+        )
+
+    def _java(self, main_class: str, *args: str) -> list[str]:
+        libs = install.tool_path("kafka")
+        return [
+            "java",
+            "-Xms256m",
+            "-Xmx768m",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.yaml'}",
+            "-cp",
+            f"{libs}/*",
+            main_class,
+            *args,
+        ]
+
+    def prepare(self) -> None:
+        self.config_path.write_text(self._server_properties())
+        (self.data_dir / "log4j2.yaml").write_text(self._log4j_config())
+        if (self.data_dir / "log" / "meta.properties").exists():
+            return  # formatted before: a restart keeps topics and offsets
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        argv = self._java(
+            "kafka.tools.StorageTool",
+            "format",
+            "--standalone",
+            "-t",
+            cluster_id,
+            "-c",
+            str(self.config_path),
+        )
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+        if result.returncode != 0:
+            raise ComponentError(
+                f"formatting Kafka storage failed:\n{result.stdout}{result.stderr}"
+            )
+
+    def argv(self) -> list[str]:
+        return self._java("kafka.Kafka", str(self.config_path))
+
+    def is_healthy(self) -> bool:
+        return probes.kafka_ready(self.bootstrap_servers)
+
+
+class BigtableEmulator(Component):
+    """Google's in-memory Bigtable emulator: a restart loses every table."""
+
+    def __init__(self, run_dir: Path, port: int, name: str = "bigtable") -> None:
+        super().__init__(name, run_dir, port)
+
+    @property
+    def emulator_host(self) -> str:
+        """The value for ``BIGTABLE_EMULATOR_HOST``."""
+        return self.address
+
+    def argv(self) -> list[str]:
+        return [str(install.tool_path("cbtemulator")), "-host", HOST, "-port", str(self.port)]
+
+    def is_healthy(self) -> bool:
+        return probes.bigtable_emulator_ready(HOST, self.port)
+
+
+def render_envoy_config(
+    *,
+    listen_port: int,
+    admin_port: int,
+    upstream_ports: Mapping[str, int],
+    descriptor_set: Path = DESCRIPTOR_SET,
+    listen_address: str = HOST,
+    route_timeout: str = "60s",
+    template: Path = ENVOY_TEMPLATE,
+) -> str:
+    """Fills envoy/envoy.yaml's ${VAR} placeholders; a missing value raises KeyError."""
+    values = {
+        "LISTEN_ADDRESS": listen_address,
+        "LISTEN_PORT": str(listen_port),
+        "ADMIN_PORT": str(admin_port),
+        "DESCRIPTOR_SET": str(descriptor_set),
+        "ROUTE_TIMEOUT": route_timeout,
+        "UPSTREAM_HOST": HOST,
+        **{f"{name.upper()}_PORT": str(upstream_ports[name]) for name in SERVICE_NAMES},
+    }
+    return Template(template.read_text()).substitute(values)
+
+
+class Envoy(Component):
+    """Envoy transcoding REST to gRPC (and passing gRPC through) to the four services."""
+
+    startup_timeout = 30.0
+
+    def __init__(
+        self,
+        run_dir: Path,
+        port: int,
+        admin_port: int,
+        upstream_ports: Mapping[str, int],
+        name: str = "envoy",
+    ) -> None:
+        super().__init__(name, run_dir, port)
+        self.admin_port = admin_port
+        self.upstream_ports = dict(upstream_ports)
+
+    @property
+    def config_path(self) -> Path:
+        return self.data_dir / "envoy.yaml"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{HOST}:{self.admin_port}"
+
+    def prepare(self) -> None:
+        if not DESCRIPTOR_SET.exists():
+            raise ComponentError(f"{DESCRIPTOR_SET} is missing: run `make protos` first")
+        self.config_path.write_text(
+            render_envoy_config(
+                listen_port=self.port,
+                admin_port=self.admin_port,
+                upstream_ports=self.upstream_ports,
+            )
+        )
+        validate_envoy_config(self.config_path)
+
+    def argv(self) -> list[str]:
+        # A distinct base id per admin port lets several Envoys share the machine.
+        return [
+            str(install.tool_path("envoy")),
+            "-c",
+            str(self.config_path),
+            "--base-id",
+            str(self.admin_port),
+            "--log-level",
+            "warn",
+        ]
+
+    def is_healthy(self) -> bool:
+        return probes.http_ok(f"{self.admin_url}/ready")
+
+
+def validate_envoy_config(config_path: Path) -> None:
+    """Runs ``envoy --mode validate``; raises ComponentError with Envoy's reason on failure."""
+    result = subprocess.run(
+        [str(install.tool_path("envoy")), "--mode", "validate", "-c", str(config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise ComponentError(f"envoy rejected {config_path}:\n{result.stdout}{result.stderr}")
+
+
+class GrpcService(Component):
+    """One EventPipe service, ``python -m <name>``, healthy when gRPC health says SERVING."""
+
+    def __init__(self, name: str, run_dir: Path, port: int, env: Mapping[str, str]) -> None:
+        super().__init__(name, run_dir, port)
+        self._env = dict(env)
+
+    @staticmethod
+    def is_written(name: str) -> bool:
+        """Whether ``services/<name>/__main__.py`` exists yet."""
+        return (REPO_ROOT / "services" / name / "__main__.py").exists()
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "PYTHONUNBUFFERED": "1", **self._env}
+
+    @property
+    def cwd(self) -> Path:
+        return REPO_ROOT
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", self.name]
+
+    def health(self) -> str:
+        return probes.grpc_health(self.address)
+
+    def safe_health(self) -> str:
+        try:
+            return self.health()
+        except Exception as exc:
+            return f"error: {exc}"
+
+    def is_healthy(self) -> bool:
+        return self.health() == "SERVING"

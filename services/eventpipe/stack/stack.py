@@ -1,0 +1,295 @@
+"""The whole local stack: Kafka, the Bigtable emulator, the four services and Envoy.
+
+``Stack.up`` installs what is missing, starts each component that is not already running
+(found by pidfile and health, so running it twice restarts nothing), creates topics and tables,
+loads demo data and prints the endpoints. ``Stack.down`` stops exactly what ``up`` started:
+the processes named by the pidfiles under ``<run_dir>/pids``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eventpipe.stack import install
+from eventpipe.stack.components import (
+    DESCRIPTOR_SET,
+    REPO_ROOT,
+    SERVICE_NAMES,
+    BigtableEmulator,
+    Component,
+    Envoy,
+    GrpcService,
+    KafkaBroker,
+)
+
+DEFAULT_RUN_DIR = REPO_ROOT / ".run"
+DEFAULT_SERVICE_PORTS = {"ingest": 50051, "store": 50052, "enrich": 50053, "query": 50054}
+DEFAULT_METRICS_PORTS = {"ingest": 9101, "store": 9102, "enrich": 9103, "query": 9104}
+
+Progress = Callable[[str], None]
+
+
+def _port(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name, "")
+    if not raw:
+        return default
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise ValueError(f"{name}={raw!r} is not a port number (1-65535)")
+    return int(raw)
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """Where the stack runs and on which ports; ``from_env`` reads the EVENTPIPE_* overrides."""
+
+    run_dir: Path = DEFAULT_RUN_DIR
+    envoy_port: int = 8080
+    envoy_admin_port: int = 9901
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    emulator_port: int = 8086
+    service_ports: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_SERVICE_PORTS))
+    metrics_ports: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_METRICS_PORTS))
+    bigtable_project: str = "eventpipe-local"
+    bigtable_instance: str = "eventpipe"
+    # None leaves the services' own defaults (from eventpipe.core.config) in force.
+    topic_prefix: str | None = None
+    table_prefix: str | None = None
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] = os.environ, run_dir: Path | None = None
+    ) -> StackConfig:
+        return cls(
+            run_dir=run_dir or Path(environ.get("EVENTPIPE_RUN_DIR") or DEFAULT_RUN_DIR),
+            envoy_port=_port(environ, "EVENTPIPE_ENVOY_PORT", 8080),
+            envoy_admin_port=_port(environ, "EVENTPIPE_ENVOY_ADMIN_PORT", 9901),
+            kafka_port=_port(environ, "EVENTPIPE_KAFKA_PORT", 9092),
+            kafka_controller_port=_port(environ, "EVENTPIPE_KAFKA_CONTROLLER_PORT", 9093),
+            emulator_port=_port(environ, "EVENTPIPE_BIGTABLE_EMULATOR_PORT", 8086),
+            service_ports={
+                name: _port(environ, f"EVENTPIPE_{name.upper()}_PORT", port)
+                for name, port in DEFAULT_SERVICE_PORTS.items()
+            },
+            metrics_ports={
+                name: _port(environ, f"EVENTPIPE_{name.upper()}_METRICS_PORT", port)
+                for name, port in DEFAULT_METRICS_PORTS.items()
+            },
+            bigtable_project=environ.get("EVENTPIPE_BIGTABLE_PROJECT") or "eventpipe-local",
+            bigtable_instance=environ.get("EVENTPIPE_BIGTABLE_INSTANCE") or "eventpipe",
+            topic_prefix=environ.get("EVENTPIPE_TOPIC_PREFIX"),
+            table_prefix=environ.get("EVENTPIPE_TABLE_PREFIX"),
+        )
+
+    @property
+    def kafka_bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def emulator_host(self) -> str:
+        return f"127.0.0.1:{self.emulator_port}"
+
+    def service_env(self) -> dict[str, str]:
+        """The environment every service (and the topology/demo steps) runs with."""
+        env = {
+            "EVENTPIPE_KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap_servers,
+            "EVENTPIPE_BIGTABLE_PROJECT": self.bigtable_project,
+            "EVENTPIPE_BIGTABLE_INSTANCE": self.bigtable_instance,
+            "BIGTABLE_EMULATOR_HOST": self.emulator_host,
+            "EVENTPIPE_ENVOY_PORT": str(self.envoy_port),
+        }
+        if self.topic_prefix is not None:
+            env["EVENTPIPE_TOPIC_PREFIX"] = self.topic_prefix
+        if self.table_prefix is not None:
+            env["EVENTPIPE_TABLE_PREFIX"] = self.table_prefix
+        for name in SERVICE_NAMES:
+            prefix = f"EVENTPIPE_{name.upper()}_"
+            # Loopback only: a laptop's stack is nobody else's business.
+            env[prefix + "HOST"] = "127.0.0.1"
+            env[prefix + "PORT"] = str(self.service_ports[name])
+            env[prefix + "METRICS_PORT"] = str(self.metrics_ports[name])
+        return env
+
+
+@contextlib.contextmanager
+def patched_environ(values: Mapping[str, str]) -> Iterator[None]:
+    """Sets environment variables for in-process steps (topology, demo), then restores them."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    name: str
+    pid: int | None
+    port: int
+    health: str
+
+
+class Stack:
+    """Starts, inspects and stops the components of one run folder."""
+
+    def __init__(self, config: StackConfig, progress: Progress = print) -> None:
+        self.config = config
+        self.progress = progress
+        run_dir = config.run_dir
+        self.kafka = KafkaBroker(run_dir, config.kafka_port, config.kafka_controller_port)
+        self.bigtable = BigtableEmulator(run_dir, config.emulator_port)
+        env = config.service_env()
+        self.services = {
+            name: GrpcService(name, run_dir, config.service_ports[name], env)
+            for name in SERVICE_NAMES
+        }
+        self.envoy = Envoy(
+            run_dir, config.envoy_port, config.envoy_admin_port, config.service_ports
+        )
+
+    def components(self) -> list[Component]:
+        """Every component, in start order."""
+        return [self.kafka, self.bigtable, *self.services.values(), self.envoy]
+
+    def _start(self, component: Component, timeout: float | None) -> None:
+        self.progress(f"{component.name}: starting on 127.0.0.1:{component.port} ...")
+        started_at = time.monotonic()
+        if component.start(timeout):
+            took = time.monotonic() - started_at
+            self.progress(f"{component.name}: ready in {took:.1f}s (pid {component.pid})")
+        else:
+            self.progress(f"{component.name}: already running (pid {component.pid})")
+
+    def up(
+        self,
+        *,
+        only: Iterable[str] | None = None,
+        demo: bool = True,
+        timeout: float | None = None,
+    ) -> None:
+        """Starts the components named in ``only`` (default: all) that are not running.
+
+        Components left out of ``only`` are assumed to be running already (tests pass a
+        session's Kafka and emulator ports in the config and start only services and Envoy).
+        """
+        wanted = set(only) if only is not None else {c.name for c in self.components()}
+        needed = [tool for tool in install.STACK_TOOLS if tool != "envoy"]
+        install.install(needed, progress=self.progress)
+        if not DESCRIPTOR_SET.exists():
+            self.progress("generating stubs and the Envoy descriptor set (make protos) ...")
+            importlib.import_module("eventpipe.codegen").generate()
+
+        for component in (self.kafka, self.bigtable):
+            if component.name in wanted:
+                self._start(component, timeout)
+        self._ensure_topology()
+        for name, service in self.services.items():
+            if name not in wanted:
+                continue
+            if not GrpcService.is_written(name):
+                self.progress(f"{name}: skipped, services/{name}/__main__.py does not exist yet")
+                continue
+            self._start(service, timeout)
+        if self.envoy.name in wanted:
+            self._start(self.envoy, timeout)
+        if demo:
+            self._load_demo_data()
+
+    def _ensure_topology(self) -> None:
+        try:
+            topology = importlib.import_module("eventpipe.core.topology")
+            ensure_topology = topology.ensure_topology
+        except (ImportError, AttributeError):
+            self.progress(
+                "topics and tables: skipped, eventpipe.core.topology.ensure_topology "
+                "is not written yet"
+            )
+            return
+        config_module = importlib.import_module("eventpipe.core.config")
+        self.progress("topics and tables: creating the missing ones ...")
+        with patched_environ(self.config.service_env()):
+            ensure_topology(config_module.load_settings(config_module.CommonSettings))
+        self.progress("topics and tables: ready")
+
+    def _load_demo_data(self) -> None:
+        try:
+            demo = importlib.import_module("eventpipe.stack.demo")
+        except ModuleNotFoundError as exc:
+            if exc.name != "eventpipe.stack.demo":
+                raise
+            return  # no demo data written yet: nothing to load
+        load = getattr(demo, "load_demo_data", None)
+        if load is None:
+            return
+        self.progress("demo data: loading ...")
+        with patched_environ(self.config.service_env()):
+            takes_config = bool(inspect.signature(load).parameters)
+            load(self.config) if takes_config else load()
+        self.progress("demo data: loaded")
+
+    def down(self, timeout: float = 20.0) -> list[str]:
+        """Stops every component this run folder's pidfiles name; returns the names stopped."""
+        stopped = []
+        for component in reversed(self.components()):
+            if component.stop(timeout):
+                self.progress(f"{component.name}: stopped")
+                stopped.append(component.name)
+        return stopped
+
+    def status(self) -> list[ComponentStatus]:
+        rows = []
+        for component in self.components():
+            pid = component.pid
+            if pid is None:
+                health = "stopped"
+            elif isinstance(component, GrpcService):
+                health = component.safe_health()
+            else:
+                health = "ready" if component.safe_is_healthy() else "not ready"
+            rows.append(ComponentStatus(component.name, pid, component.port, health))
+        return rows
+
+    def endpoints(self) -> str:
+        """What a developer needs to talk to the running stack."""
+        c = self.config
+        envoy = f"http://127.0.0.1:{c.envoy_port}"
+        lines = [
+            f"REST and gRPC via Envoy  {envoy}  (admin http://127.0.0.1:{c.envoy_admin_port})",
+            f"Kafka                    {c.kafka_bootstrap_servers}",
+            f"Bigtable emulator        {c.emulator_host}  "
+            f"(export BIGTABLE_EMULATOR_HOST={c.emulator_host})",
+        ]
+        for name in SERVICE_NAMES:
+            lines.append(
+                f"{name:<8} gRPC 127.0.0.1:{c.service_ports[name]:<6} "
+                f"metrics http://127.0.0.1:{c.metrics_ports[name]}/metrics"
+            )
+        grpcurl = "grpcurl"
+        with contextlib.suppress(install.InstallError):
+            grpcurl = str(install.tool_path("grpcurl"))
+        ingest = f"127.0.0.1:{c.service_ports['ingest']}"
+        event = '{"event_id":"e-1","event_type":"page_view","entity_id":"user-1"}'
+        lines += [
+            "",
+            "Try:",
+            f"  {grpcurl} -plaintext {ingest} list",
+            f"  {grpcurl} -plaintext {ingest} grpc.health.v1.Health/Check",
+            f"  curl -s -X POST {envoy}/v1/tenants/demo/events "
+            f"-H 'content-type: application/json' -d '{event}'",
+            f"  curl -s {envoy}/v1/tenants/demo/entities/user-1",
+            f"  curl -s {envoy}/v1/store/consumerStatus",
+            f"Logs: {c.run_dir / 'logs'}    Stop: eventpipe stack down",
+        ]
+        return "\n".join(lines)
