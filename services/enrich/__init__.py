@@ -1,0 +1,1 @@
+"""The enrich service: see services/enrich/server.py for how it is wired."""

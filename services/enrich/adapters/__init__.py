@@ -1,0 +1,1 @@
+"""Adapters of the enrich service to Kafka, Bigtable, Spark or the cache."""

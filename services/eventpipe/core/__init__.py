@@ -1,0 +1,1 @@
+"""Pieces every service shares: config, logging, metrics, errors, server bootstrap, clients."""

@@ -1,0 +1,126 @@
+"""Typed settings from environment variables, validated at start-up.
+
+Every service reads ``CommonSettings`` (prefix ``EVENTPIPE_``) plus its own subclass of
+``ServiceSettings`` (prefix ``EVENTPIPE_<SERVICE>_``). A bad value stops the process at
+start with a message naming the variable, instead of failing later under load.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TypeVar
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PORTS = {"ingest": 50051, "store": 50052, "enrich": 50053, "query": 50054}
+DEFAULT_METRICS_PORTS = {"ingest": 9101, "store": 9102, "enrich": 9103, "query": 9104}
+
+
+class ConfigError(SystemExit):
+    """Raised (as a clean exit with status 2) when the environment holds a bad setting."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class CommonSettings(BaseSettings):
+    """Settings shared by every service and by the command-line tool."""
+
+    model_config = SettingsConfigDict(env_prefix="EVENTPIPE_", extra="ignore", frozen=True)
+
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092", min_length=1, description="Kafka bootstrap servers, host:port[,...]."
+    )
+    topic_prefix: str = Field(
+        "eventpipe.",
+        pattern=r"^[A-Za-z0-9._-]*$",
+        description="Prefix of every Kafka topic; tests use it to isolate themselves.",
+    )
+    bigtable_project: str = Field("eventpipe-local", min_length=1, description="GCP project.")
+    bigtable_instance: str = Field("eventpipe", min_length=1, description="Bigtable instance.")
+    table_prefix: str = Field(
+        "eventpipe_",
+        pattern=r"^[A-Za-z0-9_.-]*$",
+        description="Prefix of every Bigtable table; tests use it to isolate themselves.",
+    )
+    raw_topic_partitions: int = Field(
+        6, ge=1, le=1000, description="Partitions of the raw-events topic (fixed once created)."
+    )
+    topic_replication_factor: int = Field(
+        1, ge=1, le=10, description="Replication factor of created topics; 3 in production."
+    )
+    topic_min_insync_replicas: int = Field(
+        1, ge=1, le=10, description="min.insync.replicas of created topics; 2 in production."
+    )
+    kafka_retention_hours: int = Field(
+        168, ge=1, description="How long Kafka keeps raw events (replay window for the store)."
+    )
+    raw_retention_days: int = Field(
+        30, ge=1, description="Bigtable GC max age of raw events, by event time."
+    )
+    enriched_retention_days: int = Field(
+        400, ge=1, description="Bigtable GC max age of enriched events and aggregates."
+    )
+    log_level: str = Field(
+        "INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$", description="Root log level."
+    )
+
+    @property
+    def raw_topic(self) -> str:
+        """The topic ingest writes and direct producers produce to."""
+        return f"{self.topic_prefix}events.raw.v1"
+
+    @property
+    def dead_letter_topic(self) -> str:
+        """Where the store consumer sends messages it cannot store."""
+        return f"{self.topic_prefix}events.dlq.v1"
+
+    @property
+    def entity_changes_topic(self) -> str:
+        """Where enrichment announces (tenant, entity) keys whose views changed."""
+        return f"{self.topic_prefix}entities.changed.v1"
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every gRPC service has; subclasses set ``env_prefix``."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    host: str = Field("0.0.0.0", description="Address the gRPC server binds.")
+    port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Prometheus /metrics port; 0 picks a free one."
+    )
+    max_workers: int = Field(16, ge=1, le=512, description="gRPC handler threads.")
+    shutdown_grace_seconds: float = Field(
+        20.0, ge=0, le=600, description="How long in-flight RPCs may finish on SIGTERM."
+    )
+    max_message_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted."
+    )
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+def load_settings(cls: type[SettingsT]) -> SettingsT:
+    """Builds settings from the environment, turning validation errors into ConfigError."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        prefix = cls.model_config.get("env_prefix", "")
+        lines = [f"invalid configuration for {cls.__name__}:"]
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"])
+            lines.append(f"  {prefix}{field.upper()}: {error['msg']} (got {error.get('input')!r})")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def exit_on_config_error(exc: ConfigError) -> None:
+    print(exc.message, file=sys.stderr)
+    raise SystemExit(2)

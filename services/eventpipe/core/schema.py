@@ -1,0 +1,312 @@
+"""The Bigtable schema, written once: table and family names, row keys and cell codecs.
+
+See docs/schema.md for the reasoning. In short:
+
+- Row keys start with a two-hex-digit salt derived from (tenant, entity), so neither a busy
+  tenant nor the current time range lands on a single tablet, while one entity's rows stay
+  contiguous.
+- Times inside keys are reversed (``2**63-1 - micros``, zero-padded) so a prefix scan returns
+  the newest first.
+- ``event_id`` is the last key component: a replayed event rewrites its own row.
+- Attributes are columns, one family per value type, so a reader (Spark included) can map
+  ``i:quantity`` to a long and ``d:price`` to a double without decoding a blob.
+- Cell timestamps are the event time (millisecond granularity), so GC max-age rules implement
+  retention by event time and scans can filter time ranges on the server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from eventpipe.common.v1 import event_pb2
+from eventpipe.core.bigtable import FamilySpec, TableSpec
+
+# Table names, without the configurable table prefix.
+RAW_EVENTS_TABLE = "events"
+DIMENSIONS_TABLE = "dimensions"
+ENRICHED_EVENTS_TABLE = "enriched_events"
+ENTITY_METRICS_TABLE = "entity_metrics"
+ENTITY_PROFILES_TABLE = "entity_profiles"
+
+META_FAMILY = "m"
+# One family per attribute value type; the qualifier is the attribute name.
+ATTRIBUTE_FAMILIES = {
+    "string_value": "s",
+    "int_value": "i",
+    "double_value": "d",
+    "bool_value": "b",
+    "timestamp_value": "t",
+}
+# The same for fields that enrichment adds (joined "dimension.field" and derived fields).
+ENRICHED_FAMILIES = {kind: "x" + family for kind, family in ATTRIBUTE_FAMILIES.items()}
+COUNTS_FAMILY = "c"  # event counts by event type (int64)
+VALUES_FAMILY = "v"  # numeric aggregates: "<field>.sum|min|max|count"
+
+REVERSED_TIME_MAX = 2**63 - 1
+SALT_BUCKETS = 256
+KEY_SEPARATOR = "#"  # never allowed inside ids (see the id rules in event.proto)
+
+
+def _family_specs(
+    names: list[str], max_age: timedelta | None, versions: int = 1
+) -> tuple[FamilySpec, ...]:
+    return tuple(FamilySpec(name, max_versions=versions, max_age=max_age) for name in names)
+
+
+def table_specs(
+    raw_retention: timedelta | None = timedelta(days=30),
+    enriched_retention: timedelta | None = timedelta(days=400),
+) -> list[TableSpec]:
+    """Every table the pipeline stores into, with GC rules from the retention settings."""
+    attribute_families = list(ATTRIBUTE_FAMILIES.values())
+    enriched_families = list(ENRICHED_FAMILIES.values())
+    return [
+        TableSpec(
+            RAW_EVENTS_TABLE, _family_specs([META_FAMILY, *attribute_families], raw_retention)
+        ),
+        TableSpec(DIMENSIONS_TABLE, _family_specs([META_FAMILY, *attribute_families], None)),
+        TableSpec(
+            ENRICHED_EVENTS_TABLE,
+            _family_specs(
+                [META_FAMILY, *attribute_families, *enriched_families], enriched_retention
+            ),
+        ),
+        TableSpec(
+            ENTITY_METRICS_TABLE,
+            _family_specs([META_FAMILY, COUNTS_FAMILY, VALUES_FAMILY], enriched_retention),
+        ),
+        TableSpec(
+            ENTITY_PROFILES_TABLE,
+            _family_specs([META_FAMILY, COUNTS_FAMILY, VALUES_FAMILY, *enriched_families], None),
+        ),
+    ]
+
+
+# ---------------------------------------------------------------- times
+
+
+def micros(ts: Timestamp) -> int:
+    return ts.seconds * 1_000_000 + ts.nanos // 1000
+
+
+def timestamp_from_micros(value: int) -> Timestamp:
+    ts = Timestamp()
+    ts.seconds, remainder = divmod(value, 1_000_000)
+    ts.nanos = remainder * 1000
+    return ts
+
+
+def cell_time(value_micros: int) -> datetime:
+    """A Bigtable cell timestamp: millisecond granularity, as Bigtable requires."""
+    return datetime.fromtimestamp((value_micros // 1000) / 1000, tz=UTC)
+
+
+def _reversed(value_micros: int) -> str:
+    return f"{REVERSED_TIME_MAX - value_micros:019d}"
+
+
+# ---------------------------------------------------------------- row keys
+
+
+def salt(tenant_id: str, entity_id: str) -> str:
+    digest = hashlib.blake2b(f"{tenant_id}\x00{entity_id}".encode(), digest_size=2).digest()
+    return f"{int.from_bytes(digest, 'big') % SALT_BUCKETS:02x}"
+
+
+def entity_prefix(tenant_id: str, entity_id: str) -> bytes:
+    """Every event row of one entity starts with this; also the profile's row key + '#'."""
+    return f"{salt(tenant_id, entity_id)}#{tenant_id}#{entity_id}#".encode()
+
+
+def row_key_for_event(
+    tenant_id: str, entity_id: str, event_time_micros: int, event_id: str
+) -> bytes:
+    """Raw and enriched events: newest first within the entity, unique per event_id."""
+    return entity_prefix(tenant_id, entity_id) + (
+        f"{_reversed(event_time_micros)}#{event_id}".encode()
+    )
+
+
+def event_key_range(
+    tenant_id: str, entity_id: str, start_micros: int | None, end_micros: int | None
+) -> tuple[bytes, bytes]:
+    """[start_key, end_key) covering the entity's events with start <= event_time < end."""
+    prefix = entity_prefix(tenant_id, entity_id)
+    start_key = prefix + _reversed(end_micros - 1).encode() if end_micros is not None else prefix
+    if start_micros is not None:
+        end_key = prefix + _reversed(start_micros - 1).encode()
+    else:
+        end_key = prefix_end(prefix)
+    return start_key, end_key
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The smallest key greater than every key starting with ``prefix``."""
+    return prefix[:-1] + bytes([prefix[-1] + 1])
+
+
+def row_key_for_profile(tenant_id: str, entity_id: str) -> bytes:
+    return f"{salt(tenant_id, entity_id)}#{tenant_id}#{entity_id}".encode()
+
+
+def row_key_for_metric(
+    tenant_id: str, entity_id: str, granularity: str, bucket_start_micros: int
+) -> bytes:
+    """Aggregates: ``granularity`` is "h" or "d"; buckets ascend in time."""
+    return (
+        entity_prefix(tenant_id, entity_id) + f"{granularity}#{bucket_start_micros:019d}".encode()
+    )
+
+
+def dimension_prefix(tenant_id: str, dimension: str, key: str) -> bytes:
+    return f"{tenant_id}#{dimension}#{key}#".encode()
+
+
+def row_key_for_dimension(
+    tenant_id: str, dimension: str, key: str, valid_from_micros: int
+) -> bytes:
+    """One row per record version, newest first: the first row at or after
+    ``dimension_prefix + reversed(as_of)`` is the version valid at ``as_of``."""
+    return dimension_prefix(tenant_id, dimension, key) + _reversed(valid_from_micros).encode()
+
+
+def dimension_as_of_start(tenant_id: str, dimension: str, key: str, as_of_micros: int) -> bytes:
+    return dimension_prefix(tenant_id, dimension, key) + _reversed(as_of_micros).encode()
+
+
+# ---------------------------------------------------------------- cell codecs
+
+_INT64 = struct.Struct(">q")
+_DOUBLE = struct.Struct(">d")
+
+
+def encode_int(value: int) -> bytes:
+    return _INT64.pack(value)
+
+
+def decode_int(raw: bytes) -> int:
+    return int(_INT64.unpack(raw)[0])
+
+
+def encode_double(value: float) -> bytes:
+    return _DOUBLE.pack(value)
+
+
+def decode_double(raw: bytes) -> float:
+    return float(_DOUBLE.unpack(raw)[0])
+
+
+def encode_attribute(value: event_pb2.AttributeValue) -> tuple[str, bytes]:
+    """Returns (value kind, cell bytes); the kind selects the family."""
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return kind, value.string_value.encode()
+    if kind == "int_value":
+        return kind, encode_int(value.int_value)
+    if kind == "double_value":
+        return kind, encode_double(value.double_value)
+    if kind == "bool_value":
+        return kind, b"\x01" if value.bool_value else b"\x00"
+    if kind == "timestamp_value":
+        return kind, encode_int(micros(value.timestamp_value))
+    raise ValueError("attribute value has no kind")
+
+
+def decode_attribute(kind: str, raw: bytes) -> event_pb2.AttributeValue:
+    if kind == "string_value":
+        return event_pb2.AttributeValue(string_value=raw.decode())
+    if kind == "int_value":
+        return event_pb2.AttributeValue(int_value=decode_int(raw))
+    if kind == "double_value":
+        return event_pb2.AttributeValue(double_value=decode_double(raw))
+    if kind == "bool_value":
+        return event_pb2.AttributeValue(bool_value=raw != b"\x00")
+    if kind == "timestamp_value":
+        return event_pb2.AttributeValue(timestamp_value=timestamp_from_micros(decode_int(raw)))
+    raise ValueError(f"unknown attribute kind {kind!r}")
+
+
+_KIND_BY_FAMILY = {family: kind for kind, family in ATTRIBUTE_FAMILIES.items()}
+_KIND_BY_ENRICHED_FAMILY = {family: kind for kind, family in ENRICHED_FAMILIES.items()}
+
+Cells = dict[tuple[str, bytes], bytes]
+"""(family, qualifier) -> value: the latest cell of each column of one row."""
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """An event as it is stored: its row key, its cells and the cell timestamp."""
+
+    key: bytes
+    cells: Cells
+    timestamp_micros: int
+
+
+def event_to_row(event: event_pb2.Event) -> EventRow:
+    """The row an event is stored as (raw events table, and the base of an enriched row)."""
+    event_micros = micros(event.event_time)
+    cells: Cells = {
+        (META_FAMILY, b"tenant_id"): event.tenant_id.encode(),
+        (META_FAMILY, b"event_id"): event.event_id.encode(),
+        (META_FAMILY, b"event_type"): event.event_type.encode(),
+        (META_FAMILY, b"entity_id"): event.entity_id.encode(),
+        (META_FAMILY, b"event_time"): encode_int(event_micros),
+        (META_FAMILY, b"ingest_time"): encode_int(micros(event.ingest_time)),
+    }
+    for name, value in event.attributes.items():
+        kind, raw = encode_attribute(value)
+        cells[(ATTRIBUTE_FAMILIES[kind], name.encode())] = raw
+    return EventRow(
+        key=row_key_for_event(event.tenant_id, event.entity_id, event_micros, event.event_id),
+        cells=cells,
+        timestamp_micros=event_micros,
+    )
+
+
+def event_from_cells(cells: Mapping[tuple[str, bytes], bytes]) -> event_pb2.Event:
+    """Rebuilds the Event from a stored row's cells (inverse of ``event_to_row``)."""
+    event = event_pb2.Event(
+        tenant_id=cells[(META_FAMILY, b"tenant_id")].decode(),
+        event_id=cells[(META_FAMILY, b"event_id")].decode(),
+        event_type=cells[(META_FAMILY, b"event_type")].decode(),
+        entity_id=cells[(META_FAMILY, b"entity_id")].decode(),
+    )
+    event.event_time.CopyFrom(
+        timestamp_from_micros(decode_int(cells[(META_FAMILY, b"event_time")]))
+    )
+    ingest = cells.get((META_FAMILY, b"ingest_time"))
+    if ingest is not None and decode_int(ingest):
+        event.ingest_time.CopyFrom(timestamp_from_micros(decode_int(ingest)))
+    for (family, qualifier), raw in cells.items():
+        kind = _KIND_BY_FAMILY.get(family)
+        if kind is not None:
+            event.attributes[qualifier.decode()].CopyFrom(decode_attribute(kind, raw))
+    return event
+
+
+def enriched_fields_from_cells(
+    cells: Mapping[tuple[str, bytes], bytes],
+) -> dict[str, event_pb2.AttributeValue]:
+    """The fields enrichment added, from an enriched-events or profile row."""
+    fields: dict[str, event_pb2.AttributeValue] = {}
+    for (family, qualifier), raw in cells.items():
+        kind = _KIND_BY_ENRICHED_FAMILY.get(family)
+        if kind is not None:
+            fields[qualifier.decode()] = decode_attribute(kind, raw)
+    return fields
+
+
+def cells_from_row_data(row: object) -> Cells:
+    """Flattens a google-cloud-bigtable ``PartialRowData`` to its latest cell per column."""
+    result: Cells = {}
+    for family, columns in row.cells.items():  # type: ignore[attr-defined]
+        for qualifier, versions in columns.items():
+            if versions:
+                result[(family, qualifier)] = versions[0].value
+    return result

@@ -1,0 +1,125 @@
+"""The event rules documented in protos/eventpipe/common/v1/event.proto, checked in one place.
+
+Ingest checks them before producing; the store consumer checks them again on every message it
+reads, because direct Kafka producers bypass ingest.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+
+from eventpipe.common.v1 import event_pb2
+from eventpipe.core.errors import Violation
+from eventpipe.core.schema import micros
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+EVENT_TYPE_PATTERN = re.compile(r"[a-z][a-z0-9_.]{0,63}")
+ATTRIBUTE_KEY_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+DIMENSION_NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}")
+MAX_ATTRIBUTES = 64
+MAX_STRING_BYTES = 4096
+MAX_EVENT_BYTES = 32 * 1024
+MAX_BATCH_EVENTS = 1000
+
+
+@dataclass(frozen=True)
+class EventLimits:
+    """The configurable bounds on event_time."""
+
+    max_future: timedelta = timedelta(minutes=5)
+    max_age: timedelta = timedelta(days=30)
+
+
+def check_id(field: str, value: str) -> list[Violation]:
+    if not value:
+        return [Violation(field, "is required")]
+    if not ID_PATTERN.fullmatch(value):
+        return [Violation(field, "must be 1-128 characters of A-Z a-z 0-9 . _ : -")]
+    return []
+
+
+def check_attributes(
+    attributes: Mapping[str, event_pb2.AttributeValue], prefix: str = "attributes"
+) -> list[Violation]:
+    """Count, key format, value kinds and sizes of an attribute map."""
+    violations: list[Violation] = []
+    items = list(attributes.items())
+    if len(items) > MAX_ATTRIBUTES:
+        violations.append(Violation(prefix, f"at most {MAX_ATTRIBUTES} attributes are allowed"))
+    for key, value in items:
+        path = f"{prefix}[{key}]"
+        if not ATTRIBUTE_KEY_PATTERN.fullmatch(key):
+            violations.append(
+                Violation(path, "key must start with a letter and use A-Z a-z 0-9 _ (max 64)")
+            )
+        kind = value.WhichOneof("kind")
+        if kind is None:
+            violations.append(
+                Violation(
+                    path,
+                    "value must set one of string_value, int_value, "
+                    "double_value, bool_value, timestamp_value",
+                )
+            )
+        elif kind == "string_value" and len(value.string_value.encode()) > MAX_STRING_BYTES:
+            violations.append(Violation(path, f"string value exceeds {MAX_STRING_BYTES} bytes"))
+        elif kind == "double_value" and not math.isfinite(value.double_value):
+            violations.append(Violation(path, "double value must be finite"))
+    return violations
+
+
+def validate_event(
+    event: event_pb2.Event, now_micros: int, limits: EventLimits, prefix: str = ""
+) -> list[Violation]:
+    """Returns every rule the event breaks (empty when it is valid)."""
+    violations: list[Violation] = []
+    violations += check_id(f"{prefix}tenant_id", event.tenant_id)
+    violations += check_id(f"{prefix}event_id", event.event_id)
+    violations += check_id(f"{prefix}entity_id", event.entity_id)
+    if not event.event_type:
+        violations.append(Violation(f"{prefix}event_type", "is required"))
+    elif not EVENT_TYPE_PATTERN.fullmatch(event.event_type):
+        violations.append(
+            Violation(f"{prefix}event_type", "must start with a-z and use a-z 0-9 _ . (max 64)")
+        )
+    if not event.HasField("event_time"):
+        violations.append(Violation(f"{prefix}event_time", "is required"))
+    else:
+        event_micros = micros(event.event_time)
+        future_bound = now_micros + int(limits.max_future.total_seconds() * 1e6)
+        past_bound = now_micros - int(limits.max_age.total_seconds() * 1e6)
+        if event_micros > future_bound:
+            violations.append(
+                Violation(
+                    f"{prefix}event_time", f"is more than {_human(limits.max_future)} in the future"
+                )
+            )
+        elif event_micros < past_bound:
+            violations.append(
+                Violation(
+                    f"{prefix}event_time",
+                    f"is older than the retention of {_human(limits.max_age)}",
+                )
+            )
+    violations += check_attributes(event.attributes, f"{prefix}attributes")
+    size = event.ByteSize()
+    if size > MAX_EVENT_BYTES:
+        violations.append(
+            Violation(
+                prefix.rstrip(".") or "event",
+                f"serialized size {size} exceeds {MAX_EVENT_BYTES} bytes",
+            )
+        )
+    return violations
+
+
+def _human(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds % size == 0 and seconds >= size:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} seconds"
