@@ -1,0 +1,1 @@
+"""One module per scenario; each defines NAME and run(ctx) -> list[Measurement]."""
