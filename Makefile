@@ -1,0 +1,75 @@
+# EventPipe: `make up` runs the local stack, `make test` runs every test. `make help` lists all.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+EVENTPIPE := $(VENV)/bin/eventpipe
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+DESCRIPTORS := .build/descriptors/eventpipe.pb
+PROTOS := $(shell find protos -name '*.proto')
+TOOL = $(shell $(PY) -c 'from eventpipe.stack.install import tool_path; print(tool_path("$(1)"))')
+PYTEST_ARGS ?=
+
+.PHONY: help setup tools protos up down status test test-unit test-integration test-e2e lint fmt bench clean
+
+help: ## Show this help.
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+$(DESCRIPTORS): $(PROTOS) $(STAMP)
+	$(PY) -m eventpipe.codegen
+
+setup: $(STAMP) $(DESCRIPTORS) tools ## Install everything missing: Python deps, stubs, Kafka, emulator, buf, grpcurl, ghz.
+
+tools: $(STAMP)
+	$(EVENTPIPE) stack install
+
+protos: $(STAMP) ## Generate Python stubs (.py, _grpc.py, .pyi) and the Envoy descriptor set.
+	$(PY) -m eventpipe.codegen
+
+up: setup ## Start the whole local stack (Kafka, Bigtable emulator, Envoy, services), load demo data.
+	$(EVENTPIPE) stack up
+
+down: $(STAMP) ## Stop everything `make up` started.
+	$(EVENTPIPE) stack down
+
+status: $(STAMP) ## Show what runs and whether it is healthy.
+	$(EVENTPIPE) stack status
+
+test: setup ## Run every test tier: unit, integration (real processes), end-to-end.
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-unit: setup ## Unit tests only (no network).
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: setup ## Integration tests against real Kafka, Bigtable emulator, Envoy, Spark.
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+test-e2e: setup ## End-to-end tests through Envoy.
+	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+lint: setup ## ruff, ruff format --check, mypy, buf lint, buf format -d.
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy services bench
+	$(call TOOL,buf) lint
+	$(call TOOL,buf) format -d --exit-code
+
+fmt: $(STAMP) ## Format Python and protos in place.
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+	$(call TOOL,buf) format -w
+
+bench: up ## Run the benchmarks on the local stack; results in bench/results/.
+	$(PY) -m bench.harness $(BENCH_ARGS)
+
+clean: ## Remove generated code, build output and the run directory (stop the stack first).
+	rm -rf .build .run services/eventpipe/{common,ingest,store,enrich,query}/v1
