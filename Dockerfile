@@ -1,0 +1,123 @@
+# syntax=docker/dockerfile:1
+#
+# One image for the four EventPipe services (ingest, store, enrich, query): they share one Python
+# package, one dependency set and the generated gRPC stubs, so one build serves all of them and
+# the argument picks the service: `docker run eventpipe store` runs `python -m store`.
+# docs/deployment.md explains the choice. Targets:
+#
+#   service (default)  the four services, Python only        docker build -t eventpipe .
+#   spark              service + JRE 17 + Spark's k8s entrypoint: the enrich service (its Spark
+#                      driver runs in-process) and its Spark executor pods
+#                                                            docker build --target spark -t eventpipe-spark .
+#   envoy              Envoy with the descriptor set baked in docker build --target envoy -t eventpipe-envoy .
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# Must equal the pyspark pin in pyproject.toml: driver and executors run the same Spark.
+ARG SPARK_VERSION=4.3.0
+ARG ENVOY_IMAGE=envoyproxy/envoy:distroless-v1.40.0
+
+# ---------------------------------------------------------------------------------------------
+# builder: a venv at /opt/venv with the dependencies and the project, generated stubs included.
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+
+# Dependencies first, from pyproject.toml alone, so a source change does not reinstall them.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt
+
+COPY protos/ protos/
+COPY services/ services/
+# The one code-generation step: stubs into services/eventpipe/*/v1 and the descriptor set into
+# .build/descriptors/eventpipe.pb. It runs from the source tree (PYTHONPATH=services) because it
+# finds protos/ relative to its own file; `pip install .` then packages the generated stubs.
+RUN PYTHONPATH=services python -m eventpipe.codegen \
+    && pip install --no-deps . \
+    && cd / && python -c "import eventpipe.ingest.v1.ingest_pb2_grpc, eventpipe.query.v1.query_pb2_grpc"
+
+# ---------------------------------------------------------------------------------------------
+# spark-connectors: jars Spark needs beyond pyspark's own (the Kafka source) at the same
+# Spark/Scala version, resolved at build time so pods never download from Maven at run time.
+FROM maven:3.9-eclipse-temurin-17 AS spark-connectors
+ARG SPARK_VERSION
+WORKDIR /build
+COPY <<POM pom.xml
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>dev.eventpipe.image</groupId>
+  <artifactId>spark-connectors</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <!-- Spark is a "provided" dependency of the connector, so only the connector and its
+         runtime dependencies (kafka-clients, commons-pool2, ...) are copied. -->
+    <dependency>
+      <groupId>org.apache.spark</groupId>
+      <artifactId>spark-sql-kafka-0-10_2.13</artifactId>
+      <version>${SPARK_VERSION}</version>
+    </dependency>
+  </dependencies>
+</project>
+POM
+RUN mvn -q -B dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=/build/jars
+
+# Spark's official image, used only for its Kubernetes entrypoint scripts (same Spark version).
+FROM apache/spark:${SPARK_VERSION}-scala2.13-java17-ubuntu AS spark-dist
+
+# ---------------------------------------------------------------------------------------------
+# envoy: the edge proxy with the descriptor set for grpc_json_transcoder baked in, so the REST
+# mapping always matches the stubs of the same build. Its config comes from a ConfigMap (k8s/).
+# The distroless image runs Envoy directly as a non-root user and has no shell.
+FROM ${ENVOY_IMAGE} AS envoy
+COPY --from=builder /src/.build/descriptors/eventpipe.pb /etc/envoy/descriptors/eventpipe.pb
+EXPOSE 8080
+
+# ---------------------------------------------------------------------------------------------
+# runtime: the venv only; no compiler, no pip cache, no sources, no protos. Non-root (10001).
+FROM ${PYTHON_IMAGE} AS runtime
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+RUN groupadd --system --gid 10001 eventpipe \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /home/eventpipe --create-home \
+        --shell /usr/sbin/nologin eventpipe
+COPY --from=builder /opt/venv /opt/venv
+USER 10001:10001
+WORKDIR /home/eventpipe
+# By convention gRPC 50051..50054 and Prometheus 9101..9104 (ingest, store, enrich, query).
+EXPOSE 50051 50052 50053 50054 9101 9102 9103 9104
+ENTRYPOINT ["python", "-m"]
+CMD ["ingest"]
+
+# ---------------------------------------------------------------------------------------------
+# spark: runtime + JRE 17. SPARK_HOME is pyspark's own distribution, so the driver (in the enrich
+# pod) and the executors share one set of jars and one Python; Spark's k8s entrypoint runs the
+# executor role (`/opt/entrypoint.sh executor`) and execs any other command as given.
+FROM runtime AS spark
+USER root
+# tini: Spark's entrypoint runs the executor under it. procps: Spark's scripts call ps.
+RUN mkdir -p /usr/share/man/man1 \
+    && apt-get update \
+    && apt-get install -y --no-install-recommends openjdk-17-jre-headless tini procps \
+    && rm -rf /var/lib/apt/lists/* \
+    && ln -s "$(dirname "$(dirname "$(readlink -f "$(command -v java)")")")" /opt/java \
+    && mkdir -p /opt/spark/conf
+COPY --from=spark-dist /opt/entrypoint.sh /opt/decom.sh /opt/
+COPY --from=spark-connectors /build/jars/ /opt/venv/lib/python3.11/site-packages/pyspark/jars/
+ENV JAVA_HOME=/opt/java \
+    SPARK_HOME=/opt/venv/lib/python3.11/site-packages/pyspark \
+    SPARK_CONF_DIR=/opt/spark/conf \
+    PYSPARK_PYTHON=/opt/venv/bin/python \
+    PYSPARK_DRIVER_PYTHON=/opt/venv/bin/python
+USER 10001:10001
+ENTRYPOINT ["/opt/entrypoint.sh"]
+CMD ["python", "-m", "enrich"]
+
+# ---------------------------------------------------------------------------------------------
+# service: the default target (the last stage), the image of ingest, store and query.
+FROM runtime AS service
