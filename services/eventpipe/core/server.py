@@ -25,6 +25,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from eventpipe.core.auth import AuthInterceptor, AuthSettings, TokenVerifier
 from eventpipe.core.config import CommonSettings, ConfigError, ServiceSettings, load_settings
 from eventpipe.core.interceptors import ErrorMappingInterceptor
 from eventpipe.core.logging import configure_logging
@@ -140,11 +141,13 @@ def create_server(
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
+    auth = load_settings(AuthSettings)
+    auth_interceptors = [AuthInterceptor(TokenVerifier(auth))] if auth.enabled else []
     server = grpc.server(
         futures.ThreadPoolExecutor(
             max_workers=settings.max_workers, thread_name_prefix=definition.name
         ),
-        interceptors=[*definition.interceptors, ErrorMappingInterceptor()],
+        interceptors=[*auth_interceptors, *definition.interceptors, ErrorMappingInterceptor()],
         options=options,
         maximum_concurrent_rpcs=settings.max_workers * 8,
     )

@@ -1,0 +1,42 @@
+"""``eventpipe auth token``: mint a development token signed by the local stack's key."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from eventpipe.core.auth import SCOPES, generate_local_keys, mint_token
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+DEFAULT_KEYS_DIR = REPO_ROOT / ".run" / "auth"
+
+
+def _token(args: argparse.Namespace) -> int:
+    scopes = [s.strip() for s in args.scope.split(",") if s.strip()]
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown:
+        raise SystemExit(f"unknown scope(s) {', '.join(unknown)}; choose from {', '.join(SCOPES)}")
+    private_path, jwks_path = generate_local_keys(args.keys_dir)
+    print(
+        mint_token(
+            private_path.read_bytes(),
+            jwks_path,
+            tenant_id=args.tenant,
+            scopes=scopes,
+            ttl_seconds=args.ttl,
+        )
+    )
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    auth = subparsers.add_parser("auth", help="development tokens for the local stack")
+    actions = auth.add_subparsers(dest="action", required=True)
+    token = actions.add_parser("token", help="print a signed JWT for a tenant and scopes")
+    token.add_argument("--tenant", required=True, help="the tenant_id claim")
+    token.add_argument(
+        "--scope", default="ingest,query", help=f"comma-separated, of {', '.join(SCOPES)}"
+    )
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
+    token.add_argument("--keys-dir", type=Path, default=DEFAULT_KEYS_DIR, help=argparse.SUPPRESS)
+    token.set_defaults(func=_token)
