@@ -1,0 +1,532 @@
+"""Policy tests for the Kubernetes manifests under k8s/.
+
+Every overlay is rendered offline with ``kubectl kustomize``, every object is validated against
+the Kubernetes 1.32 schemas (kubernetes-validate), and the rendered objects are checked against
+the deployment rules of docs/deployment.md: probes, requests and limits, locked-down containers,
+zero-downtime rollouts, disruption budgets, autoscaling, network isolation and long enough
+grace periods to drain.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+pytestmark = pytest.mark.unit
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+OVERLAYS_DIR = REPO_ROOT / "k8s" / "overlays"
+OVERLAYS = ("dev", "prod")
+KUBERNETES_VERSION = "1.32.0"
+
+SERVICES = {
+    "ingest": (50051, 9101),
+    "store": (50052, 9102),
+    "enrich": (50053, 9103),
+    "query": (50054, 9104),
+}
+AUTOSCALED = ("ingest", "query")
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob")
+STORE_MIN_GRACE_SECONDS = 60
+
+Manifest = dict[str, Any]
+
+
+def render(overlay: str) -> list[Manifest]:
+    result = subprocess.run(
+        ["kubectl", "kustomize", str(OVERLAYS_DIR / overlay)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, f"kubectl kustomize {overlay} failed:\n{result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[Manifest]]:
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl (with built-in kustomize) is not on PATH")
+    return {overlay: render(overlay) for overlay in OVERLAYS}
+
+
+def of_kind(objects: list[Manifest], kind: str) -> list[Manifest]:
+    return [obj for obj in objects if obj["kind"] == kind]
+
+
+def named(objects: list[Manifest], kind: str, name: str) -> Manifest:
+    matches = [obj for obj in of_kind(objects, kind) if obj["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected one {kind} {name}, found {len(matches)}"
+    return matches[0]
+
+
+def config_map(objects: list[Manifest], base_name: str) -> Manifest:
+    """A generated ConfigMap, found by its name without kustomize's hash suffix."""
+    pattern = re.compile(rf"^{re.escape(base_name)}-[a-z0-9]{{10}}$")
+    matches = [cm for cm in of_kind(objects, "ConfigMap") if pattern.match(cm["metadata"]["name"])]
+    assert len(matches) == 1, f"expected one ConfigMap {base_name}-<hash>, found {len(matches)}"
+    return matches[0]
+
+
+def pod_spec(workload: Manifest) -> Manifest:
+    if workload["kind"] == "CronJob":
+        return workload["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return workload["spec"]["template"]["spec"]
+
+
+def workloads(objects: list[Manifest]) -> Iterator[Manifest]:
+    return (obj for obj in objects if obj["kind"] in WORKLOAD_KINDS)
+
+
+def container_env(objects: list[Manifest], deployment: Manifest) -> dict[str, str]:
+    """The environment a Deployment's first container gets from its ConfigMaps and env."""
+    container = pod_spec(deployment)["containers"][0]
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        name = source["configMapRef"]["name"]
+        env.update(named(objects, "ConfigMap", name)["data"])
+    for var in container.get("env", []):
+        if "value" in var:
+            env[var["name"]] = var["value"]
+    return env
+
+
+def container_policy_violations(spec: Manifest, *, needs_probes: bool = True) -> list[str]:
+    """Everything a pod spec's containers break of the container rules, as readable strings."""
+    violations = []
+    pod_security = spec.get("securityContext", {})
+    if pod_security.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+        violations.append("pod: seccompProfile is not RuntimeDefault")
+    for container in [*spec.get("initContainers", []), *spec["containers"]]:
+        name = container["name"]
+        security = container.get("securityContext", {})
+        if needs_probes:
+            for probe in ("readinessProbe", "livenessProbe"):
+                if probe not in container:
+                    violations.append(f"{name}: no {probe}")
+            for kind in ("requests", "limits"):
+                amounts = container.get("resources", {}).get(kind, {})
+                if not {"cpu", "memory"} <= amounts.keys():
+                    violations.append(f"{name}: resources.{kind} lacks cpu or memory")
+        run_as_non_root = security.get("runAsNonRoot", pod_security.get("runAsNonRoot"))
+        if run_as_non_root is not True:
+            violations.append(f"{name}: runAsNonRoot is not true")
+        if security.get("runAsUser", pod_security.get("runAsUser")) == 0:
+            violations.append(f"{name}: runs as uid 0")
+        if security.get("readOnlyRootFilesystem") is not True:
+            violations.append(f"{name}: root filesystem is writable")
+        if security.get("allowPrivilegeEscalation") is not False:
+            violations.append(f"{name}: allowPrivilegeEscalation is not false")
+        if "ALL" not in security.get("capabilities", {}).get("drop", []):
+            violations.append(f"{name}: capabilities are not all dropped")
+        if security.get("capabilities", {}).get("add"):
+            violations.append(f"{name}: adds capabilities")
+        if security.get("privileged"):
+            violations.append(f"{name}: privileged")
+    return violations
+
+
+def selects(selector: Manifest, labels: dict[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector.get("matchLabels", {}).items())
+
+
+def test_every_overlay_renders_objects_that_match_the_kubernetes_schemas(rendered):
+    for overlay, objects in rendered.items():
+        assert objects, f"{overlay} rendered nothing"
+        for obj in objects:
+            try:
+                kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                name = f"{obj['kind']}/{obj['metadata'].get('name')}"
+                pytest.fail(f"{overlay}: {name} is invalid: {exc.message} at {exc.path}")
+
+
+def test_the_container_policy_check_reports_a_container_that_breaks_every_rule():
+    careless = {
+        "containers": [
+            {
+                "name": "careless",
+                "resources": {"requests": {"cpu": "1"}},
+                "securityContext": {"runAsUser": 0, "capabilities": {"add": ["NET_ADMIN"]}},
+            }
+        ]
+    }
+    violations = container_policy_violations(careless)
+    for expected in (
+        "seccompProfile",
+        "no readinessProbe",
+        "no livenessProbe",
+        "resources.requests",
+        "resources.limits",
+        "runAsNonRoot",
+        "uid 0",
+        "writable",
+        "allowPrivilegeEscalation",
+        "not all dropped",
+        "adds capabilities",
+    ):
+        assert any(expected in violation for violation in violations), expected
+
+
+def test_every_container_has_probes_resources_and_a_locked_down_security_context(rendered):
+    violations = [
+        f"{overlay}: {workload['kind']}/{workload['metadata']['name']}: {violation}"
+        for overlay, objects in rendered.items()
+        for workload in workloads(objects)
+        for violation in container_policy_violations(pod_spec(workload))
+    ]
+    assert violations == []
+
+
+def test_spark_executor_pods_are_locked_down_like_every_other_pod(rendered):
+    for overlay, objects in rendered.items():
+        data = config_map(objects, "spark-conf")["data"]
+        template = yaml.safe_load(data["executor-pod-template.yaml"])
+        kubernetes_validate.validate(template, KUBERNETES_VERSION, strict=True)
+        # Spark sets the executors' command, resources and lifecycle itself; no probes.
+        assert container_policy_violations(template["spec"], needs_probes=False) == [], overlay
+        assert template["spec"]["automountServiceAccountToken"] is False
+        defaults = spark_defaults(data["spark-defaults.conf"])
+        assert (
+            defaults["spark.kubernetes.executor.podTemplateContainerName"]
+            == (template["spec"]["containers"][0]["name"])
+        )
+
+
+def test_services_answer_native_grpc_probes_on_their_conventional_ports(rendered):
+    for overlay, objects in rendered.items():
+        for service, (grpc_port, metrics_port) in SERVICES.items():
+            deployment = named(objects, "Deployment", service)
+            container = pod_spec(deployment)["containers"][0]
+            for probe in ("readinessProbe", "livenessProbe"):
+                assert container[probe].get("grpc", {}).get("port") == grpc_port, (
+                    f"{overlay}: {service} {probe} is not a gRPC probe on {grpc_port}"
+                )
+            env = container_env(objects, deployment)
+            prefix = f"EVENTPIPE_{service.upper()}"
+            assert env[f"{prefix}_PORT"] == str(grpc_port)
+            assert env[f"{prefix}_METRICS_PORT"] == str(metrics_port)
+            assert container["args"] == [service]
+            ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+            assert ports["grpc"] == grpc_port and ports["metrics"] == metrics_port
+            annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+            assert annotations["prometheus.io/port"] == str(metrics_port)
+
+
+def test_services_and_envoy_roll_out_without_ever_losing_a_ready_pod(rendered):
+    for overlay, objects in rendered.items():
+        for name in (*SERVICES, "envoy"):
+            strategy = named(objects, "Deployment", name)["spec"]["strategy"]
+            assert strategy["type"] == "RollingUpdate", f"{overlay}: {name}"
+            assert strategy["rollingUpdate"]["maxUnavailable"] == 0, f"{overlay}: {name}"
+
+
+def test_every_deployment_is_covered_by_a_pod_disruption_budget(rendered):
+    for overlay, objects in rendered.items():
+        budgets = of_kind(objects, "PodDisruptionBudget")
+        for deployment in of_kind(objects, "Deployment"):
+            if deployment["metadata"]["labels"].get("app.kubernetes.io/component") == (
+                "dev-dependency"
+            ):
+                continue
+            labels = deployment["spec"]["template"]["metadata"]["labels"]
+            covering = [pdb for pdb in budgets if selects(pdb["spec"]["selector"], labels)]
+            assert covering, f"{overlay}: no PodDisruptionBudget selects {labels}"
+
+
+def test_ingest_and_query_scale_with_an_hpa_that_owns_their_replica_count(rendered):
+    for overlay, objects in rendered.items():
+        hpas = {
+            hpa["spec"]["scaleTargetRef"]["name"]: hpa
+            for hpa in of_kind(objects, "HorizontalPodAutoscaler")
+        }
+        for name in AUTOSCALED:
+            assert name in hpas, f"{overlay}: no HPA for {name}"
+            spec = hpas[name]["spec"]
+            assert spec["scaleTargetRef"]["kind"] == "Deployment"
+            assert 1 <= spec["minReplicas"] < spec["maxReplicas"]
+            # A replica count in the Deployment would be reset by every apply, fighting the HPA.
+            assert "replicas" not in named(objects, "Deployment", name)["spec"], overlay
+        assert "store" not in hpas, "store scales with the topic's partitions, not CPU"
+
+
+def test_store_drains_and_commits_within_a_long_grace_period(rendered):
+    for overlay, objects in rendered.items():
+        store = named(objects, "Deployment", "store")
+        grace = pod_spec(store)["terminationGracePeriodSeconds"]
+        assert grace >= STORE_MIN_GRACE_SECONDS, f"{overlay}: store has only {grace}s to drain"
+
+
+def test_each_service_drain_fits_inside_its_pod_grace_period(rendered):
+    for overlay, objects in rendered.items():
+        for service in SERVICES:
+            deployment = named(objects, "Deployment", service)
+            spec = pod_spec(deployment)
+            container = spec["containers"][0]
+            pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+            env = container_env(objects, deployment)
+            drain = float(env[f"EVENTPIPE_{service.upper()}_SHUTDOWN_GRACE_SECONDS"])
+            assert pre_stop + drain < spec["terminationGracePeriodSeconds"], (
+                f"{overlay}: {service} would be killed mid-drain"
+            )
+
+
+def test_namespace_denies_all_traffic_that_is_not_explicitly_allowed(rendered):
+    for overlay, objects in rendered.items():
+        policies = {np["metadata"]["name"]: np for np in of_kind(objects, "NetworkPolicy")}
+        deny = policies["default-deny-all"]["spec"]
+        assert deny["podSelector"] == {}
+        assert set(deny["policyTypes"]) == {"Ingress", "Egress"}
+        assert "ingress" not in deny and "egress" not in deny
+        dns = policies["allow-dns-egress"]["spec"]
+        assert dns["podSelector"] == {}
+        assert {"protocol": "UDP", "port": 53} in dns["egress"][0]["ports"], overlay
+
+
+def test_only_envoy_accepts_traffic_from_any_source(rendered):
+    for overlay, objects in rendered.items():
+        for policy in of_kind(objects, "NetworkPolicy"):
+            for rule in policy["spec"].get("ingress", []):
+                if "from" not in rule:
+                    selector = policy["spec"]["podSelector"]
+                    assert selector == {"matchLabels": {"app.kubernetes.io/name": "envoy"}}, (
+                        f"{overlay}: {policy['metadata']['name']} is open to any source"
+                    )
+                    assert rule["ports"] == [{"protocol": "TCP", "port": 8080}]
+
+
+def test_services_accept_grpc_only_from_envoy_and_each_other(rendered):
+    for overlay, objects in rendered.items():
+        policy = named(objects, "NetworkPolicy", "grpc-services")["spec"]
+        grpc_rule = next(
+            rule
+            for rule in policy["ingress"]
+            if rule["ports"][0]["port"] == min(port for port, _ in SERVICES.values())
+        )
+        sources = [peer["podSelector"]["matchLabels"] for peer in grpc_rule["from"]]
+        assert sources == [
+            {"app.kubernetes.io/name": "envoy"},
+            {"app.kubernetes.io/component": "grpc-service"},
+        ], overlay
+        for service in SERVICES:
+            labels = named(objects, "Deployment", service)["spec"]["template"]["metadata"]
+            assert selects(policy["podSelector"], labels["labels"]), service
+
+
+def test_enrich_may_manage_spark_executor_pods_in_its_own_namespace_only(rendered):
+    for overlay, objects in rendered.items():
+        role = named(objects, "Role", "spark-driver")
+        granted = {
+            (resource, verb)
+            for rule in role["rules"]
+            for resource in rule["resources"]
+            for verb in rule["verbs"]
+        }
+        for resource in ("pods", "services", "configmaps"):
+            for verb in ("create", "delete", "watch", "list", "get"):
+                assert (resource, verb) in granted, f"{overlay}: cannot {verb} {resource}"
+        assert (
+            of_kind(objects, "ClusterRole") == [] and of_kind(objects, "ClusterRoleBinding") == []
+        )
+        binding = named(objects, "RoleBinding", "enrich-spark-driver")
+        assert binding["roleRef"]["name"] == "spark-driver"
+        namespace = role["metadata"]["namespace"]
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "enrich", "namespace": namespace}
+        ]
+        enrich = named(objects, "Deployment", "enrich")
+        spec = pod_spec(enrich)
+        assert spec["serviceAccountName"] == "enrich"
+        env = container_env(objects, enrich)
+        assert env["EVENTPIPE_ENRICH_SPARK_MASTER"] == "k8s://https://kubernetes.default.svc"
+        # Executors run exactly the driver's image, whatever tag the overlay chose.
+        assert env["EVENTPIPE_ENRICH_SPARK_IMAGE"] == spec["containers"][0]["image"]
+        for other in ("ingest", "store", "query", "envoy"):
+            assert (
+                pod_spec(named(objects, "Deployment", other))["automountServiceAccountToken"]
+                is False
+            ), f"{overlay}: {other} mounts an API token it does not need"
+
+
+def spark_defaults(text: str) -> dict[str, str]:
+    pairs = (line.split(None, 1) for line in text.splitlines() if line and line[0] != "#")
+    return {key: value.strip() for key, value in pairs}
+
+
+def test_spark_ports_are_fixed_and_open_between_driver_and_executors(rendered):
+    for overlay, objects in rendered.items():
+        defaults = spark_defaults(config_map(objects, "spark-conf")["data"]["spark-defaults.conf"])
+        ports = {
+            int(defaults["spark.driver.port"]),
+            int(defaults["spark.driver.blockManager.port"]),
+        }
+        driver_policy = named(objects, "NetworkPolicy", "enrich-spark-driver")["spec"]
+        allowed = driver_policy["ingress"][0]["ports"][0]
+        opened = set(range(allowed["port"], allowed.get("endPort", allowed["port"]) + 1))
+        assert ports <= opened, f"{overlay}: executors cannot reach the driver on {ports}"
+        container = pod_spec(named(objects, "Deployment", "enrich"))["containers"][0]
+        declared = {port["containerPort"] for port in container["ports"]}
+        assert ports <= declared
+
+
+def test_prod_talks_to_external_kafka_and_bigtable_and_runs_no_emulator(rendered):
+    prod = rendered["prod"]
+    common = config_map(prod, "eventpipe-common")["data"]
+    assert "BIGTABLE_EMULATOR_HOST" not in common
+    assert common["EVENTPIPE_KAFKA_BOOTSTRAP_SERVERS"].count(",") >= 2, "needs 3+ brokers"
+    names = {deployment["metadata"]["name"] for deployment in of_kind(prod, "Deployment")}
+    assert names == {*SERVICES, "envoy"}
+
+
+def test_dev_runs_kafka_and_the_bigtable_emulator_in_the_cluster(rendered):
+    dev = rendered["dev"]
+    common = config_map(dev, "eventpipe-common")["data"]
+    assert common["BIGTABLE_EMULATOR_HOST"] == "bigtable-emulator:8086"
+    assert common["EVENTPIPE_KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+    emulator = pod_spec(named(dev, "Deployment", "bigtable-emulator"))["containers"][0]
+    assert emulator["command"][0].endswith("/cbtemulator")
+    assert named(dev, "Service", "bigtable-emulator")["spec"]["ports"][0]["port"] == 8086
+    kafka = pod_spec(named(dev, "Deployment", "kafka"))
+    assert kafka["enableServiceLinks"] is False, "KAFKA_PORT from a service link breaks the image"
+    assert named(dev, "Service", "kafka")["spec"]["ports"][0]["port"] == 9092
+
+
+def cpu_millicores(quantity: str) -> float:
+    return float(quantity[:-1]) if quantity.endswith("m") else float(quantity) * 1000
+
+
+def memory_bytes(quantity: str) -> float:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix):
+            return float(quantity[: -len(suffix)]) * factor
+    return float(quantity)
+
+
+def test_prod_runs_more_replicas_with_bigger_limits_than_dev(rendered):
+    dev, prod = rendered["dev"], rendered["prod"]
+    for name in ("store", "envoy"):
+        assert (
+            named(prod, "Deployment", name)["spec"]["replicas"]
+            > named(dev, "Deployment", name)["spec"]["replicas"]
+        ), name
+    for name in AUTOSCALED:
+        assert (
+            named(prod, "HorizontalPodAutoscaler", name)["spec"]["minReplicas"]
+            > named(dev, "HorizontalPodAutoscaler", name)["spec"]["minReplicas"]
+        )
+    for name in (*SERVICES, "envoy"):
+        dev_limits = pod_spec(named(dev, "Deployment", name))["containers"][0]["resources"]
+        prod_limits = pod_spec(named(prod, "Deployment", name))["containers"][0]["resources"]
+        assert memory_bytes(prod_limits["limits"]["memory"]) > memory_bytes(
+            dev_limits["limits"]["memory"]
+        ), name
+        assert cpu_millicores(prod_limits["requests"]["cpu"]) > cpu_millicores(
+            dev_limits["requests"]["cpu"]
+        ), name
+
+
+def test_each_namespace_enforces_the_restricted_pod_security_standard(rendered):
+    for overlay, objects in rendered.items():
+        (namespace,) = of_kind(objects, "Namespace")
+        labels = namespace["metadata"]["labels"]
+        assert labels["pod-security.kubernetes.io/enforce"] == "restricted", overlay
+        namespaced = [obj for obj in objects if obj["kind"] != "Namespace"]
+        assert {obj["metadata"]["namespace"] for obj in namespaced} == {
+            namespace["metadata"]["name"]
+        }
+
+
+def envoy_config(objects: list[Manifest]) -> Manifest:
+    return yaml.safe_load(config_map(objects, "envoy-config")["data"]["envoy.yaml"])
+
+
+def http_filters(config: Manifest) -> list[Manifest]:
+    listener = next(
+        listener
+        for listener in config["static_resources"]["listeners"]
+        if listener["name"] == "eventpipe"
+    )
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    return manager["http_filters"]
+
+
+def test_envoy_serves_one_public_listener_with_admin_on_loopback(rendered):
+    for overlay, objects in rendered.items():
+        config = envoy_config(objects)
+        assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+        listeners = {
+            listener["name"]: listener["address"]["socket_address"]["port_value"]
+            for listener in config["static_resources"]["listeners"]
+        }
+        assert listeners["eventpipe"] == 8080, overlay
+        names = [f["name"] for f in http_filters(config)]
+        for required in (
+            "envoy.filters.http.cors",
+            "envoy.filters.http.health_check",
+            "envoy.filters.http.local_ratelimit",
+            "envoy.filters.http.grpc_json_transcoder",
+        ):
+            assert required in names, f"{overlay}: Envoy lacks {required}"
+        assert names[-1] == "envoy.filters.http.router"
+        # The health check answers before rate limiting and authentication can refuse it.
+        assert names.index("envoy.filters.http.health_check") < names.index(
+            "envoy.filters.http.local_ratelimit"
+        )
+
+
+def test_envoy_routes_each_grpc_service_to_its_kubernetes_service(rendered):
+    for overlay, objects in rendered.items():
+        config = envoy_config(objects)
+        listener = config["static_resources"]["listeners"][0]
+        manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        routes = manager["route_config"]["virtual_hosts"][0]["routes"]
+        clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+        for service, (grpc_port, _) in SERVICES.items():
+            prefix = f"/eventpipe.{service}.v1.{service.capitalize()}Service/"
+            targets = {
+                r["route"]["cluster"] for r in routes if r["match"]["prefix"].startswith(prefix)
+            }
+            assert targets == {service}, f"{overlay}: {prefix} routes to {targets}"
+            endpoint = clusters[service]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+            address = endpoint["endpoint"]["address"]["socket_address"]
+            kube_service = named(objects, "Service", address["address"])
+            assert kube_service["spec"]["selector"] == {"app.kubernetes.io/name": service}
+            assert address["port_value"] == grpc_port
+            assert clusters[service]["health_checks"][0]["grpc_health_check"] == {}
+
+
+def test_prod_envoy_requires_a_jwt_from_a_remote_jwks_and_dev_envoy_does_not(rendered):
+    prod_filters = {f["name"]: f for f in http_filters(envoy_config(rendered["prod"]))}
+    jwt = prod_filters["envoy.filters.http.jwt_authn"]["typed_config"]
+    (provider,) = jwt["providers"].values()
+    assert provider["remote_jwks"]["http_uri"]["uri"].startswith("https://")
+    assert provider["forward"] is True, "services validate the token too"
+    common = config_map(rendered["prod"], "eventpipe-common")["data"]
+    assert common["EVENTPIPE_AUTH_JWKS_URL"] == provider["remote_jwks"]["http_uri"]["uri"]
+    assert common["EVENTPIPE_AUTH_ISSUER"] == provider["issuer"]
+    assert common["EVENTPIPE_AUTH_AUDIENCE"] in provider["audiences"]
+    dev_filters = [f["name"] for f in http_filters(envoy_config(rendered["dev"]))]
+    assert "envoy.filters.http.jwt_authn" not in dev_filters
+
+
+def test_prod_envoy_config_is_the_dev_config_plus_authentication_only(rendered):
+    dev, prod = envoy_config(rendered["dev"]), envoy_config(rendered["prod"])
+    listener = prod["static_resources"]["listeners"][0]
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    manager["http_filters"] = [
+        f for f in manager["http_filters"] if f["name"] != "envoy.filters.http.jwt_authn"
+    ]
+    prod["static_resources"]["clusters"] = [
+        c for c in prod["static_resources"]["clusters"] if c["name"] != "jwks"
+    ]
+    assert prod == dev
