@@ -144,13 +144,13 @@ def service_env(
 @pytest.fixture
 def common_settings(service_env: dict[str, str]) -> Any:
     """``CommonSettings`` for this test's isolated names, with topics and tables created."""
-    from eventpipe.core.config import CommonSettings
+    from eventpipe.core.config import CommonSettings, load_settings
     from eventpipe.core.topology import ensure_topology
 
     with pytest.MonkeyPatch.context() as patch:
         for key, value in service_env.items():
             patch.setenv(key, value)
-        settings = CommonSettings()
+        settings = load_settings(CommonSettings)
     ensure_topology(settings)
     return settings
 

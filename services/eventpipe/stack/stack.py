@@ -13,6 +13,7 @@ import importlib
 import inspect
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,7 +197,8 @@ class Stack:
         for component in (self.kafka, self.bigtable):
             if component.name in wanted:
                 self._start(component, timeout)
-        self._ensure_topology()
+        if wanted & {"kafka", "bigtable", *SERVICE_NAMES}:
+            self._ensure_topology()
         for name, service in self.services.items():
             if name not in wanted:
                 continue
@@ -221,7 +223,9 @@ class Stack:
             return
         config_module = importlib.import_module("eventpipe.core.config")
         self.progress("topics and tables: creating the missing ones ...")
-        with patched_environ(self.config.service_env()):
+        with patched_environ(self.config.service_env()), warnings.catch_warnings():
+            # The client warns that it talks to an emulator: here that is the point.
+            warnings.filterwarnings("ignore", "Connecting to Bigtable emulator")
             ensure_topology(config_module.load_settings(config_module.CommonSettings))
         self.progress("topics and tables: ready")
 
