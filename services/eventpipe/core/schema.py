@@ -310,3 +310,53 @@ def cells_from_row_data(row: object) -> Cells:
             if versions:
                 result[(family, qualifier)] = versions[0].value
     return result
+
+
+# ---------------------------------------------------------------- enrichment outputs
+# Qualifiers the enrich jobs write and the query service reads, pinned once here.
+
+UNMATCHED_QUALIFIER = b"unmatched"
+"""Enriched events, META_FAMILY: comma-separated names of the dimensions that had no match."""
+SPEC_VERSION_QUALIFIER = b"spec_version"
+"""Enriched events, META_FAMILY: int64, the enrichment spec version that wrote the row."""
+PROFILE_FIRST_SEEN_QUALIFIER = b"first_seen"
+"""Entity profiles, META_FAMILY: int64 micros, earliest event_time seen."""
+PROFILE_LAST_SEEN_QUALIFIER = b"last_seen"
+"""Entity profiles, META_FAMILY: int64 micros, latest event_time seen."""
+PROFILE_UPDATE_TIME_QUALIFIER = b"update_time"
+"""Entity profiles, META_FAMILY: int64 micros, when enrichment last wrote the profile."""
+PROFILE_EVENT_COUNT_QUALIFIER = b"event_count"
+"""Entity profiles, META_FAMILY: int64, number of events seen."""
+
+GRANULARITY_HOUR = "h"
+GRANULARITY_DAY = "d"
+_BUCKET_MICROS = {GRANULARITY_HOUR: 3_600_000_000, GRANULARITY_DAY: 86_400_000_000}
+METRIC_STATS = ("sum", "min", "max", "count")
+"""VALUES_FAMILY of entity_metrics: ``<field>.count`` is int64, the others are doubles."""
+
+
+def bucket_start_micros(event_micros: int, granularity: str) -> int:
+    """The start of the hour or (UTC) day bucket holding ``event_micros``."""
+    width = _BUCKET_MICROS[granularity]
+    return event_micros - event_micros % width
+
+
+def metric_value_qualifier(field: str, stat: str) -> bytes:
+    """``<field>.<stat>``; a field name may itself contain dots ("product.price")."""
+    return f"{field}.{stat}".encode()
+
+
+def split_metric_value_qualifier(qualifier: bytes) -> tuple[str, str]:
+    """Inverse of ``metric_value_qualifier``: (field, stat), splitting at the last dot."""
+    field, _, stat = qualifier.decode().rpartition(".")
+    return field, stat
+
+
+def metric_key_range(
+    tenant_id: str, entity_id: str, granularity: str, start_micros: int, end_micros: int
+) -> tuple[bytes, bytes]:
+    """[start_key, end_key) covering the buckets whose start lies in [start, end)."""
+    return (
+        row_key_for_metric(tenant_id, entity_id, granularity, max(start_micros, 0)),
+        row_key_for_metric(tenant_id, entity_id, granularity, max(end_micros, 0)),
+    )
