@@ -12,8 +12,10 @@
 #   envoy              Envoy with the descriptor set baked in docker build --target envoy -t eventpipe-envoy .
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
-# Must equal the pyspark pin in pyproject.toml: driver and executors run the same Spark.
-ARG SPARK_VERSION=4.3.0
+# Spark's Kubernetes entrypoint script comes from the official image. Its contract (the
+# `executor` argument and SPARK_* variables set by the driver) has held from Spark 3.4 to 4.x;
+# move this to the pyspark pin of pyproject.toml once an official image of that version exists.
+ARG SPARK_ENTRYPOINT_IMAGE=apache/spark:4.0.1-scala2.13-java17-ubuntu
 ARG ENVOY_IMAGE=envoyproxy/envoy:distroless-v1.40.0
 
 # ---------------------------------------------------------------------------------------------
@@ -41,33 +43,17 @@ RUN PYTHONPATH=services python -m eventpipe.codegen \
     && cd / && python -c "import eventpipe.ingest.v1.ingest_pb2_grpc, eventpipe.query.v1.query_pb2_grpc"
 
 # ---------------------------------------------------------------------------------------------
-# spark-connectors: jars Spark needs beyond pyspark's own (the Kafka source) at the same
-# Spark/Scala version, resolved at build time so pods never download from Maven at run time.
-FROM maven:3.9-eclipse-temurin-17 AS spark-connectors
-ARG SPARK_VERSION
-WORKDIR /build
-COPY <<POM pom.xml
-<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>dev.eventpipe.image</groupId>
-  <artifactId>spark-connectors</artifactId>
-  <version>1</version>
-  <packaging>pom</packaging>
-  <dependencies>
-    <!-- Spark is a "provided" dependency of the connector, so only the connector and its
-         runtime dependencies (kafka-clients, commons-pool2, ...) are copied. -->
-    <dependency>
-      <groupId>org.apache.spark</groupId>
-      <artifactId>spark-sql-kafka-0-10_2.13</artifactId>
-      <version>${SPARK_VERSION}</version>
-    </dependency>
-  </dependencies>
-</project>
-POM
-RUN mvn -q -B dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=/build/jars
+# spark-connectors: the Spark connector jars (the Kafka source), resolved with Maven by the
+# enrich service's own resolver (enrich.adapters.connectors: its pom, its version, minus the jars
+# pyspark already ships) into the cache folder it reads at run time. Pods never run Maven.
+FROM builder AS spark-connectors
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends maven openjdk-17-jdk-headless \
+    && rm -rf /var/lib/apt/lists/*
+RUN EVENTPIPE_CACHE_DIR=/opt/eventpipe-cache PYTHONPATH=services python -m enrich.adapters.connectors
 
-# Spark's official image, used only for its Kubernetes entrypoint scripts (same Spark version).
-FROM apache/spark:${SPARK_VERSION}-scala2.13-java17-ubuntu AS spark-dist
+# Spark's official image, used only for its Kubernetes entrypoint scripts.
+FROM ${SPARK_ENTRYPOINT_IMAGE} AS spark-dist
 
 # ---------------------------------------------------------------------------------------------
 # envoy: the edge proxy with the descriptor set for grpc_json_transcoder baked in, so the REST
@@ -108,8 +94,9 @@ RUN mkdir -p /usr/share/man/man1 \
     && ln -s "$(dirname "$(dirname "$(readlink -f "$(command -v java)")")")" /opt/java \
     && mkdir -p /opt/spark/conf
 COPY --from=spark-dist /opt/entrypoint.sh /opt/decom.sh /opt/
-COPY --from=spark-connectors /build/jars/ /opt/venv/lib/python3.11/site-packages/pyspark/jars/
-ENV JAVA_HOME=/opt/java \
+COPY --from=spark-connectors /opt/eventpipe-cache/spark-connectors /opt/eventpipe-cache/spark-connectors
+ENV EVENTPIPE_CACHE_DIR=/opt/eventpipe-cache \
+    JAVA_HOME=/opt/java \
     SPARK_HOME=/opt/venv/lib/python3.11/site-packages/pyspark \
     SPARK_CONF_DIR=/opt/spark/conf \
     PYSPARK_PYTHON=/opt/venv/bin/python \
