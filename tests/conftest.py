@@ -34,6 +34,13 @@ TESTS_DIR = Path(__file__).resolve().parent
 TIERS = ("unit", "integration", "e2e")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # The Bigtable client warns on every connection that it talks to an emulator: here it must.
+    config.addinivalue_line(
+        "filterwarnings", "ignore:Connecting to Bigtable emulator:RuntimeWarning"
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         try:

@@ -157,6 +157,7 @@ def _install_into(final_dir: Path, fill: Callable[[Path], None]) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}-", dir=final_dir.parent))
     try:
         fill(staging)
+        staging.chmod(0o755)  # mkdtemp makes it private; the tools are for every user
         if final_dir.exists():  # a concurrent install won the race, or a stale partial
             shutil.rmtree(final_dir)
         staging.rename(final_dir)
