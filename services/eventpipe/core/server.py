@@ -33,6 +33,9 @@ from eventpipe.core.metrics import start_metrics_server
 
 log = logging.getLogger(__name__)
 
+LIVENESS_SERVICE = "liveness"
+"""Health name that is SERVING while the process runs (Kubernetes liveness probes use it)."""
+
 ReadinessCheck = Callable[[], None]
 """Raises (any exception) when a dependency is not reachable."""
 
@@ -160,6 +163,8 @@ def create_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *definition.grpc_service_names):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    # Liveness only says the process answers: a dependency outage must not get pods restarted.
+    health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
 
     reflection.enable_server_reflection(
         (*definition.grpc_service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
