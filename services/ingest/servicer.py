@@ -1,12 +1,114 @@
-"""gRPC servicer of eventpipe.ingest.v1.IngestService: proto in, domain call, proto out.
-
-RPCs not implemented yet inherit the generated base class and answer UNIMPLEMENTED.
-"""
+"""gRPC servicer of eventpipe.ingest.v1.IngestService: proto in, domain call, proto out."""
 
 from __future__ import annotations
 
-from eventpipe.ingest.v1 import ingest_pb2_grpc
+from collections.abc import Iterator
+
+import grpc
+from eventpipe.common.v1 import results_pb2
+from eventpipe.core.errors import InvalidArgument, Violation
+from eventpipe.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+
+from ingest.outcome import BatchOutcome, ItemOutcome, ItemStatus
+from ingest.pipeline import IngestPipeline
+from ingest.streaming import StreamBatch, ingest_stream
+
+_STATUS = {
+    ItemStatus.ACCEPTED: results_pb2.ITEM_STATUS_ACCEPTED,
+    ItemStatus.DUPLICATE: results_pb2.ITEM_STATUS_DUPLICATE,
+    ItemStatus.REJECTED: results_pb2.ITEM_STATUS_REJECTED,
+}
+
+
+def item_result(item: ItemOutcome) -> results_pb2.ItemResult:
+    result = results_pb2.ItemResult(
+        index=item.index, id=item.id, status=_STATUS[item.status], code=item.code
+    )
+    for violation in item.violations:
+        result.violations.add(field=violation.field, description=violation.description)
+    return result
+
+
+def _summary(outcome: BatchOutcome) -> results_pb2.BatchSummary:
+    return results_pb2.BatchSummary(
+        accepted_count=outcome.accepted,
+        duplicate_count=outcome.duplicates,
+        rejected_count=outcome.rejected,
+    )
+
+
+def _traceparent(context: grpc.ServicerContext) -> str | None:
+    # Envoy forwards the HTTP traceparent header as metadata, so REST clients get it too.
+    for key, value in context.invocation_metadata() or ():
+        if key == "traceparent":
+            return value if isinstance(value, str) else value.decode("ascii", "replace")
+    return None
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
-    """Thin adapter between the wire contract and the ingest domain logic."""
+    """Thin adapter between the wire contract and ``IngestPipeline``."""
+
+    def __init__(
+        self, pipeline: IngestPipeline, *, stream_window: int, stream_capacity_wait: float
+    ) -> None:
+        self.pipeline = pipeline
+        self.stream_window = stream_window
+        self.stream_capacity_wait = stream_capacity_wait
+
+    def IngestEvent(
+        self, request: ingest_pb2.IngestEventRequest, context: grpc.ServicerContext
+    ) -> ingest_pb2.IngestEventResponse:
+        if not request.HasField("event"):
+            raise InvalidArgument(
+                "event: is required", violations=[Violation("event", "is required")]
+            )
+        outcome = self.pipeline.ingest(
+            request.tenant_id,
+            [request.event],
+            request_bytes=request.ByteSize(),
+            traceparent=_traceparent(context),
+        )
+        item = outcome.items[0]
+        if item.status is ItemStatus.REJECTED:
+            # One event: its refusal is the RPC's status, fields named as in the request.
+            violations = [Violation(f"event.{v.field}", v.description) for v in item.violations]
+            raise InvalidArgument(
+                "; ".join(f"{v.field}: {v.description}" for v in violations),
+                violations=violations,
+            )
+        return ingest_pb2.IngestEventResponse(result=item_result(item))
+
+    def IngestEvents(
+        self, request: ingest_pb2.IngestEventsRequest, context: grpc.ServicerContext
+    ) -> ingest_pb2.IngestEventsResponse:
+        outcome = self.pipeline.ingest(
+            request.tenant_id,
+            request.events,
+            request_bytes=request.ByteSize(),
+            traceparent=_traceparent(context),
+        )
+        return ingest_pb2.IngestEventsResponse(
+            results=[item_result(item) for item in outcome.items], summary=_summary(outcome)
+        )
+
+    def StreamEvents(
+        self,
+        request_iterator: Iterator[ingest_pb2.StreamEventsRequest],
+        context: grpc.ServicerContext,
+    ) -> Iterator[ingest_pb2.StreamEventsResponse]:
+        batches = (
+            StreamBatch(request.batch_id, request.tenant_id, request.events, request.ByteSize())
+            for request in request_iterator
+        )
+        for batch_id, outcome in ingest_stream(
+            self.pipeline,
+            batches,
+            window=self.stream_window,
+            capacity_wait_seconds=self.stream_capacity_wait,
+            traceparent=_traceparent(context),
+        ):
+            yield ingest_pb2.StreamEventsResponse(
+                batch_id=batch_id,
+                results=[item_result(item) for item in outcome.items],
+                summary=_summary(outcome),
+            )
