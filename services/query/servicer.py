@@ -1,12 +1,74 @@
-"""gRPC servicer of eventpipe.query.v1.QueryService: proto in, domain call, proto out.
-
-RPCs not implemented yet inherit the generated base class and answer UNIMPLEMENTED.
-"""
+"""gRPC servicer of eventpipe.query.v1.QueryService: proto in, domain call, proto out."""
 
 from __future__ import annotations
 
-from eventpipe.query.v1 import query_pb2_grpc
+from typing import Any
+
+from eventpipe.common.v1 import event_pb2
+from eventpipe.core.schema import micros
+from eventpipe.query.v1 import query_pb2, query_pb2_grpc
+
+from query.queries import EntityRef, EventsQuery, MetricsQuery
+from query.reader import EntityReader
+from query.store import EventView
+
+_VIEWS = {
+    query_pb2.EVENT_VIEW_UNSPECIFIED: EventView.ENRICHED,
+    query_pb2.EVENT_VIEW_ENRICHED: EventView.ENRICHED,
+    query_pb2.EVENT_VIEW_RAW: EventView.RAW,
+}
+_GRANULARITIES = {
+    query_pb2.GRANULARITY_UNSPECIFIED: "hour",
+    query_pb2.GRANULARITY_HOUR: "hour",
+    query_pb2.GRANULARITY_DAY: "day",
+}
+
+
+def _bounds(request: Any) -> tuple[int | None, int | None]:
+    time_range: event_pb2.TimeRange = request.time_range
+    start = micros(time_range.start_time) if time_range.HasField("start_time") else None
+    end = micros(time_range.end_time) if time_range.HasField("end_time") else None
+    return start, end
 
 
 class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     """Thin adapter between the wire contract and the query domain logic."""
+
+    def __init__(self, reader: EntityReader) -> None:
+        self._reader = reader
+
+    def GetEntity(
+        self, request: query_pb2.GetEntityRequest, context: Any
+    ) -> query_pb2.GetEntityResponse:
+        return self._reader.get_entity(EntityRef.parse(request.tenant_id, request.entity_id))
+
+    def ListEntityEvents(
+        self, request: query_pb2.ListEntityEventsRequest, context: Any
+    ) -> query_pb2.ListEntityEventsResponse:
+        start, end = _bounds(request)
+        query = EventsQuery.parse(
+            tenant_id=request.tenant_id,
+            entity_id=request.entity_id,
+            start_micros=start,
+            end_micros=end,
+            event_types=list(request.event_types),
+            # An unknown enum number reads as the default view rather than failing.
+            view=_VIEWS.get(request.view, EventView.ENRICHED),
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return self._reader.list_entity_events(query)
+
+    def GetEntityMetrics(
+        self, request: query_pb2.GetEntityMetricsRequest, context: Any
+    ) -> query_pb2.GetEntityMetricsResponse:
+        start, end = _bounds(request)
+        query = MetricsQuery.parse(
+            tenant_id=request.tenant_id,
+            entity_id=request.entity_id,
+            start_micros=start,
+            end_micros=end,
+            granularity=_GRANULARITIES.get(request.granularity, ""),
+            event_types=list(request.event_types),
+        )
+        return self._reader.get_entity_metrics(query)

@@ -1,0 +1,191 @@
+"""The validated parameters of each read: built from plain values, checked once.
+
+Ids are checked with the event rules (no '#', so nothing can be injected into a row key) and
+every row key is built from the request's own tenant, which the auth interceptor has already
+matched against the caller's token.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from eventpipe.core import schema
+from eventpipe.core.errors import InvalidArgument, Violation
+from eventpipe.core.validation import EVENT_TYPE_PATTERN, check_id
+
+from query.store import EventView
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+MAX_EVENT_TYPES = 50
+MAX_METRIC_BUCKETS = 10_000
+# Timestamps outside [1970, 10000) cannot be placed in a row key (and are not real events).
+MIN_MICROS = 0
+MAX_MICROS = 253_402_300_800_000_000
+GRANULARITIES = {"hour": schema.GRANULARITY_HOUR, "day": schema.GRANULARITY_DAY}
+_BUCKET_MICROS = {"hour": 3_600_000_000, "day": 86_400_000_000}
+
+
+def _raise_if(violations: list[Violation]) -> None:
+    if violations:
+        raise InvalidArgument(
+            "; ".join(f"{v.field}: {v.description}" for v in violations), violations
+        )
+
+
+def _check_ids(tenant_id: str, entity_id: str) -> list[Violation]:
+    return check_id("tenant_id", tenant_id) + check_id("entity_id", entity_id)
+
+
+def _check_time(field: str, value: int | None) -> list[Violation]:
+    if value is not None and not MIN_MICROS <= value < MAX_MICROS:
+        return [Violation(field, "must be between 1970-01-01 and 9999-12-31")]
+    return []
+
+
+def _check_range(start: int | None, end: int | None) -> list[Violation]:
+    violations = _check_time("time_range.start_time", start) + _check_time(
+        "time_range.end_time", end
+    )
+    if not violations and start is not None and end is not None and start >= end:
+        violations.append(Violation("time_range", "start_time must be before end_time"))
+    return violations
+
+
+def _check_event_types(event_types: Sequence[str]) -> list[Violation]:
+    violations: list[Violation] = []
+    if len(event_types) > MAX_EVENT_TYPES:
+        violations.append(Violation("event_types", f"at most {MAX_EVENT_TYPES} are allowed"))
+    for i, event_type in enumerate(event_types):
+        if not EVENT_TYPE_PATTERN.fullmatch(event_type):
+            violations.append(
+                Violation(f"event_types[{i}]", "must start with a-z and use a-z 0-9 _ . (max 64)")
+            )
+    return violations
+
+
+@dataclass(frozen=True)
+class EntityRef:
+    tenant_id: str
+    entity_id: str
+
+    @classmethod
+    def parse(cls, tenant_id: str, entity_id: str) -> EntityRef:
+        _raise_if(_check_ids(tenant_id, entity_id))
+        return cls(tenant_id, entity_id)
+
+
+@dataclass(frozen=True)
+class EventsQuery:
+    """ListEntityEvents, validated: times in micros, [start, end), None = open."""
+
+    tenant_id: str
+    entity_id: str
+    start_micros: int | None
+    end_micros: int | None
+    event_types: tuple[str, ...]
+    view: EventView
+    page_size: int
+    page_token: str
+
+    @classmethod
+    def parse(
+        cls,
+        *,
+        tenant_id: str,
+        entity_id: str,
+        start_micros: int | None,
+        end_micros: int | None,
+        event_types: Sequence[str],
+        view: EventView,
+        page_size: int,
+        page_token: str,
+    ) -> EventsQuery:
+        violations = _check_ids(tenant_id, entity_id)
+        violations += _check_range(start_micros, end_micros)
+        violations += _check_event_types(event_types)
+        if page_size < 0 or page_size > MAX_PAGE_SIZE:
+            violations.append(Violation("page_size", f"must be between 0 and {MAX_PAGE_SIZE}"))
+        _raise_if(violations)
+        return cls(
+            tenant_id=tenant_id,
+            entity_id=entity_id,
+            start_micros=start_micros,
+            end_micros=end_micros,
+            # Order and repeats do not change the answer, so they do not change the key.
+            event_types=tuple(sorted(set(event_types))),
+            view=view,
+            page_size=page_size or DEFAULT_PAGE_SIZE,
+            page_token=page_token,
+        )
+
+    def binding(self) -> bytes:
+        """What a page token is bound to: everything that selects rows, except page_size."""
+        return json.dumps(
+            [
+                self.tenant_id,
+                self.entity_id,
+                self.view.value,
+                self.start_micros,
+                self.end_micros,
+                list(self.event_types),
+            ],
+            separators=(",", ":"),
+        ).encode()
+
+
+@dataclass(frozen=True)
+class MetricsQuery:
+    """GetEntityMetrics, validated: buckets whose start lies in [start, end)."""
+
+    tenant_id: str
+    entity_id: str
+    start_micros: int
+    end_micros: int
+    granularity: str  # "hour" | "day"
+    event_types: tuple[str, ...]
+
+    @classmethod
+    def parse(
+        cls,
+        *,
+        tenant_id: str,
+        entity_id: str,
+        start_micros: int | None,
+        end_micros: int | None,
+        granularity: str,
+        event_types: Sequence[str],
+    ) -> MetricsQuery:
+        violations = _check_ids(tenant_id, entity_id)
+        if start_micros is None:
+            violations.append(Violation("time_range.start_time", "is required"))
+        if end_micros is None:
+            violations.append(Violation("time_range.end_time", "is required"))
+        violations += _check_range(start_micros, end_micros)
+        violations += _check_event_types(event_types)
+        if granularity not in GRANULARITIES:
+            violations.append(Violation("granularity", "must be hour or day"))
+        if not violations and start_micros is not None and end_micros is not None:
+            buckets = (end_micros - start_micros) // _BUCKET_MICROS[granularity]
+            if buckets > MAX_METRIC_BUCKETS:
+                violations.append(
+                    Violation(
+                        "time_range", f"spans more than {MAX_METRIC_BUCKETS} {granularity} buckets"
+                    )
+                )
+        _raise_if(violations)
+        assert start_micros is not None and end_micros is not None
+        return cls(
+            tenant_id,
+            entity_id,
+            start_micros,
+            end_micros,
+            granularity,
+            tuple(sorted(set(event_types))),
+        )
+
+    @property
+    def granularity_code(self) -> str:
+        return GRANULARITIES[self.granularity]
