@@ -1,12 +1,114 @@
-"""gRPC servicer of eventpipe.store.v1.StoreService: proto in, domain call, proto out.
-
-RPCs not implemented yet inherit the generated base class and answer UNIMPLEMENTED.
-"""
+"""gRPC servicer of eventpipe.store.v1.StoreService: proto in, domain call, proto out."""
 
 from __future__ import annotations
 
-from eventpipe.store.v1 import store_pb2_grpc
+from collections.abc import Callable
+
+import grpc
+from eventpipe.common.v1 import results_pb2
+from eventpipe.core.schema import micros, timestamp_from_micros
+from eventpipe.store.v1 import store_pb2, store_pb2_grpc
+
+from store.consumer.status import ConsumerState, ConsumerStatus
+from store.dimensions import DimensionRecordInput, DimensionStore, ItemStatus
+from store.raw_events import RawEventBrowser
+
+_ITEM_STATUS = {
+    ItemStatus.ACCEPTED: results_pb2.ITEM_STATUS_ACCEPTED,
+    ItemStatus.DUPLICATE: results_pb2.ITEM_STATUS_DUPLICATE,
+    ItemStatus.REJECTED: results_pb2.ITEM_STATUS_REJECTED,
+}
+_CONSUMER_STATE = {
+    ConsumerState.RUNNING: store_pb2.CONSUMER_STATE_RUNNING,
+    ConsumerState.PAUSED: store_pb2.CONSUMER_STATE_PAUSED,
+    ConsumerState.STOPPED: store_pb2.CONSUMER_STATE_STOPPED,
+}
 
 
 class StoreServicer(store_pb2_grpc.StoreServiceServicer):
     """Thin adapter between the wire contract and the store domain logic."""
+
+    def __init__(
+        self,
+        dimensions: DimensionStore,
+        raw_events: RawEventBrowser,
+        consumer_status: Callable[[], ConsumerStatus],
+    ) -> None:
+        self._dimensions = dimensions
+        self._raw_events = raw_events
+        self._consumer_status = consumer_status
+
+    def UpsertDimensionRecords(
+        self, request: store_pb2.UpsertDimensionRecordsRequest, context: grpc.ServicerContext
+    ) -> store_pb2.UpsertDimensionRecordsResponse:
+        records = [
+            DimensionRecordInput(
+                key=record.key,
+                valid_from_micros=(
+                    micros(record.valid_from) if record.HasField("valid_from") else None
+                ),
+                attributes=record.attributes,
+            )
+            for record in request.records
+        ]
+        outcomes = self._dimensions.upsert(request.tenant_id, request.dimension, records)
+        response = store_pb2.UpsertDimensionRecordsResponse()
+        for outcome in outcomes:
+            result = response.results.add(
+                index=outcome.index,
+                id=outcome.id,
+                status=_ITEM_STATUS[outcome.status],
+                code=outcome.code,
+            )
+            for violation in outcome.violations:
+                result.violations.add(field=violation.field, description=violation.description)
+        summary = response.summary
+        summary.accepted_count = sum(o.status is ItemStatus.ACCEPTED for o in outcomes)
+        summary.duplicate_count = sum(o.status is ItemStatus.DUPLICATE for o in outcomes)
+        summary.rejected_count = sum(o.status is ItemStatus.REJECTED for o in outcomes)
+        return response
+
+    def GetDimensionRecord(
+        self, request: store_pb2.GetDimensionRecordRequest, context: grpc.ServicerContext
+    ) -> store_pb2.GetDimensionRecordResponse:
+        as_of = micros(request.as_of_time) if request.HasField("as_of_time") else None
+        version = self._dimensions.get(request.tenant_id, request.dimension, request.key, as_of)
+        record = store_pb2.DimensionRecord(key=version.key)
+        record.valid_from.CopyFrom(timestamp_from_micros(version.valid_from_micros))
+        for name, value in version.attributes.items():
+            record.attributes[name].CopyFrom(value)
+        return store_pb2.GetDimensionRecordResponse(record=record)
+
+    def ListRawEvents(
+        self, request: store_pb2.ListRawEventsRequest, context: grpc.ServicerContext
+    ) -> store_pb2.ListRawEventsResponse:
+        time_range = request.time_range
+        events, next_token = self._raw_events.list(
+            request.tenant_id,
+            request.entity_id,
+            micros(time_range.start_time) if time_range.HasField("start_time") else None,
+            micros(time_range.end_time) if time_range.HasField("end_time") else None,
+            request.page_size,
+            request.page_token,
+        )
+        return store_pb2.ListRawEventsResponse(events=events, next_page_token=next_token)
+
+    def GetConsumerStatus(
+        self, request: store_pb2.GetConsumerStatusRequest, context: grpc.ServicerContext
+    ) -> store_pb2.GetConsumerStatusResponse:
+        status = self._consumer_status()
+        response = store_pb2.GetConsumerStatusResponse(
+            state=_CONSUMER_STATE[status.state],
+            rows_written=status.rows_written,
+            dead_lettered_count=status.dead_lettered,
+            last_error=status.last_error,
+        )
+        for position in status.partitions:
+            response.partitions.add(
+                topic=position.topic,
+                partition=position.partition,
+                committed_offset=position.committed_offset,
+                high_watermark=position.high_watermark,
+                lag=position.lag,
+            )
+        return response

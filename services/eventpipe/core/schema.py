@@ -312,6 +312,66 @@ def cells_from_row_data(row: object) -> Cells:
     return result
 
 
+# ---------------------------------------------------------------- dimension records
+# Added by the store: one codec for the rows the store writes and enrichment joins against.
+
+
+def cell_timestamp_micros(value_micros: int) -> int:
+    """A cell timestamp in microseconds truncated to milliseconds, as Bigtable requires."""
+    return (value_micros // 1000) * 1000
+
+
+def dimension_record_to_row(
+    tenant_id: str,
+    dimension: str,
+    key: str,
+    valid_from_micros: int,
+    attributes: Mapping[str, event_pb2.AttributeValue],
+) -> EventRow:
+    """The row one version of a reference record is stored as (dimensions table).
+
+    The cell timestamp is ``valid_from``, so re-upserting the same version rewrites the same
+    cells instead of adding versions.
+    """
+    cells: Cells = {
+        (META_FAMILY, b"tenant_id"): tenant_id.encode(),
+        (META_FAMILY, b"dimension"): dimension.encode(),
+        (META_FAMILY, b"key"): key.encode(),
+        (META_FAMILY, b"valid_from"): encode_int(valid_from_micros),
+    }
+    for name, value in attributes.items():
+        kind, raw = encode_attribute(value)
+        cells[(ATTRIBUTE_FAMILIES[kind], name.encode())] = raw
+    return EventRow(
+        key=row_key_for_dimension(tenant_id, dimension, key, valid_from_micros),
+        cells=cells,
+        timestamp_micros=valid_from_micros,
+    )
+
+
+@dataclass(frozen=True)
+class DimensionVersion:
+    """One stored version of a reference record, decoded."""
+
+    key: str
+    valid_from_micros: int
+    attributes: dict[str, event_pb2.AttributeValue]
+
+
+def dimension_version_from_cells(cells: Mapping[tuple[str, bytes], bytes]) -> DimensionVersion:
+    """Inverse of ``dimension_record_to_row``."""
+    attributes: dict[str, event_pb2.AttributeValue] = {}
+    for (family, qualifier), raw in cells.items():
+        kind = _KIND_BY_FAMILY.get(family)
+        if kind is not None:
+            attributes[qualifier.decode()] = decode_attribute(kind, raw)
+    return DimensionVersion(
+        key=cells[(META_FAMILY, b"key")].decode(),
+        valid_from_micros=decode_int(cells[(META_FAMILY, b"valid_from")]),
+        attributes=attributes,
+    )
+
+
 # ---------------------------------------------------------------- enrichment outputs
 # Qualifiers the enrich jobs write and the query service reads, pinned once here.
 

@@ -1,0 +1,1 @@
+"""The Kafka -> Bigtable consumer daemon (see daemon.py); ``python -m store.consumer``."""

@@ -1,0 +1,26 @@
+"""Prometheus metrics of the consumer daemon."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CONSUMER_LAG = Gauge(
+    "eventpipe_store_consumer_lag",
+    "High watermark minus committed offset, per partition.",
+    ["topic", "partition"],
+)
+ROWS_WRITTEN = Counter("eventpipe_store_rows_written_total", "Event rows written to Bigtable.")
+DEAD_LETTERED = Counter(
+    "eventpipe_store_dead_lettered_total", "Messages sent to the dead-letter topic."
+)
+BATCH_LATENCY = Histogram(
+    "eventpipe_store_batch_latency_seconds",
+    "From a batch's consumption to its offsets being committed.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+WRITE_RETRIES = Counter(
+    "eventpipe_store_write_retries_total",
+    "mutate_rows retries, by the gRPC code that caused them.",
+    ["code"],
+)
+PAUSED = Gauge("eventpipe_store_consumer_paused", "1 while consumption is paused (Bigtable down).")

@@ -1,0 +1,187 @@
+"""Dimension (reference) data: versioned records, upserted in batches, read as of a time.
+
+Each version is its own row (``schema.row_key_for_dimension``), newest ``valid_from`` first,
+so "the version valid at T" is the first row at or after ``dimension_as_of_start(T)``.
+Upserting a (key, valid_from) that exists replaces that version whole: its row is cleared
+and rewritten in one atomic row mutation, so a dropped attribute does not linger.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from eventpipe.common.v1 import event_pb2
+from eventpipe.core.errors import InvalidArgument, NotFound, Unavailable, Violation
+from eventpipe.core.schema import (
+    DIMENSIONS_TABLE,
+    REVERSED_TIME_MAX,
+    DimensionVersion,
+    EventRow,
+    dimension_as_of_start,
+    dimension_prefix,
+    dimension_record_to_row,
+    dimension_version_from_cells,
+    prefix_end,
+)
+from eventpipe.core.validation import DIMENSION_NAME_PATTERN, check_attributes, check_id
+
+from store.ports import RowFailure, RowReader, RowWriter
+
+MAX_BATCH_RECORDS = 1000
+WRITE_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class DimensionRecordInput:
+    key: str
+    valid_from_micros: int | None
+    attributes: Mapping[str, event_pb2.AttributeValue]
+
+
+class ItemStatus(enum.Enum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class ItemOutcome:
+    index: int
+    id: str
+    status: ItemStatus
+    code: str = ""
+    violations: list[Violation] = field(default_factory=list)
+
+
+def check_dimension_name(value: str, field_path: str = "dimension") -> list[Violation]:
+    if not DIMENSION_NAME_PATTERN.fullmatch(value):
+        return [
+            Violation(field_path, "must be 1-64 characters of a-z 0-9 _ starting with a letter")
+        ]
+    return []
+
+
+def check_record(record: DimensionRecordInput, index: int) -> list[Violation]:
+    prefix = f"records[{index}]"
+    violations = check_id(f"{prefix}.key", record.key)
+    if record.valid_from_micros is None:
+        violations.append(Violation(f"{prefix}.valid_from", "is required"))
+    elif not 0 <= record.valid_from_micros < REVERSED_TIME_MAX:
+        violations.append(Violation(f"{prefix}.valid_from", "must be at or after 1970-01-01"))
+    violations += check_attributes(record.attributes, f"{prefix}.attributes")
+    return violations
+
+
+def _check_scope(tenant_id: str, dimension: str) -> list[Violation]:
+    return check_id("tenant_id", tenant_id) + check_dimension_name(dimension)
+
+
+class DimensionStore:
+    def __init__(self, writer: RowWriter, reader: RowReader, retry_delay: float = 0.1) -> None:
+        self._writer = writer
+        self._reader = reader
+        self._retry_delay = retry_delay
+
+    def upsert(
+        self, tenant_id: str, dimension: str, records: Sequence[DimensionRecordInput]
+    ) -> list[ItemOutcome]:
+        """Writes the valid records; one outcome per record, in order (partial success)."""
+        violations = _check_scope(tenant_id, dimension)
+        if not records:
+            violations.append(Violation("records", "must hold at least one record"))
+        elif len(records) > MAX_BATCH_RECORDS:
+            violations.append(
+                Violation("records", f"at most {MAX_BATCH_RECORDS} records per request")
+            )
+        if violations:
+            raise InvalidArgument("invalid request", violations=violations)
+
+        outcomes: list[ItemOutcome | None] = [None] * len(records)
+        seen: set[tuple[str, int]] = set()
+        to_write: list[int] = []
+        rows: list[EventRow] = []
+        for index, record in enumerate(records):
+            problems = check_record(record, index)
+            if problems:
+                outcomes[index] = ItemOutcome(
+                    index, record.key, ItemStatus.REJECTED, "INVALID_ARGUMENT", problems
+                )
+                continue
+            assert record.valid_from_micros is not None
+            identity = (record.key, record.valid_from_micros)
+            if identity in seen:
+                outcomes[index] = ItemOutcome(index, record.key, ItemStatus.DUPLICATE)
+                continue
+            seen.add(identity)
+            to_write.append(index)
+            rows.append(
+                dimension_record_to_row(
+                    tenant_id, dimension, record.key, record.valid_from_micros, record.attributes
+                )
+            )
+
+        failed = self._write_with_retries(rows)
+        for position, index in enumerate(to_write):
+            failure = failed.get(position)
+            if failure is None:
+                outcomes[index] = ItemOutcome(index, records[index].key, ItemStatus.ACCEPTED)
+            else:
+                outcomes[index] = ItemOutcome(
+                    index,
+                    records[index].key,
+                    ItemStatus.REJECTED,
+                    failure.code if failure.retryable else "INTERNAL",
+                    [Violation(f"records[{index}]", f"not written: {failure.message}")],
+                )
+        if rows and len(failed) == len(rows) and all(f.retryable for f in failed.values()):
+            # Nothing was written: say so as a whole, with retry advice, not item by item.
+            raise Unavailable("Bigtable is unavailable; no record was written", 1.0)
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _write_with_retries(self, rows: list[EventRow]) -> dict[int, RowFailure]:
+        """Failures by position in ``rows`` after a few quick retries of retryable ones."""
+        pending = list(range(len(rows)))
+        failed: dict[int, RowFailure] = {}
+        for attempt in range(WRITE_ATTEMPTS):
+            if not pending:
+                break
+            failures = self._writer.write_rows(
+                DIMENSIONS_TABLE, [rows[i] for i in pending], replace=True
+            )
+            failed_now = {pending[f.index]: f for f in failures}
+            for position in pending:
+                failed.pop(position, None)
+            failed.update(failed_now)
+            pending = [p for p, f in failed_now.items() if f.retryable]
+            if pending and attempt + 1 < WRITE_ATTEMPTS:
+                if any(f.code == "NOT_FOUND" for f in failed_now.values()):
+                    with contextlib.suppress(Exception):  # the retry reports it
+                        self._writer.ensure_schema()
+                time.sleep(self._retry_delay * 2**attempt)
+        return failed
+
+    def get(
+        self, tenant_id: str, dimension: str, key: str, as_of_micros: int | None
+    ) -> DimensionVersion:
+        """The version valid at ``as_of`` (the latest ``valid_from`` when None)."""
+        violations = _check_scope(tenant_id, dimension) + check_id("key", key)
+        if violations:
+            raise InvalidArgument("invalid request", violations=violations)
+        prefix = dimension_prefix(tenant_id, dimension, key)
+        start = (
+            dimension_as_of_start(tenant_id, dimension, key, as_of_micros)
+            if as_of_micros is not None
+            else prefix
+        )
+        try:
+            rows = self._reader.read_range(DIMENSIONS_TABLE, start, prefix_end(prefix), 1)
+        except Exception as exc:
+            raise Unavailable(f"Bigtable read failed: {exc}", 1.0) from None
+        if not rows:
+            when = " as of the requested time" if as_of_micros is not None else ""
+            raise NotFound(f"no {dimension} record {key!r}{when}")
+        return dimension_version_from_cells(rows[0].cells)

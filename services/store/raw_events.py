@@ -1,0 +1,53 @@
+"""Operator access to stored raw events: one entity's events in a time range, newest first."""
+
+from __future__ import annotations
+
+from eventpipe.common.v1 import event_pb2
+from eventpipe.core.errors import InvalidArgument, Unavailable, Violation
+from eventpipe.core.schema import RAW_EVENTS_TABLE, event_from_cells, event_key_range
+from eventpipe.core.validation import check_id
+
+from store.page_tokens import PageTokenCodec
+from store.ports import RowReader
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+
+class RawEventBrowser:
+    def __init__(self, reader: RowReader, tokens: PageTokenCodec) -> None:
+        self._reader = reader
+        self._tokens = tokens
+
+    def list(
+        self,
+        tenant_id: str,
+        entity_id: str,
+        start_micros: int | None,
+        end_micros: int | None,
+        page_size: int,
+        page_token: str,
+    ) -> tuple[list[event_pb2.Event], str]:
+        """One page of events with start <= event_time < end, newest first, and the token
+        of the next page ("" on the last)."""
+        violations = check_id("tenant_id", tenant_id) + check_id("entity_id", entity_id)
+        if not 0 <= page_size <= MAX_PAGE_SIZE:
+            violations.append(Violation("page_size", f"must be 0..{MAX_PAGE_SIZE}"))
+        if start_micros is not None and end_micros is not None and start_micros >= end_micros:
+            violations.append(Violation("time_range", "start_time must be before end_time"))
+        if violations:
+            raise InvalidArgument("invalid request", violations=violations)
+        size = page_size or DEFAULT_PAGE_SIZE
+
+        start_key, end_key = event_key_range(tenant_id, entity_id, start_micros, end_micros)
+        digest = PageTokenCodec.params_digest(tenant_id, entity_id, start_micros, end_micros)
+        if page_token:
+            last_key = self._tokens.decode(page_token, digest)
+            start_key = max(start_key, last_key + b"\x00")  # strictly after the last row
+        try:
+            rows = self._reader.read_range(RAW_EVENTS_TABLE, start_key, end_key, size + 1)
+        except Exception as exc:
+            raise Unavailable(f"Bigtable read failed: {exc}", 1.0) from None
+        page = rows[:size]
+        next_token = self._tokens.encode(page[-1].key, digest) if len(rows) > size else ""
+        return [event_from_cells(row.cells) for row in page], next_token
