@@ -71,7 +71,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         item = outcome.items[0]
         if item.status is ItemStatus.REJECTED:
             # One event: its refusal is the RPC's status, fields named as in the request.
-            violations = [Violation(f"event.{v.field}", v.description) for v in item.violations]
+            violations = [
+                Violation("event" if v.field == "event" else f"event.{v.field}", v.description)
+                for v in item.violations
+            ]
             raise InvalidArgument(
                 "; ".join(f"{v.field}: {v.description}" for v in violations),
                 violations=violations,

@@ -84,11 +84,22 @@ def start_ingest(
 
 
 @pytest.fixture(scope="module")
+def ingest_env() -> dict[str, str]:
+    """Extra EVENTPIPE_INGEST_* settings of the module's service; modules override it."""
+    return {}
+
+
+@pytest.fixture(scope="module")
 def ingest_service(
-    run_dir: Path, kafka_broker: KafkaBroker, upstream_ports: dict[str, int]
+    run_dir: Path,
+    kafka_broker: KafkaBroker,
+    upstream_ports: dict[str, int],
+    ingest_env: dict[str, str],
 ) -> Iterator[IngestUnderTest]:
     """One ingest service per test module, on the port the session's Envoy routes to."""
-    running = start_ingest(run_dir, kafka_broker, Isolation.new(), port=upstream_ports["ingest"])
+    running = start_ingest(
+        run_dir, kafka_broker, Isolation.new(), port=upstream_ports["ingest"], env=ingest_env
+    )
     yield running
     running.service.stop()
 
