@@ -4,7 +4,7 @@ Kafka (behind the session's real Envoy), topics of its own, and a reader of its 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,6 +122,7 @@ def read_topic(
     key_prefix: bytes = b"",
     timeout: float = 60.0,
     topic: str | None = None,
+    until: Callable[[list[Message]], bool] | None = None,
 ) -> list[Message]:
     """Reads the topic from the beginning until ``expected`` messages whose key starts with
     ``key_prefix`` arrived (the module's tests share one topic); returns only those."""
@@ -143,7 +144,7 @@ def read_topic(
             for message in consumer.consume(1000, 0.5):
                 if message.error() is None and (message.key() or b"").startswith(key_prefix):
                     received.append(message)
-            return len(received) >= expected
+            return until(received) if until else len(received) >= expected
 
         wait_until(enough, timeout=timeout, what=f"{expected} messages on {topic}", interval=0)
     finally:
