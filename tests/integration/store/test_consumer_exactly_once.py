@@ -12,6 +12,7 @@ import grpc
 from confluent_kafka import ConsumerGroupTopicPartitions
 from confluent_kafka.admin import AdminClient
 from eventpipe.core.config import CommonSettings
+from eventpipe.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from eventpipe.stack.components import GrpcService
 from eventpipe.stack.waiting import wait_until
 from eventpipe.store.v1 import store_pb2_grpc
@@ -117,4 +118,37 @@ def test_sigterm_finishes_the_batch_commits_leaves_the_group_and_exits_zero(
 
     restarted = start_store()
     _wait_all_committed(restarted.address, common_settings.raw_topic_partitions)
+    assert_each_exactly_once(stored_event_cells(common_settings), {e.event_id for e in events})
+
+
+def test_events_ingested_through_the_api_all_appear_in_bigtable_exactly_once(
+    common_settings: CommonSettings,
+    start_service: Callable[..., GrpcService],
+    store_stub: Any,
+    isolation: Isolation,
+) -> None:
+    ingest = start_service("ingest")
+    events = [make_event(isolation.tenant_id, i) for i in range(3000)]
+    for event in events:
+        event.ClearField("tenant_id")  # taken from the request
+        event.ClearField("ingest_time")  # set by ingest
+    with grpc.insecure_channel(ingest.address) as channel:
+        stub = ingest_pb2_grpc.IngestServiceStub(channel)
+        for start in range(0, len(events), 1000):
+            response = stub.IngestEvents(
+                ingest_pb2.IngestEventsRequest(
+                    tenant_id=isolation.tenant_id, events=events[start : start + 1000]
+                ),
+                timeout=60,
+            )
+            assert response.summary.accepted_count == 1000, response.results[0]
+
+    wait_until(
+        lambda: (
+            consumer_status(store_stub).rows_written == len(events)
+            and all(p.lag == 0 for p in consumer_status(store_stub).partitions)
+        ),
+        timeout=120,
+        what="every ingested event to be stored and committed",
+    )
     assert_each_exactly_once(stored_event_cells(common_settings), {e.event_id for e in events})
