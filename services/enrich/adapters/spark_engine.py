@@ -1,0 +1,486 @@
+"""The Spark side of enrichment: reads, as-of joins, derived fields, aggregates, writes.
+
+One long-lived SparkSession per enrich process (see docs/enrich.md for why): each job runs
+its actions under its own job group (cancel = ``cancelJobGroup``) and FAIR scheduler pool,
+so a long backfill does not starve a streaming query's micro-batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eventpipe.core import schema
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from enrich.adapters import bigtable_io
+from enrich.adapters.bigtable_io import BigtableTarget, ProfileInput
+from enrich.adapters.spark_expressions import (
+    ValueColumns,
+    compile_expression,
+    null_double,
+)
+from enrich.domain.spec import CheckedSpec
+
+log = logging.getLogger(__name__)
+
+_MAPS = [
+    ("s", T.StringType()),
+    ("i", T.LongType()),
+    ("d", T.DoubleType()),
+    ("b", T.BooleanType()),
+    ("t", T.LongType()),
+]
+EVENT_SCHEMA = T.StructType(
+    [
+        T.StructField("row_key", T.BinaryType(), False),
+        T.StructField("tenant_id", T.StringType(), False),
+        T.StructField("entity_id", T.StringType(), False),
+        T.StructField("event_id", T.StringType(), False),
+        T.StructField("event_type", T.StringType(), False),
+        T.StructField("event_time", T.LongType(), False),
+        T.StructField("ingest_time", T.LongType(), True),
+        *[T.StructField(k, T.MapType(T.StringType(), t), True) for k, t in _MAPS],
+    ]
+)
+DIMENSION_SCHEMA = T.StructType(
+    [
+        T.StructField("key", T.StringType(), False),
+        T.StructField("valid_from", T.LongType(), False),
+        T.StructField("deleted", T.BooleanType(), False),
+        *[T.StructField(k, T.MapType(T.StringType(), t), True) for k, t in _MAPS],
+    ]
+)
+
+
+class JobCancelled(Exception):
+    """The job's cancel flag was set; raised between Spark actions."""
+
+
+@dataclass(frozen=True)
+class SparkSettings:
+    master: str = "local[*]"
+    app_name: str = "eventpipe-enrich"
+    partitions: int = 8
+    broadcast_max_rows: int = 100_000
+    shuffle_partitions: int = 8
+    jars: tuple[str, ...] = ()
+    extra_conf: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass
+class Counters:
+    read: int = 0
+    enriched: int = 0
+    unmatched: int = 0
+    failed: int = 0
+
+
+@dataclass
+class BatchRequest:
+    job_id: str
+    tenant_id: str
+    spec: CheckedSpec
+    start_micros: int
+    end_micros: int
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    on_progress: Callable[[float, Counters], None] = lambda _p, _c: None
+    on_entities_changed: Callable[[list[tuple[str, str]]], None] = lambda _e: None
+
+
+def build_session(settings: SparkSettings) -> SparkSession:
+    # Local workers must run this interpreter (the venv with the enrich package), not whatever
+    # `python3` is first on PATH; pyspark reads only the environment variable for this.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = (
+        SparkSession.builder.master(settings.master)
+        .appName(settings.app_name)
+        .config("spark.scheduler.mode", "FAIR")
+        .config("spark.sql.shuffle.partitions", str(settings.shuffle_partitions))
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.adaptive.enabled", "true")
+        # Columns are built by code, never parsed from clients; the broadcast decision is ours.
+        .config("spark.sql.autoBroadcastJoinThreshold", "-1")
+    )
+    if settings.jars:
+        builder = builder.config("spark.jars", ",".join(settings.jars))
+    for key, value in settings.extra_conf:
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
+
+
+# ---------------------------------------------------------------- frames
+
+
+def numeric_view(maps_prefix: str, name: str) -> Column:
+    return F.coalesce(F.col(f"{maps_prefix}d")[name], F.col(f"{maps_prefix}i")[name].cast("double"))
+
+
+def join_key_column(key_attribute: str | None) -> Column:
+    if key_attribute is None:
+        return F.col("entity_id")
+    return F.coalesce(F.col("s")[key_attribute], F.col("i")[key_attribute].cast("string"))
+
+
+def _key_in(names: list[str]) -> Callable[[Column, Column], Column]:
+    """A map_filter predicate keeping the listed keys (pyspark counts lambda parameters)."""
+
+    def keep(key: Column, _value: Column) -> Column:
+        return key.isin(names)
+
+    return keep
+
+
+def versioned(dimension: DataFrame) -> DataFrame:
+    """Adds valid_to: the next version's valid_from (null for the current version)."""
+    by_key = Window.partitionBy("key").orderBy("valid_from")
+    return dimension.withColumn("valid_to", F.lead("valid_from").over(by_key))
+
+
+def enrich_frame(
+    events: DataFrame,
+    dimensions: dict[str, DataFrame],
+    spec: CheckedSpec,
+    broadcast: dict[str, bool],
+) -> DataFrame:
+    """Adds per join n: j{n}_m (matched) and j{n}_s.. maps of the copied fields, as of the
+    event's time; and per derived field k: dv{k}_n / dv{k}_s (number / text)."""
+    frame = events
+    for n, join in enumerate(spec.joins):
+        fields = list(join.fields)
+        dim = versioned(dimensions[join.dimension]).select(
+            F.col("key").alias(f"j{n}_key"),
+            F.col("valid_from").alias(f"j{n}_from"),
+            F.col("valid_to").alias(f"j{n}_to"),
+            F.col("deleted").alias(f"j{n}_deleted"),
+            *[
+                F.map_filter(F.col(kind), _key_in(fields)).alias(f"j{n}_{kind}")
+                for kind, _ in _MAPS
+            ],
+        )
+        if broadcast.get(join.dimension):
+            dim = F.broadcast(dim)
+        condition = (
+            (join_key_column(join.key_attribute) == F.col(f"j{n}_key"))
+            & (F.col(f"j{n}_from") <= F.col("event_time"))
+            & (F.col(f"j{n}_to").isNull() | (F.col("event_time") < F.col(f"j{n}_to")))
+        )
+        frame = frame.join(dim, condition, "left")
+        matched = F.col(f"j{n}_key").isNotNull() & ~F.coalesce(F.col(f"j{n}_deleted"), F.lit(False))
+        frame = frame.withColumn(f"j{n}_m", matched)
+        for kind, _ in _MAPS:
+            frame = frame.withColumn(f"j{n}_{kind}", F.when(matched, F.col(f"j{n}_{kind}")))
+        frame = frame.drop(f"j{n}_key", f"j{n}_from", f"j{n}_to", f"j{n}_deleted")
+
+    join_index = {j.dimension: n for n, j in enumerate(spec.joins)}
+    derived_index: dict[str, int] = {}
+
+    def resolve(name: str) -> ValueColumns:
+        if name in ("entity_id", "event_type"):
+            return ValueColumns(null_double(), F.col(name))
+        if name in derived_index:
+            k = derived_index[name]
+            return ValueColumns(F.col(f"dv{k}_n"), F.col(f"dv{k}_s"))
+        if "." in name:
+            dimension, dim_field = name.split(".", 1)
+            prefix = f"j{join_index[dimension]}_"
+            return ValueColumns(numeric_view(prefix, dim_field), F.col(f"{prefix}s")[dim_field])
+        return ValueColumns(numeric_view("", name), F.col("s")[name])
+
+    for k, derived in enumerate(spec.derived):
+        value = compile_expression(derived.ast, resolve)
+        frame = frame.withColumn(f"dv{k}_n", value.number).withColumn(f"dv{k}_s", value.text)
+        derived_index[derived.name] = k
+
+    for m, name in enumerate(spec.metric_fields):
+        frame = frame.withColumn(f"mf{m}", resolve(name).number)
+    return frame
+
+
+def output_record(row: Any, spec: CheckedSpec) -> dict[str, Any]:
+    """A Spark row of enrich_frame as the dict bigtable_io.enriched_row writes."""
+    values = row.asDict()
+    enriched: dict[tuple[str, str], Any] = {}
+    unmatched: list[str] = []
+    for n, join in enumerate(spec.joins):
+        if not values[f"j{n}_m"]:
+            unmatched.append(join.dimension)
+            continue
+        for kind, _ in _MAPS:
+            for name, value in (values[f"j{n}_{kind}"] or {}).items():
+                if value is not None:
+                    enriched[(kind, f"{join.dimension}.{name}")] = value
+    for k, derived in enumerate(spec.derived):
+        number, text = values[f"dv{k}_n"], values[f"dv{k}_s"]
+        if number is not None:
+            enriched[("d", derived.name)] = number
+        elif text is not None:
+            enriched[("s", derived.name)] = text
+    values["enriched"] = enriched
+    values["unmatched"] = unmatched
+    return values
+
+
+def aggregate_frame(frame: DataFrame, spec: CheckedSpec) -> DataFrame:
+    """Per entity and hour / day bucket: event types seen, first/last seen, field stats."""
+    frames = []
+    for granularity, size in bigtable_io.GRANULARITIES.items():
+        bucketed = frame.withColumn(
+            "bucket", F.floor(F.col("event_time") / F.lit(size)).cast("long") * F.lit(size)
+        )
+        stats: list[Column] = []
+        for m in range(len(spec.metric_fields)):
+            value = F.col(f"mf{m}")
+            stats += [
+                F.sum(value).alias(f"mf{m}_sum"),
+                F.min(value).alias(f"mf{m}_min"),
+                F.max(value).alias(f"mf{m}_max"),
+                F.count(value).alias(f"mf{m}_count"),
+            ]
+        frames.append(
+            bucketed.groupBy("tenant_id", "entity_id", "bucket")
+            .agg(
+                F.collect_list("event_type").alias("types"),
+                F.min("event_time").alias("first_seen"),
+                F.max("event_time").alias("last_seen"),
+                *stats,
+            )
+            .withColumn("granularity", F.lit(granularity))
+        )
+    return frames[0].unionByName(frames[1])
+
+
+def _bucket_aggregate(row: Any, metric_fields: tuple[str, ...]) -> bigtable_io.BucketAggregate:
+    from collections import Counter
+
+    values = {}
+    for m, name in enumerate(metric_fields):
+        count = row[f"mf{m}_count"]
+        if count:
+            values[name] = (
+                float(row[f"mf{m}_sum"]),
+                float(row[f"mf{m}_min"]),
+                float(row[f"mf{m}_max"]),
+                int(count),
+            )
+    return bigtable_io.BucketAggregate(
+        row["tenant_id"],
+        row["entity_id"],
+        row["granularity"],
+        int(row["bucket"]),
+        dict(Counter(row["types"])),
+        values,
+        int(row["first_seen"]),
+        int(row["last_seen"]),
+    )
+
+
+# ---------------------------------------------------------------- the engine
+
+
+class SparkEngine:
+    """Runs batch and streaming enrichments on one shared SparkSession."""
+
+    def __init__(
+        self,
+        settings: SparkSettings,
+        target: BigtableTarget,
+        run_dir: Path | None = None,
+        session: SparkSession | None = None,
+    ) -> None:
+        self.settings = settings
+        self.target = target
+        self.run_dir = run_dir
+        # A session passed in (tests share one per test session) is not stopped by stop().
+        self._owns_session = session is None
+        self._session: SparkSession | None = session
+        self._lock = threading.Lock()
+
+    @property
+    def spark(self) -> SparkSession:
+        with self._lock:
+            if self._session is None:
+                self._session = build_session(self.settings)
+            return self._session
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._session is not None and self._owns_session:
+                self._session.stop()
+            self._session = None
+
+    def cancel(self, job_id: str) -> None:
+        if self._session is not None:
+            self._session.sparkContext.cancelJobGroup(job_id)
+
+    # -- reading
+
+    def read_events(self, tenant_id: str, start: int, end: int) -> DataFrame:
+        target = self.target
+        ranges = bigtable_io.sampled_ranges(
+            target, schema.RAW_EVENTS_TABLE, bigtable_io.tenant_event_ranges(tenant_id)
+        )
+        slices = max(1, min(len(ranges), self.settings.partitions))
+        # Contiguous runs of ranges per task: neighbouring salt prefixes share tablets.
+        chunk = -(-len(ranges) // slices)
+        groups = [ranges[i : i + chunk] for i in range(0, len(ranges), chunk)]
+
+        def read(groups_iter: Iterator[list[tuple[bytes, bytes]]]) -> Iterator[tuple[Any, ...]]:
+            for group in groups_iter:
+                yield from bigtable_io.read_events(target, group, start, end)
+
+        rdd = self.spark.sparkContext.parallelize(groups, len(groups)).mapPartitions(read)
+        return self.spark.createDataFrame(rdd, EVENT_SCHEMA)
+
+    def read_dimensions(
+        self, tenant_id: str, spec: CheckedSpec
+    ) -> tuple[dict[str, DataFrame], dict[str, bool]]:
+        frames: dict[str, DataFrame] = {}
+        broadcast: dict[str, bool] = {}
+        target = self.target
+        for join in spec.joins:
+            name = join.dimension
+
+            def read(_: Any, name: str = name) -> Iterator[tuple[Any, ...]]:
+                yield from bigtable_io.read_dimension(target, tenant_id, name)
+
+            # One task per dimension: a version table is small next to events; large ones
+            # are only hash-partitioned by the join below, not broadcast.
+            rdd = self.spark.sparkContext.parallelize([0], 1).flatMap(read)
+            frame = self.spark.createDataFrame(rdd, DIMENSION_SCHEMA).cache()
+            rows = frame.count()
+            frames[name] = frame
+            broadcast[name] = rows <= self.settings.broadcast_max_rows
+        return frames, broadcast
+
+    # -- batch
+
+    def run_batch(self, request: BatchRequest) -> Counters:
+        spark = self.spark
+        sc = spark.sparkContext
+        sc.setJobGroup(request.job_id, f"enrich {request.tenant_id}", interruptOnCancel=True)
+        sc.setLocalProperty("spark.scheduler.pool", request.job_id)
+        counters = Counters()
+        cached: list[DataFrame] = []
+        try:
+            return self._run_batch(request, counters, cached)
+        finally:
+            for frame in cached:
+                frame.unpersist()
+            sc.setLocalProperty("spark.scheduler.pool", None)  # type: ignore[arg-type]
+
+    def _check(self, request: BatchRequest) -> None:
+        if request.cancelled.is_set():
+            raise JobCancelled(request.job_id)
+
+    def _run_batch(
+        self, request: BatchRequest, counters: Counters, cached: list[DataFrame]
+    ) -> Counters:
+        spec = request.spec
+        target = self.target
+        # Aggregates are recomputed for whole day buckets, so read whole days.
+        agg_start = request.start_micros // bigtable_io.DAY_MICROS * bigtable_io.DAY_MICROS
+        agg_end = -(-request.end_micros // bigtable_io.DAY_MICROS) * bigtable_io.DAY_MICROS
+        events = self.read_events(request.tenant_id, agg_start, agg_end)
+        dimensions, broadcast = self.read_dimensions(request.tenant_id, spec)
+        cached.extend(dimensions.values())
+        self._check(request)
+        frame = enrich_frame(events, dimensions, spec, broadcast).persist()
+        cached.append(frame)
+        in_window = frame.filter(
+            (F.col("event_time") >= request.start_micros)
+            & (F.col("event_time") < request.end_micros)
+        )
+        unmatched_flag: Column = F.lit(False)
+        if spec.joins:
+            all_matched = F.col("j0_m")
+            for n in range(1, len(spec.joins)):
+                all_matched = all_matched & F.col(f"j{n}_m")
+            unmatched_flag = ~all_matched
+        totals = in_window.agg(
+            F.count(F.lit(1)).alias("read"),
+            F.sum(F.when(unmatched_flag, 1).otherwise(0)).alias("unmatched"),
+        ).collect()[0]
+        counters.read = int(totals["read"] or 0)
+        counters.unmatched = int(totals["unmatched"] or 0)
+        request.on_progress(0.2, counters)
+        self._check(request)
+
+        spec_version = spec.version
+
+        def write_enriched(rows: Iterator[Any]) -> None:
+            bigtable_io.write_rows(
+                target,
+                schema.ENRICHED_EVENTS_TABLE,
+                (bigtable_io.enriched_row(output_record(r, spec), spec_version) for r in rows),
+            )
+
+        in_window.foreachPartition(write_enriched)
+        counters.enriched = counters.read - counters.unmatched
+        request.on_progress(0.6, counters)
+        self._check(request)
+
+        metric_fields = spec.metric_fields
+
+        def write_metrics(rows: Iterator[Any]) -> None:
+            bigtable_io.write_rows(
+                target,
+                schema.ENTITY_METRICS_TABLE,
+                (bigtable_io.metric_row(_bucket_aggregate(r, metric_fields)) for r in rows),
+            )
+
+        aggregate_frame(frame, spec).foreachPartition(write_metrics)
+        request.on_progress(0.8, counters)
+        self._check(request)
+
+        changed = self._write_profiles(in_window, spec)
+        request.on_entities_changed(changed)
+        request.on_progress(1.0, counters)
+        return counters
+
+    def _write_profiles(self, in_window: DataFrame, spec: CheckedSpec) -> list[tuple[str, str]]:
+        """Refreshes the profile of every entity with an event in the window."""
+        target = self.target
+        join_columns = [
+            F.col(f"j{n}_{kind}") for n in range(len(spec.joins)) for kind, _ in _MAPS
+        ] + [F.col(f"j{n}_m") for n in range(len(spec.joins))]
+        newest = in_window.groupBy("tenant_id", "entity_id").agg(
+            F.max_by(
+                F.struct(F.col("event_time"), *join_columns),
+                F.struct(F.col("event_time"), F.col("event_id")),
+            ).alias("newest")
+        )
+        update_time = time.time_ns() // 1000
+
+        def refresh(rows: Iterator[Any]) -> Iterator[tuple[str, str]]:
+            inputs = []
+            for row in rows:
+                newest_values = row["newest"].asDict()
+                fields: dict[tuple[str, str], Any] = {}
+                for n, join in enumerate(spec.joins):
+                    if not newest_values[f"j{n}_m"]:
+                        continue
+                    for kind, _ in _MAPS:
+                        for name, value in (newest_values[f"j{n}_{kind}"] or {}).items():
+                            if value is not None:
+                                fields[(kind, f"{join.dimension}.{name}")] = value
+                inputs.append(
+                    ProfileInput(
+                        row["tenant_id"], row["entity_id"], newest_values["event_time"], fields
+                    )
+                )
+            for start in range(0, len(inputs), bigtable_io.MUTATION_BATCH):
+                yield from bigtable_io.refresh_profiles(
+                    target, inputs[start : start + bigtable_io.MUTATION_BATCH], update_time
+                )
+
+        return newest.rdd.mapPartitions(refresh).collect()

@@ -1,0 +1,1 @@
+"""Enrichment domain logic: specs, the expression language, jobs and schedules (no grpc)."""
