@@ -1,0 +1,1 @@
+"""Synthetic commerce clickstream for the demo and the benchmarks (``eventpipe demo generate``)."""
