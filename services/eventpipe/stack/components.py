@@ -17,14 +17,14 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
-from string import Template
 
-from eventpipe.stack import install, probes
+from eventpipe.core.config import ConfigError, load_settings
+from eventpipe.stack import edge, install, probes
+from eventpipe.stack.edge import ENVOY_TEMPLATE, EdgeAuth, EdgeSettings
 from eventpipe.stack.process import ManagedProcess
 from eventpipe.stack.waiting import DeadlineExceeded, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-ENVOY_TEMPLATE = REPO_ROOT / "envoy" / "envoy.yaml"
 DESCRIPTOR_SET = REPO_ROOT / ".build" / "descriptors" / "eventpipe.pb"
 SERVICE_NAMES = ("ingest", "store", "enrich", "query")
 GRPC_SERVICES = {
@@ -255,24 +255,34 @@ def render_envoy_config(
     upstream_ports: Mapping[str, int],
     descriptor_set: Path = DESCRIPTOR_SET,
     listen_address: str = HOST,
-    route_timeout: str = "60s",
+    route_timeout: str | None = None,
     template: Path = ENVOY_TEMPLATE,
+    access_log_path: Path | str = "/dev/stdout",
+    edge_settings: EdgeSettings | None = None,
+    auth: EdgeAuth | None = None,
 ) -> str:
-    """Fills envoy/envoy.yaml's ${VAR} placeholders; a missing value raises KeyError."""
-    values = {
-        "LISTEN_ADDRESS": listen_address,
-        "LISTEN_PORT": str(listen_port),
-        "ADMIN_PORT": str(admin_port),
-        "DESCRIPTOR_SET": str(descriptor_set),
-        "ROUTE_TIMEOUT": route_timeout,
-        "UPSTREAM_HOST": HOST,
-        **{f"{name.upper()}_PORT": str(upstream_ports[name]) for name in SERVICE_NAMES},
-    }
-    return Template(template.read_text()).substitute(values)
+    """Fills envoy/envoy.yaml (see ``eventpipe.stack.edge``); a missing value raises KeyError."""
+    return edge.render_envoy_config(
+        listen_port=listen_port,
+        admin_port=admin_port,
+        upstream_ports=upstream_ports,
+        descriptor_set=descriptor_set,
+        listen_address=listen_address,
+        route_timeout=route_timeout,
+        access_log_path=access_log_path,
+        edge=edge_settings,
+        auth=auth,
+        template=template,
+    )
 
 
 class Envoy(Component):
-    """Envoy transcoding REST to gRPC (and passing gRPC through) to the four services."""
+    """Envoy transcoding REST to gRPC (and passing gRPC through) to the four services.
+
+    With ``auth`` it requires a JWT (``jwt_authn`` on the local JWKS) on every API call;
+    ``edge_settings`` (default: ``EVENTPIPE_EDGE_*`` at start) sets its limits. Access logs are
+    JSON lines in ``<run_dir>/logs/envoy-access.log``.
+    """
 
     startup_timeout = 30.0
 
@@ -283,14 +293,23 @@ class Envoy(Component):
         admin_port: int,
         upstream_ports: Mapping[str, int],
         name: str = "envoy",
+        *,
+        auth: EdgeAuth | None = None,
+        edge_settings: EdgeSettings | None = None,
     ) -> None:
         super().__init__(name, run_dir, port)
         self.admin_port = admin_port
         self.upstream_ports = dict(upstream_ports)
+        self.auth = auth
+        self.edge_settings = edge_settings
 
     @property
     def config_path(self) -> Path:
         return self.data_dir / "envoy.yaml"
+
+    @property
+    def access_log_path(self) -> Path:
+        return self.run_dir / "logs" / f"{self.name}-access.log"
 
     @property
     def base_url(self) -> str:
@@ -303,11 +322,21 @@ class Envoy(Component):
     def prepare(self) -> None:
         if not DESCRIPTOR_SET.exists():
             raise ComponentError(f"{DESCRIPTOR_SET} is missing: run `make protos` first")
+        if self.auth is not None and not self.auth.jwks_file.exists():
+            raise ComponentError(f"{self.auth.jwks_file} is missing: generate the keys first")
+        try:
+            settings = self.edge_settings or load_settings(EdgeSettings)
+        except ConfigError as exc:
+            raise ComponentError(exc.message) from None
+        self.access_log_path.parent.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(
             render_envoy_config(
                 listen_port=self.port,
                 admin_port=self.admin_port,
                 upstream_ports=self.upstream_ports,
+                access_log_path=self.access_log_path,
+                edge_settings=settings,
+                auth=self.auth,
             )
         )
         validate_envoy_config(self.config_path)

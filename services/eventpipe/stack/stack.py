@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from eventpipe.core.auth import generate_local_keys, mint_token
 from eventpipe.stack import install
 from eventpipe.stack.components import (
     DESCRIPTOR_SET,
@@ -29,12 +30,24 @@ from eventpipe.stack.components import (
     GrpcService,
     KafkaBroker,
 )
+from eventpipe.stack.edge import EdgeAuth, EdgeSettings
 
 DEFAULT_RUN_DIR = REPO_ROOT / ".run"
 DEFAULT_SERVICE_PORTS = {"ingest": 50051, "store": 50052, "enrich": 50053, "query": 50054}
 DEFAULT_METRICS_PORTS = {"ingest": 9101, "store": 9102, "enrich": 9103, "query": 9104}
 
 Progress = Callable[[str], None]
+
+
+def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"{name}={raw!r} is not a switch (1/0, true/false, on/off)")
 
 
 def _port(environ: Mapping[str, str], name: str, default: int) -> int:
@@ -63,6 +76,11 @@ class StackConfig:
     # None leaves the services' own defaults (from eventpipe.core.config) in force.
     topic_prefix: str | None = None
     table_prefix: str | None = None
+    # JWT auth at the edge and in the services. Off when built directly (the test fixtures);
+    # ``from_env`` (so ``eventpipe stack up``) turns it on unless EVENTPIPE_STACK_AUTH=0.
+    auth: bool = False
+    # Envoy's limits; None reads EVENTPIPE_EDGE_* when Envoy starts.
+    edge: EdgeSettings | None = None
 
     @classmethod
     def from_env(
@@ -87,7 +105,30 @@ class StackConfig:
             bigtable_instance=environ.get("EVENTPIPE_BIGTABLE_INSTANCE") or "eventpipe",
             topic_prefix=environ.get("EVENTPIPE_TOPIC_PREFIX"),
             table_prefix=environ.get("EVENTPIPE_TABLE_PREFIX"),
+            auth=_flag(environ, "EVENTPIPE_STACK_AUTH", True),
         )
+
+    @property
+    def auth_dir(self) -> Path:
+        """The local signing key and JWKS (generated at ``up``, never committed)."""
+        return self.run_dir / "auth"
+
+    @property
+    def edge_auth(self) -> EdgeAuth | None:
+        """What Envoy checks, or None when the stack runs without auth."""
+        return EdgeAuth(jwks_file=self.auth_dir / "jwks.json") if self.auth else None
+
+    def auth_env(self) -> dict[str, str]:
+        """The services verify the same tokens as Envoy: same JWKS, issuer and audience."""
+        auth = self.edge_auth
+        if auth is None:
+            return {}
+        return {
+            "EVENTPIPE_AUTH_JWKS_FILE": str(auth.jwks_file),
+            "EVENTPIPE_AUTH_ISSUER": auth.issuer,
+            "EVENTPIPE_AUTH_AUDIENCE": auth.audience,
+            "EVENTPIPE_AUTH_LEEWAY_SECONDS": str(auth.leeway_seconds),
+        }
 
     @property
     def kafka_bootstrap_servers(self) -> str:
@@ -151,13 +192,18 @@ class Stack:
         run_dir = config.run_dir
         self.kafka = KafkaBroker(run_dir, config.kafka_port, config.kafka_controller_port)
         self.bigtable = BigtableEmulator(run_dir, config.emulator_port)
-        env = config.service_env()
+        env = {**config.service_env(), **config.auth_env()}
         self.services = {
             name: GrpcService(name, run_dir, config.service_ports[name], env)
             for name in SERVICE_NAMES
         }
         self.envoy = Envoy(
-            run_dir, config.envoy_port, config.envoy_admin_port, config.service_ports
+            run_dir,
+            config.envoy_port,
+            config.envoy_admin_port,
+            config.service_ports,
+            auth=config.edge_auth,
+            edge_settings=config.edge,
         )
         for component in self.components():
             component.detach = True
@@ -193,6 +239,9 @@ class Stack:
         if not DESCRIPTOR_SET.exists():
             self.progress("generating stubs and the Envoy descriptor set (make protos) ...")
             importlib.import_module("eventpipe.codegen").generate()
+        if self.config.auth:
+            generate_local_keys(self.config.auth_dir)
+            self.progress(f"auth: signing key and JWKS in {self.config.auth_dir}")
 
         for component in (self.kafka, self.bigtable):
             if component.name in wanted:
@@ -287,15 +336,54 @@ class Stack:
             grpcurl = str(install.tool_path("grpcurl"))
         ingest = f"127.0.0.1:{c.service_ports['ingest']}"
         event = '{"event_id":"e-1","event_type":"page_view","entity_id":"user-1"}'
+        # With auth on, each curl carries the token the help below shows how to get.
+        bearer = ' -H "Authorization: Bearer $TOKEN"' if c.auth else ""
+        if c.auth:
+            lines += ["", *self._auth_help()]
         lines += [
             "",
             "Try:",
             f"  {grpcurl} -plaintext {ingest} list",
             f"  {grpcurl} -plaintext {ingest} grpc.health.v1.Health/Check",
-            f"  curl -s -X POST {envoy}/v1/tenants/demo/events "
+            f"  curl -s -X POST {envoy}/v1/tenants/demo/events{bearer} "
             f"-H 'content-type: application/json' -d '{event}'",
-            f"  curl -s {envoy}/v1/tenants/demo/entities/user-1",
-            f"  curl -s {envoy}/v1/store/consumerStatus",
-            f"Logs: {c.run_dir / 'logs'}    Stop: eventpipe stack down",
+            f"  curl -s{bearer} {envoy}/v1/tenants/demo/entities/user-1",
+            f"  curl -s {envoy}/healthz",
+            f"Logs: {c.run_dir / 'logs'} (Envoy access log: envoy-access.log)    "
+            "Stop: eventpipe stack down",
         ]
         return "\n".join(lines)
+
+    def _auth_help(self) -> list[str]:
+        c = self.config
+        keys = "" if c.auth_dir == DEFAULT_RUN_DIR / "auth" else f" --keys-dir {c.auth_dir}"
+        return [
+            "Auth is on: every API call, through Envoy or straight to a service, needs a JWT",
+            "(health and reflection stay open; EVENTPIPE_STACK_AUTH=0 starts the stack without).",
+            f"  export TOKEN=$(eventpipe auth token --tenant demo --scope ingest,query{keys})",
+            "  Scopes: ingest, query, admin (store, enrich); the token's tenant must be the "
+            "request's.",
+        ]
+
+
+def dev_token(
+    config: StackConfig, tenant: str, scopes: Iterable[str], ttl_seconds: int = 3600
+) -> str | None:
+    """A token the running stack accepts for ``tenant`` and ``scopes``; None when auth is off.
+
+    For in-process steps such as the demo loader: send it as ``authorization: Bearer <token>``.
+    """
+    if not config.auth:
+        return None
+    private_path, jwks_path = generate_local_keys(config.auth_dir)
+    auth = config.edge_auth
+    assert auth is not None
+    return mint_token(
+        private_path.read_bytes(),
+        jwks_path,
+        tenant_id=tenant,
+        scopes=list(scopes),
+        issuer=auth.issuer,
+        audience=auth.audience,
+        ttl_seconds=ttl_seconds,
+    )
