@@ -230,3 +230,50 @@ def e2e_stack(
         pytest.fail(f"could not start the stack: {exc}", pytrace=False)
     yield stack
     stack.down()
+
+
+# Edge tests: limits small enough that a bounded burst (loopback only) meets them.
+EDGE_TENANT_BURST = 20
+EDGE_MAX_REQUEST_BYTES = 64 * 1024
+
+
+@pytest.fixture(scope="session")
+def auth_stack(
+    run_dir: Path, kafka_broker: KafkaBroker, bigtable_emulator: BigtableEmulator
+) -> Iterator[Stack]:
+    """Like ``e2e_stack`` but as ``eventpipe stack up`` runs by default: with JWT auth.
+
+    Keys and JWKS are generated under its run folder's ``auth/``; Envoy runs jwt_authn on them
+    and the services verify the forwarded token. A tenant may burst ``EDGE_TENANT_BURST``
+    requests (refilled at 1/s) and a REST body may be ``EDGE_MAX_REQUEST_BYTES``: give each test
+    its own tenant. Mint tokens with ``eventpipe.stack.stack.dev_token(stack.config, ...)``.
+    """
+    from eventpipe.stack.edge import EdgeSettings
+
+    names = Isolation.new()
+    config = StackConfig(
+        run_dir=run_dir / "auth-e2e",
+        envoy_port=free_port(),
+        envoy_admin_port=free_port(),
+        kafka_port=kafka_broker.port,
+        kafka_controller_port=kafka_broker.controller_port,
+        emulator_port=bigtable_emulator.port,
+        service_ports={name: free_port() for name in SERVICE_NAMES},
+        metrics_ports={name: free_port() for name in SERVICE_NAMES},
+        topic_prefix=names.topic_prefix,
+        table_prefix=names.table_prefix,
+        auth=True,
+        edge=EdgeSettings(
+            tenant_rate=1,
+            tenant_burst=EDGE_TENANT_BURST,
+            max_request_bytes=EDGE_MAX_REQUEST_BYTES,
+        ),
+    )
+    stack = Stack(config, progress=lambda _message: None)
+    try:
+        stack.up(only=[*SERVICE_NAMES, "envoy"], demo=False)
+    except (ComponentError, DeadlineExceeded, install.InstallError) as exc:
+        stack.down()
+        pytest.fail(f"could not start the stack with auth: {exc}", pytrace=False)
+    yield stack
+    stack.down()

