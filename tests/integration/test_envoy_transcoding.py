@@ -37,9 +37,7 @@ from google.protobuf.message import Message
 from tests.conftest import start_or_fail
 
 MAX_REQUEST_BYTES = 64 * 1024
-# Envoy's default buffer limit is 1 MiB: a unary REST response past it failed before the
-# transcoder's max_response_body_size was set.
-LARGE_RESPONSE_BYTES = 3 * 1024 * 1024
+MAX_RESPONSE_BYTES = 1024 * 1024
 # The recording server serves every service but enrich, whose port stays closed.
 SERVED = ("ingest", "store", "query")
 
@@ -116,7 +114,9 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
         port=free_port(),
         admin_port=free_port(),
         upstream_ports=ports,
-        edge_settings=EdgeSettings(max_request_bytes=MAX_REQUEST_BYTES),  # type: ignore[call-arg]
+        edge_settings=EdgeSettings(  # type: ignore[call-arg]
+            max_request_bytes=MAX_REQUEST_BYTES, max_response_bytes=MAX_RESPONSE_BYTES
+        ),
     )
     start_or_fail(envoy)
     try:
@@ -405,20 +405,35 @@ def test_a_query_parameter_of_the_wrong_type_is_400(edge: Edge) -> None:
     assert_json_error(reply, 400, grpc.StatusCode.INVALID_ARGUMENT)
 
 
-def test_a_response_larger_than_envoys_default_buffer_comes_back_whole(
-    edge: Edge, upstream: RecordingUpstream
-) -> None:
-    def large(request: Message) -> Message:
+def _profile_of_size(size: int) -> Behaviour:
+    def large(_request: Message) -> Message:
         response = query_pb2.GetEntityResponse()
-        response.profile.entity_id = "x" * LARGE_RESPONSE_BYTES
+        response.profile.entity_id = "x" * size
         return response
 
-    upstream.behaviours[f"{QUERY}/GetEntity"] = large
+    return large
+
+
+def test_a_large_response_within_the_limit_comes_back_whole(
+    edge: Edge, upstream: RecordingUpstream
+) -> None:
+    size = MAX_RESPONSE_BYTES - 64 * 1024
+    upstream.behaviours[f"{QUERY}/GetEntity"] = _profile_of_size(size)
 
     reply = http(edge, "/v1/tenants/t1/entities/large")
 
     assert reply.status == 200, reply.body[:200]
-    assert len(reply.json()["profile"]["entity_id"]) == LARGE_RESPONSE_BYTES
+    assert len(reply.json()["profile"]["entity_id"]) == size
+
+
+def test_a_response_over_the_limit_is_a_500_json_error_not_a_cut_body(
+    edge: Edge, upstream: RecordingUpstream
+) -> None:
+    upstream.behaviours[f"{QUERY}/GetEntity"] = _profile_of_size(3 * MAX_RESPONSE_BYTES)
+
+    reply = http(edge, "/v1/tenants/t1/entities/too-large")
+
+    assert_json_error(reply, 500, grpc.StatusCode.INTERNAL)
 
 
 # ------------------------------------------------------------------ body size limit
