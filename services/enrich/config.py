@@ -16,3 +16,46 @@ class EnrichSettings(ServiceSettings):
     metrics_port: int = Field(
         9103, ge=0, le=65535, description="Prometheus /metrics port; 0 picks a free one."
     )
+    spark_master: str = Field(
+        "local[*]",
+        pattern=r"^(local(\[(\*|\d+)(,\d+)?\])?|spark://.+|k8s://.+|yarn)$",
+        description="Spark master: local[*] (embedded), spark://host:port or k8s://https://...",
+    )
+    spark_partitions: int = Field(
+        8, ge=1, le=10_000, description="Key-range read tasks per job (ranges are grouped)."
+    )
+    spark_shuffle_partitions: int = Field(8, ge=1, le=10_000, description="Shuffle partitions.")
+    broadcast_max_rows: int = Field(
+        100_000,
+        ge=0,
+        description="Dimensions with at most this many versions are broadcast; larger ones are "
+        "joined by a shuffle.",
+    )
+    spark_conf: str = Field(
+        "",
+        pattern=r"^\s*([^=;\s][^=;]*=[^;]*)?(;\s*[^=;\s][^=;]*=[^;]*)*;?\s*$",
+        description="Extra Spark settings, 'key=value;key=value' (executor memory, k8s image...).",
+    )
+    run_dir: str = Field(
+        ".run/enrich", min_length=1, description="Streaming checkpoints live under this folder."
+    )
+    max_concurrent_jobs: int = Field(
+        2, ge=1, le=64, description="Batch jobs and scheduled windows run at once."
+    )
+    scheduler_tick_seconds: float = Field(
+        1.0, gt=0, le=60, description="How often due scheduled windows are looked for."
+    )
+    dimension_refresh_seconds: float = Field(
+        30.0, ge=0, description="How long a streaming job reuses the dimension versions it read."
+    )
+    resolve_connectors: bool = Field(
+        True, description="Resolve the Spark Kafka source with Maven at start (first run only)."
+    )
+
+    def extra_spark_conf(self) -> tuple[tuple[str, str], ...]:
+        pairs = []
+        for item in self.spark_conf.split(";"):
+            if item.strip():
+                key, _, value = item.partition("=")
+                pairs.append((key.strip(), value.strip()))
+        return tuple(pairs)

@@ -2,26 +2,97 @@
 
 from __future__ import annotations
 
+import logging
+import os
+from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
+from eventpipe.core import bigtable as core_bigtable
 from eventpipe.core.bigtable import check_bigtable
 from eventpipe.core.config import CommonSettings
 from eventpipe.core.server import ServiceDefinition, run_service
 from eventpipe.enrich.v1 import enrich_pb2, enrich_pb2_grpc
 
+from enrich.adapters.bigtable_io import BigtableTarget
+from enrich.adapters.connectors import connector_jars
+from enrich.adapters.engine_adapter import EntityChangePublisher, SparkJobEngine
+from enrich.adapters.repository import (
+    ENRICH_JOBS_TABLE,
+    ENRICH_SPECS_TABLE,
+    BigtableJobStore,
+    BigtableSpecStore,
+    ensure_enrich_tables,
+)
+from enrich.adapters.spark_engine import SparkEngine, SparkSettings
 from enrich.config import EnrichSettings
+from enrich.domain.jobs import JobManager
 from enrich.servicer import EnrichServicer
 
+log = logging.getLogger(__name__)
 SERVICE_NAME = enrich_pb2.DESCRIPTOR.services_by_name["EnrichService"].full_name
 
 
+@dataclass
+class JobWorker:
+    """Runs the job manager beside the RPCs: recovery at start, graceful stop."""
+
+    manager: JobManager
+    engine: SparkEngine
+
+    def start(self) -> None:
+        self.manager.start()
+
+    def stop(self, timeout: float) -> None:
+        self.manager.stop(timeout)
+        try:
+            self.engine.stop()
+        except Exception:  # the JVM may have received the same SIGTERM and gone already
+            log.info("spark session already gone at shutdown")
+
+
 def build(settings: EnrichSettings, common: CommonSettings) -> ServiceDefinition:
-    servicer = EnrichServicer()
+    ensure_enrich_tables(common)
+    jars = tuple(str(j) for j in connector_jars()) if settings.resolve_connectors else ()
+    spark = SparkEngine(
+        SparkSettings(
+            master=settings.spark_master,
+            partitions=settings.spark_partitions,
+            shuffle_partitions=settings.spark_shuffle_partitions,
+            broadcast_max_rows=settings.broadcast_max_rows,
+            jars=jars,
+            extra_conf=settings.extra_spark_conf(),
+        ),
+        BigtableTarget(
+            common.bigtable_project,
+            common.bigtable_instance,
+            common.table_prefix,
+            os.environ.get("BIGTABLE_EMULATOR_HOST"),
+        ),
+        run_dir=Path(settings.run_dir),
+    )
+    engine = SparkJobEngine(
+        spark,
+        EntityChangePublisher(common),
+        common,
+        Path(settings.run_dir).resolve() / "checkpoints",
+        settings.dimension_refresh_seconds,
+    )
+    manager = JobManager(
+        BigtableSpecStore(core_bigtable.table(common, ENRICH_SPECS_TABLE)),
+        BigtableJobStore(core_bigtable.table(common, ENRICH_JOBS_TABLE)),
+        engine,
+        max_concurrent_jobs=settings.max_concurrent_jobs,
+        retention_micros=common.raw_retention_days * 86_400_000_000,
+        tick_seconds=settings.scheduler_tick_seconds,
+    )
+    servicer = EnrichServicer(manager)
     return ServiceDefinition(
         name="enrich",
         grpc_service_names=[SERVICE_NAME],
         register=partial(enrich_pb2_grpc.add_EnrichServiceServicer_to_server, servicer),
         readiness_checks=[partial(check_bigtable, common)],
+        workers=[JobWorker(manager, spark)],
     )
 
 

@@ -12,7 +12,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -334,7 +334,7 @@ class SparkEngine:
         chunk = -(-len(ranges) // slices)
         groups = [ranges[i : i + chunk] for i in range(0, len(ranges), chunk)]
 
-        def read(groups_iter: Iterator[list[tuple[bytes, bytes]]]) -> Iterator[tuple[Any, ...]]:
+        def read(groups_iter: Iterable[list[tuple[bytes, bytes]]]) -> Iterator[tuple[Any, ...]]:
             for group in groups_iter:
                 yield from bigtable_io.read_events(target, group, start, end)
 
@@ -377,6 +377,9 @@ class SparkEngine:
             for frame in cached:
                 frame.unpersist()
             sc.setLocalProperty("spark.scheduler.pool", None)  # type: ignore[arg-type]
+
+    def start_streaming(self, request: StreamingRequest) -> StreamingHandle:
+        return _start_streaming(self, request)
 
     def _check(self, request: BatchRequest) -> None:
         if request.cancelled.is_set():
@@ -461,7 +464,7 @@ class SparkEngine:
         )
         update_time = time.time_ns() // 1000
 
-        def refresh(rows: Iterator[Any]) -> Iterator[tuple[str, str]]:
+        def refresh(rows: Iterable[Any]) -> Iterator[tuple[str, str]]:
             inputs = []
             for row in rows:
                 newest_values = row["newest"].asDict()
@@ -484,3 +487,184 @@ class SparkEngine:
                 )
 
         return newest.rdd.mapPartitions(refresh).collect()
+
+
+# ---------------------------------------------------------------- streaming
+
+
+def event_tuple_from_message(value: bytes, tenant_id: str) -> tuple[Any, ...] | None:
+    """A raw-topic message (serialized Event) as an EVENT_SCHEMA row, or None if it belongs
+    to another tenant or does not parse (the store dead-letters those)."""
+    from eventpipe.common.v1 import event_pb2
+
+    event = event_pb2.Event()
+    try:
+        event.ParseFromString(value)
+    except Exception:
+        return None
+    if event.tenant_id != tenant_id or not event.entity_id or not event.event_id:
+        return None
+    maps: dict[str, dict[str, Any]] = {k: {} for k, _ in _MAPS}
+    for name, attribute in event.attributes.items():
+        kind = attribute.WhichOneof("kind")
+        if kind == "string_value":
+            maps["s"][name] = attribute.string_value
+        elif kind == "int_value":
+            maps["i"][name] = attribute.int_value
+        elif kind == "double_value":
+            maps["d"][name] = attribute.double_value
+        elif kind == "bool_value":
+            maps["b"][name] = attribute.bool_value
+        elif kind == "timestamp_value":
+            maps["t"][name] = schema.micros(attribute.timestamp_value)
+    event_time = schema.micros(event.event_time)
+    return (
+        schema.row_key_for_event(tenant_id, event.entity_id, event_time, event.event_id),
+        tenant_id,
+        event.entity_id,
+        event.event_id,
+        event.event_type,
+        event_time,
+        schema.micros(event.ingest_time),
+        *(maps[k] for k, _ in _MAPS),
+    )
+
+
+@dataclass
+class StreamingRequest:
+    job_id: str
+    tenant_id: str
+    spec: CheckedSpec
+    bootstrap_servers: str
+    topic: str
+    trigger_seconds: float
+    checkpoint_dir: str
+    dimension_refresh_seconds: float = 30.0
+    on_batch: Callable[[Counters], None] = lambda _c: None
+    on_entities_changed: Callable[[list[tuple[str, str]]], None] = lambda _e: None
+
+
+class StreamingHandle:
+    """A running streaming query: ``stop()`` ends it, ``error()`` tells why it died."""
+
+    def __init__(self, query: Any) -> None:
+        self.query = query
+
+    def started(self) -> bool:
+        """True once the first micro-batch ran, so the source's start offsets are fixed."""
+        return self.query.lastProgress is not None
+
+    def is_active(self) -> bool:
+        return bool(self.query.isActive)
+
+    def error(self) -> str | None:
+        exc = self.query.exception()
+        return None if exc is None else str(exc).splitlines()[0]
+
+    def stop(self) -> None:
+        self.query.stop()
+
+
+def _start_streaming(engine: SparkEngine, request: StreamingRequest) -> StreamingHandle:
+    spark = engine.spark
+    target = engine.target
+    spec = request.spec
+    tenant_id = request.tenant_id
+    state: dict[str, Any] = {"dims": None, "loaded_at": 0.0}
+
+    def dimensions() -> tuple[dict[str, DataFrame], dict[str, bool]]:
+        now = time.monotonic()
+        if state["dims"] is None or now - state["loaded_at"] > request.dimension_refresh_seconds:
+            if state["dims"] is not None:
+                for frame in state["dims"][0].values():
+                    frame.unpersist()
+            state["dims"] = engine.read_dimensions(tenant_id, spec)
+            state["loaded_at"] = now
+        return state["dims"]  # type: ignore[no-any-return]
+
+    def process(batch: DataFrame, _batch_id: int) -> None:
+        sc = spark.sparkContext
+        sc.setJobGroup(request.job_id, f"stream {tenant_id}", interruptOnCancel=True)
+        sc.setLocalProperty("spark.scheduler.pool", request.job_id)
+
+        def decode(rows: Iterable[Any]) -> Iterator[tuple[Any, ...]]:
+            for row in rows:
+                parsed = event_tuple_from_message(bytes(row["value"]), tenant_id)
+                if parsed is not None:
+                    yield parsed
+
+        events = spark.createDataFrame(
+            batch.select("value").rdd.mapPartitions(decode), EVENT_SCHEMA
+        )
+        dims, broadcast = dimensions()
+        frame = enrich_frame(events, dims, spec, broadcast).persist()
+        try:
+            unmatched_flag: Column = F.lit(False)
+            if spec.joins:
+                all_matched = F.col("j0_m")
+                for n in range(1, len(spec.joins)):
+                    all_matched = all_matched & F.col(f"j{n}_m")
+                unmatched_flag = ~all_matched
+            totals = frame.agg(
+                F.count(F.lit(1)).alias("read"),
+                F.sum(F.when(unmatched_flag, 1).otherwise(0)).alias("unmatched"),
+            ).collect()[0]
+            if not totals["read"]:
+                return
+            spec_version = spec.version
+
+            def write_enriched(rows: Iterator[Any]) -> None:
+                bigtable_io.write_rows(
+                    target,
+                    schema.ENRICHED_EVENTS_TABLE,
+                    (bigtable_io.enriched_row(output_record(r, spec), spec_version) for r in rows),
+                )
+
+            frame.foreachPartition(write_enriched)
+            metric_fields = spec.metric_fields
+            days = frame.select(
+                "tenant_id",
+                "entity_id",
+                (
+                    F.floor(F.col("event_time") / bigtable_io.DAY_MICROS).cast("long")
+                    * bigtable_io.DAY_MICROS
+                ).alias("day"),
+            ).distinct()
+
+            def write_metrics(rows: Iterator[Any]) -> None:
+                aggregates = (
+                    aggregate
+                    for row in rows
+                    for aggregate in bigtable_io.aggregates_from_enriched(
+                        target, row["tenant_id"], row["entity_id"], row["day"], metric_fields
+                    )
+                )
+                bigtable_io.write_rows(
+                    target,
+                    schema.ENTITY_METRICS_TABLE,
+                    (bigtable_io.metric_row(a) for a in aggregates),
+                )
+
+            days.foreachPartition(write_metrics)
+            changed = engine._write_profiles(frame, spec)
+            request.on_entities_changed(changed)
+            read = int(totals["read"])
+            unmatched = int(totals["unmatched"] or 0)
+            request.on_batch(Counters(read, read - unmatched, unmatched, 0))
+        finally:
+            frame.unpersist()
+
+    query = (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", request.bootstrap_servers)
+        .option("subscribe", request.topic)
+        .option("startingOffsets", "latest")
+        .option("failOnDataLoss", "false")
+        .load()
+        .writeStream.queryName(f"enrich-{request.job_id}")
+        .option("checkpointLocation", request.checkpoint_dir)
+        .trigger(processingTime=f"{int(request.trigger_seconds * 1000)} milliseconds")
+        .foreachBatch(process)
+        .start()
+    )
+    return StreamingHandle(query)

@@ -1,0 +1,115 @@
+"""Specs and job records in Bigtable tables of the enrich service's own, so they survive
+restarts. Both are created idempotently at start (``ensure_enrich_tables``).
+
+- ``enrich_specs``: row ``<tenant>#<reversed version>`` (latest first), ``m:spec`` = the
+  serialized EnrichmentSpec. A new version is written with CheckAndMutate on an empty row, so
+  two concurrent puts cannot both take the same version.
+- ``enrich_jobs``: row ``<tenant>#<job_id>``; job ids embed the reversed creation time, so a
+  prefix scan lists newest first. ``m:job`` = the serialized EnrichmentJob, ``m:next_run``
+  (int64 micros) = when a scheduled job's next window starts.
+"""
+
+from __future__ import annotations
+
+from eventpipe.core import bigtable as core_bigtable
+from eventpipe.core import schema
+from eventpipe.core.bigtable import FamilySpec, TableSpec
+from eventpipe.core.config import CommonSettings
+from eventpipe.enrich.v1 import enrich_pb2
+from google.cloud.bigtable.row_filters import PassAllFilter
+from google.cloud.bigtable.table import Table
+
+from enrich.domain.records import JobRecord
+
+ENRICH_SPECS_TABLE = "enrich_specs"
+ENRICH_JOBS_TABLE = "enrich_jobs"
+FAMILY = "m"
+
+
+def enrich_table_specs() -> list[TableSpec]:
+    family = (FamilySpec(FAMILY, max_versions=1),)
+    return [TableSpec(ENRICH_SPECS_TABLE, family), TableSpec(ENRICH_JOBS_TABLE, family)]
+
+
+def ensure_enrich_tables(settings: CommonSettings) -> None:
+    core_bigtable.ensure_tables(settings, enrich_table_specs())
+
+
+class BigtableSpecStore:
+    def __init__(self, table: Table) -> None:
+        self.table = table
+
+    @staticmethod
+    def _key(tenant_id: str, version: int) -> bytes:
+        return f"{tenant_id}#{schema.REVERSED_TIME_MAX - version:019d}".encode()
+
+    def put(self, tenant_id: str, spec: enrich_pb2.EnrichmentSpec) -> enrich_pb2.EnrichmentSpec:
+        for _attempt in range(20):
+            latest = self.get(tenant_id)
+            stored = enrich_pb2.EnrichmentSpec()
+            stored.CopyFrom(spec)
+            stored.version = (latest.version if latest else 0) + 1
+            row = self.table.conditional_row(
+                self._key(tenant_id, stored.version), filter_=PassAllFilter(True)
+            )
+            row.set_cell(FAMILY, b"spec", stored.SerializeToString(), state=False)
+            if not row.commit():  # False: the row was empty and the write applied
+                return stored
+        raise RuntimeError("could not allocate a spec version under contention")
+
+    def get(self, tenant_id: str, version: int = 0) -> enrich_pb2.EnrichmentSpec | None:
+        if version:
+            row = self.table.read_row(self._key(tenant_id, version))
+            rows = [row] if row is not None else []
+        else:
+            prefix = f"{tenant_id}#".encode()
+            rows = list(
+                self.table.read_rows(start_key=prefix, end_key=schema.prefix_end(prefix), limit=1)
+            )
+        if not rows:
+            return None
+        return enrich_pb2.EnrichmentSpec.FromString(rows[0].cells[FAMILY][b"spec"][0].value)
+
+
+class BigtableJobStore:
+    def __init__(self, table: Table) -> None:
+        self.table = table
+
+    @staticmethod
+    def _key(tenant_id: str, job_id: str) -> bytes:
+        return f"{tenant_id}#{job_id}".encode()
+
+    def save(self, record: JobRecord) -> None:
+        row = self.table.direct_row(self._key(record.tenant_id, record.job.job_id))
+        row.set_cell(FAMILY, b"tenant_id", record.tenant_id.encode())
+        row.set_cell(FAMILY, b"job", record.job.SerializeToString())
+        row.set_cell(FAMILY, b"next_run", schema.encode_int(record.next_run_micros))
+        status = row.commit()
+        if status is not None and getattr(status, "code", 0) != 0:
+            raise RuntimeError(f"saving job {record.job.job_id} failed: {status}")
+
+    @staticmethod
+    def _record(row: object) -> JobRecord:
+        cells = schema.cells_from_row_data(row)
+        return JobRecord(
+            cells[(FAMILY, b"tenant_id")].decode(),
+            enrich_pb2.EnrichmentJob.FromString(cells[(FAMILY, b"job")]),
+            schema.decode_int(cells.get((FAMILY, b"next_run"), schema.encode_int(0))),
+        )
+
+    def get(self, tenant_id: str, job_id: str) -> JobRecord | None:
+        row = self.table.read_row(self._key(tenant_id, job_id))
+        return None if row is None else self._record(row)
+
+    def list_page(
+        self, tenant_id: str, page_size: int, after_job_id: str | None
+    ) -> list[JobRecord]:
+        prefix = f"{tenant_id}#".encode()
+        start = self._key(tenant_id, after_job_id) + b"\x00" if after_job_id else prefix
+        rows = self.table.read_rows(
+            start_key=start, end_key=schema.prefix_end(prefix), limit=page_size
+        )
+        return [self._record(row) for row in rows]
+
+    def all_records(self) -> list[JobRecord]:
+        return [self._record(row) for row in self.table.read_rows()]

@@ -1,0 +1,504 @@
+"""Job lifecycle: validation, running batch / scheduled / streaming jobs, cancel, recovery.
+
+Jobs run on one shared Spark engine (see docs/enrich.md). Every state change is saved to the
+job store first, so a restart of the service finds each job where it was: PENDING or RUNNING
+batch jobs run again from the start (their output is idempotent), scheduled jobs resume at
+their persisted next window, streaming jobs restart from their checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from eventpipe.core import schema
+from eventpipe.core.errors import FailedPrecondition, InvalidArgument, NotFound, Violation
+from eventpipe.enrich.v1 import enrich_pb2
+
+from enrich.domain.records import JobRecord, JobStore, SpecStore, new_job_id
+from enrich.domain.spec import CheckedSpec, validate_spec
+
+log = logging.getLogger(__name__)
+
+MIN_SCHEDULE_INTERVAL_MICROS = 60_000_000
+MIN_TRIGGER_MICROS = 100_000
+DEFAULT_TRIGGER_MICROS = 1_000_000
+TERMINAL = {
+    enrich_pb2.JOB_STATE_SUCCEEDED,
+    enrich_pb2.JOB_STATE_FAILED,
+    enrich_pb2.JOB_STATE_CANCELLED,
+}
+
+
+def _duration_micros(duration: Any) -> int:
+    return int(duration.seconds) * 1_000_000 + int(duration.nanos) // 1000
+
+
+class Cancelled(Exception):
+    """Raised by an engine when a job's cancel flag stopped it."""
+
+
+@dataclass
+class BatchWork:
+    job_id: str
+    tenant_id: str
+    spec: CheckedSpec
+    start_micros: int
+    end_micros: int
+    cancelled: threading.Event
+    on_progress: Callable[[float, enrich_pb2.JobCounters], None]
+
+
+@dataclass
+class StreamWork:
+    job_id: str
+    tenant_id: str
+    spec: CheckedSpec
+    trigger_seconds: float
+    on_batch: Callable[[enrich_pb2.JobCounters], None]
+
+
+class RunningStream(Protocol):
+    def is_active(self) -> bool: ...
+
+    def error(self) -> str | None: ...
+
+    def stop(self) -> None: ...
+
+
+class Engine(Protocol):
+    """What the job manager needs from Spark (enrich.adapters.engine_adapter binds it)."""
+
+    def run_batch(self, work: BatchWork) -> enrich_pb2.JobCounters:
+        """Runs to completion; raises Cancelled when ``work.cancelled`` stopped it."""
+        ...
+
+    def start_stream(self, work: StreamWork) -> RunningStream: ...
+
+    def cancel(self, job_id: str) -> None: ...
+
+
+def validate_job(job: enrich_pb2.EnrichmentJob, now_micros: int, retention_micros: int) -> None:
+    violations: list[Violation] = []
+    if job.mode == enrich_pb2.JOB_MODE_BATCH:
+        end = (
+            schema.micros(job.time_range.end_time)
+            if job.time_range.HasField("end_time")
+            else now_micros
+        )
+        start = (
+            schema.micros(job.time_range.start_time)
+            if job.time_range.HasField("start_time")
+            else now_micros - retention_micros
+        )
+        if start >= end:
+            violations.append(Violation("job.time_range", "start_time must be before end_time"))
+    elif job.mode == enrich_pb2.JOB_MODE_SCHEDULED:
+        if not job.HasField("schedule"):
+            violations.append(Violation("job.schedule", "required for JOB_MODE_SCHEDULED"))
+        else:
+            if _duration_micros(job.schedule.interval) < MIN_SCHEDULE_INTERVAL_MICROS:
+                violations.append(Violation("job.schedule.interval", "at least 1 minute"))
+            if _duration_micros(job.schedule.window) <= 0:
+                violations.append(Violation("job.schedule.window", "must be positive"))
+            if _duration_micros(job.schedule.lateness) < 0:
+                violations.append(Violation("job.schedule.lateness", "must not be negative"))
+    elif job.mode == enrich_pb2.JOB_MODE_STREAMING:
+        if job.HasField("trigger_interval") and (
+            _duration_micros(job.trigger_interval) < MIN_TRIGGER_MICROS
+        ):
+            violations.append(Violation("job.trigger_interval", "at least 100ms"))
+    else:
+        violations.append(Violation("job.mode", "choose BATCH, SCHEDULED or STREAMING"))
+    if job.spec_version < 0:
+        violations.append(Violation("job.spec_version", "must not be negative"))
+    if violations:
+        raise InvalidArgument(
+            f"invalid job: {violations[0].field}: {violations[0].description}",
+            violations=violations,
+        )
+
+
+def batch_window(
+    job: enrich_pb2.EnrichmentJob, now_micros: int, retention_micros: int
+) -> tuple[int, int]:
+    end = (
+        schema.micros(job.time_range.end_time)
+        if job.time_range.HasField("end_time")
+        else now_micros
+    )
+    start = (
+        schema.micros(job.time_range.start_time)
+        if job.time_range.HasField("start_time")
+        else now_micros - retention_micros
+    )
+    return start, end
+
+
+def scheduled_window(schedule: enrich_pb2.Schedule, run_at_micros: int) -> tuple[int, int]:
+    """The window a run due at ``run_at`` enriches: it ends ``lateness`` before the run."""
+    end = run_at_micros - _duration_micros(schedule.lateness)
+    return end - _duration_micros(schedule.window), end
+
+
+def next_run_after(schedule: enrich_pb2.Schedule, due_micros: int, now_micros: int) -> int:
+    """The next due time after a run: one interval on, skipping intervals missed while down
+    (the window of the next run covers them if window >= interval)."""
+    interval = _duration_micros(schedule.interval)
+    following = due_micros + interval
+    if following <= now_micros:
+        following += (now_micros - following) // interval * interval + interval
+    return following
+
+
+@dataclass
+class _Active:
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    stream: RunningStream | None = None
+    window_running: bool = False
+
+
+class JobManager:
+    def __init__(
+        self,
+        specs: SpecStore,
+        jobs: JobStore,
+        engine: Engine,
+        *,
+        max_concurrent_jobs: int = 2,
+        retention_micros: int = 30 * 86_400_000_000,
+        clock: Callable[[], int] = lambda: time.time_ns() // 1000,
+        tick_seconds: float = 1.0,
+    ) -> None:
+        self.specs = specs
+        self.jobs = jobs
+        self.engine = engine
+        self.clock = clock
+        self.retention_micros = retention_micros
+        self.tick_seconds = tick_seconds
+        self._pool = ThreadPoolExecutor(max_concurrent_jobs, thread_name_prefix="enrich-job")
+        self._active: dict[str, _Active] = {}
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._ticker: threading.Thread | None = None
+
+    # -- specs
+
+    def put_spec(
+        self, tenant_id: str, spec: enrich_pb2.EnrichmentSpec
+    ) -> enrich_pb2.EnrichmentSpec:
+        validate_spec(spec)
+        stored = enrich_pb2.EnrichmentSpec()
+        stored.CopyFrom(spec)
+        stored.create_time.CopyFrom(schema.timestamp_from_micros(self.clock()))
+        return self.specs.put(tenant_id, stored)
+
+    def get_spec(self, tenant_id: str, version: int = 0) -> enrich_pb2.EnrichmentSpec:
+        spec = self.specs.get(tenant_id, version)
+        if spec is None:
+            what = f"version {version}" if version else "any version"
+            raise NotFound(f"tenant {tenant_id!r} has no enrichment spec ({what})")
+        return spec
+
+    def _checked_spec(self, tenant_id: str, version: int) -> CheckedSpec:
+        spec = self.get_spec(tenant_id, version)
+        return validate_spec(spec, version=spec.version)
+
+    # -- jobs
+
+    def create_job(self, tenant_id: str, job: enrich_pb2.EnrichmentJob) -> enrich_pb2.EnrichmentJob:
+        now = self.clock()
+        validate_job(job, now, self.retention_micros)
+        spec = self.specs.get(tenant_id, job.spec_version)
+        if spec is None:
+            if job.spec_version:
+                raise InvalidArgument(
+                    f"spec version {job.spec_version} does not exist",
+                    violations=[Violation("job.spec_version", "no such spec version")],
+                )
+            raise FailedPrecondition(f"tenant {tenant_id!r} has no enrichment spec: put one first")
+        record = enrich_pb2.EnrichmentJob(
+            job_id=new_job_id(now),
+            mode=job.mode,
+            spec_version=spec.version,
+            state=enrich_pb2.JOB_STATE_PENDING,
+        )
+        record.create_time.CopyFrom(schema.timestamp_from_micros(now))
+        if job.mode == enrich_pb2.JOB_MODE_BATCH:
+            start, end = batch_window(job, now, self.retention_micros)
+            record.time_range.start_time.CopyFrom(schema.timestamp_from_micros(start))
+            record.time_range.end_time.CopyFrom(schema.timestamp_from_micros(end))
+        elif job.mode == enrich_pb2.JOB_MODE_SCHEDULED:
+            record.schedule.CopyFrom(job.schedule)
+        else:
+            record.trigger_interval.CopyFrom(job.trigger_interval)
+            if not job.HasField("trigger_interval"):
+                record.trigger_interval.FromMicroseconds(DEFAULT_TRIGGER_MICROS)
+        stored = JobRecord(tenant_id, record, next_run_micros=now)
+        self.jobs.save(stored)
+        self._launch(stored)
+        return record
+
+    def get_job(self, tenant_id: str, job_id: str) -> enrich_pb2.EnrichmentJob:
+        record = self.jobs.get(tenant_id, job_id)
+        if record is None:
+            raise NotFound(f"job {job_id!r} not found")
+        return record.job
+
+    def list_jobs(
+        self, tenant_id: str, page_size: int, page_token: str
+    ) -> tuple[list[enrich_pb2.EnrichmentJob], str]:
+        if not 0 <= page_size <= 1000:
+            raise InvalidArgument(
+                "page_size must be 1..1000", violations=[Violation("page_size", "1..1000")]
+            )
+        size = page_size or 100
+        records = self.jobs.list_page(tenant_id, size + 1, page_token or None)
+        page = records[:size]
+        token = page[-1].job.job_id if len(records) > size else ""
+        return [r.job for r in page], token
+
+    def cancel_job(self, tenant_id: str, job_id: str) -> enrich_pb2.EnrichmentJob:
+        record = self.jobs.get(tenant_id, job_id)
+        if record is None:
+            raise NotFound(f"job {job_id!r} not found")
+        if record.job.state in TERMINAL:
+            return record.job
+        with self._lock:
+            active = self._active.get(job_id)
+        if active is not None:
+            active.cancelled.set()
+            if active.stream is not None:
+                active.stream.stop()
+            self.engine.cancel(job_id)
+        # The job's thread also marks it; saving here makes the answer immediate and covers a
+        # job that was not running in this process.
+        self._finish(record, enrich_pb2.JOB_STATE_CANCELLED)
+        return record.job
+
+    # -- running
+
+    def start(self) -> None:
+        """Recovers jobs left PENDING / RUNNING by a previous process and starts ticking."""
+        for record in self.jobs.all_records():
+            if record.job.state in (enrich_pb2.JOB_STATE_PENDING, enrich_pb2.JOB_STATE_RUNNING):
+                log.info("recovering job", extra={"job_id": record.job.job_id})
+                self._launch(record)
+        self._ticker = threading.Thread(
+            target=self._tick_loop, name="enrich-scheduler", daemon=True
+        )
+        self._ticker.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopped.set()
+        with self._lock:
+            active = list(self._active.items())
+        for job_id, item in active:
+            # Not cancelled: the records stay RUNNING so the next process resumes them.
+            if item.stream is not None:
+                item.stream.stop()
+            else:
+                self.engine.cancel(job_id)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _launch(self, record: JobRecord) -> None:
+        job_id = record.job.job_id
+        with self._lock:
+            self._active.setdefault(job_id, _Active())
+        if record.job.mode == enrich_pb2.JOB_MODE_BATCH:
+            self._pool.submit(self._run_batch_job, record)
+        elif record.job.mode == enrich_pb2.JOB_MODE_STREAMING:
+            self._pool.submit(self._run_stream_job, record)
+        else:
+            self._mark_running(record)  # the ticker runs its windows
+
+    def _mark_running(self, record: JobRecord) -> None:
+        if record.job.state != enrich_pb2.JOB_STATE_RUNNING:
+            record.job.state = enrich_pb2.JOB_STATE_RUNNING
+            record.job.start_time.CopyFrom(schema.timestamp_from_micros(self.clock()))
+            self.jobs.save(record)
+
+    def _finish(self, record: JobRecord, state: int, error: str = "") -> None:
+        latest = self.jobs.get(record.tenant_id, record.job.job_id)
+        if latest is not None and latest.job.state in TERMINAL:
+            record.job.CopyFrom(latest.job)
+            return  # cancelled meanwhile: keep the first terminal state
+        record.job.state = state  # type: ignore[assignment]
+        record.job.error = error
+        record.job.end_time.CopyFrom(schema.timestamp_from_micros(self.clock()))
+        self.jobs.save(record)
+        with self._lock:
+            self._active.pop(record.job.job_id, None)
+
+    def _cancelled(self, job_id: str) -> threading.Event:
+        with self._lock:
+            return self._active.setdefault(job_id, _Active()).cancelled
+
+    def _progress_saver(self, record: JobRecord) -> Callable[[float, enrich_pb2.JobCounters], None]:
+        def save(progress: float, counters: enrich_pb2.JobCounters) -> None:
+            if record.job.state in TERMINAL:
+                return
+            record.job.progress = progress
+            record.job.counters.CopyFrom(counters)
+            self.jobs.save(record)
+
+        return save
+
+    def _run_batch_job(self, record: JobRecord) -> None:
+        job = record.job
+        cancelled = self._cancelled(job.job_id)
+        try:
+            spec = self._checked_spec(record.tenant_id, job.spec_version)
+            self._mark_running(record)
+            job.progress = 0.0
+            counters = self.engine.run_batch(
+                BatchWork(
+                    job.job_id,
+                    record.tenant_id,
+                    spec,
+                    schema.micros(job.time_range.start_time),
+                    schema.micros(job.time_range.end_time),
+                    cancelled,
+                    self._progress_saver(record),
+                )
+            )
+            job.counters.CopyFrom(counters)
+            job.progress = 1.0
+            self._finish(record, enrich_pb2.JOB_STATE_SUCCEEDED)
+        except Exception as exc:
+            if cancelled.is_set() or isinstance(exc, Cancelled):
+                self._finish(record, enrich_pb2.JOB_STATE_CANCELLED)
+            elif self._stopped.is_set():
+                log.info(
+                    "job interrupted by shutdown; resumes on restart", extra={"job_id": job.job_id}
+                )
+            else:
+                log.exception("batch job failed", extra={"job_id": job.job_id})
+                self._finish(record, enrich_pb2.JOB_STATE_FAILED, _describe(exc))
+
+    def _run_stream_job(self, record: JobRecord) -> None:
+        job = record.job
+        cancelled = self._cancelled(job.job_id)
+        totals = enrich_pb2.JobCounters()
+        lock = threading.Lock()
+
+        def on_batch(counters: enrich_pb2.JobCounters) -> None:
+            with lock:
+                for name in ("read", "enriched", "unmatched", "failed"):
+                    setattr(totals, name, getattr(totals, name) + getattr(counters, name))
+                job.counters.CopyFrom(totals)
+                if job.state not in TERMINAL:
+                    self.jobs.save(record)
+
+        try:
+            spec = self._checked_spec(record.tenant_id, job.spec_version)
+            totals.CopyFrom(job.counters)
+            stream = self.engine.start_stream(
+                StreamWork(
+                    job.job_id,
+                    record.tenant_id,
+                    spec,
+                    _duration_micros(job.trigger_interval) / 1e6 or 1.0,
+                    on_batch,
+                )
+            )
+            with self._lock:
+                self._active[job.job_id].stream = stream
+            self._mark_running(record)
+            while stream.is_active() and not cancelled.is_set() and not self._stopped.is_set():
+                cancelled.wait(0.5)
+            if cancelled.is_set():
+                stream.stop()
+                self._finish(record, enrich_pb2.JOB_STATE_CANCELLED)
+            elif not self._stopped.is_set():
+                error = stream.error()
+                self._finish(
+                    record,
+                    enrich_pb2.JOB_STATE_FAILED if error else enrich_pb2.JOB_STATE_SUCCEEDED,
+                    error or "",
+                )
+        except Exception as exc:
+            log.exception("streaming job failed", extra={"job_id": job.job_id})
+            self._finish(record, enrich_pb2.JOB_STATE_FAILED, _describe(exc))
+
+    # -- scheduling
+
+    def _tick_loop(self) -> None:
+        while not self._stopped.wait(self.tick_seconds):
+            try:
+                self.tick()
+            except Exception:
+                log.exception("scheduler tick failed")
+
+    def tick(self) -> None:
+        """Starts every due window whose schedule has no window running."""
+        now = self.clock()
+        with self._lock:
+            scheduled = [job_id for job_id, a in self._active.items() if a.stream is None]
+        for job_id in scheduled:
+            with self._lock:
+                active = self._active.get(job_id)
+                if active is None or active.window_running:
+                    continue
+            record = self._find(job_id)
+            if (
+                record is None
+                or record.job.mode != enrich_pb2.JOB_MODE_SCHEDULED
+                or record.job.state != enrich_pb2.JOB_STATE_RUNNING
+                or record.next_run_micros > now
+            ):
+                continue
+            with self._lock:
+                active.window_running = True
+            self._pool.submit(self._run_window, record, now)
+
+    def _find(self, job_id: str) -> JobRecord | None:
+        for record in self._scheduled_records():
+            if record.job.job_id == job_id:
+                return record
+        return None
+
+    def _scheduled_records(self) -> list[JobRecord]:
+        return [r for r in self.jobs.all_records() if r.job.mode == enrich_pb2.JOB_MODE_SCHEDULED]
+
+    def _run_window(self, record: JobRecord, now: int) -> None:
+        job = record.job
+        cancelled = self._cancelled(job.job_id)
+        due = record.next_run_micros
+        start, end = scheduled_window(job.schedule, due)
+        try:
+            spec = self._checked_spec(record.tenant_id, job.spec_version)
+            counters = self.engine.run_batch(
+                BatchWork(
+                    job.job_id, record.tenant_id, spec, start, end, cancelled, lambda _p, _c: None
+                )
+            )
+            for name in ("read", "enriched", "unmatched", "failed"):
+                setattr(job.counters, name, getattr(job.counters, name) + getattr(counters, name))
+            record.next_run_micros = next_run_after(job.schedule, due, self.clock())
+            latest = self.jobs.get(record.tenant_id, job.job_id)
+            if latest is not None and latest.job.state == enrich_pb2.JOB_STATE_RUNNING:
+                job.error = ""
+                self.jobs.save(record)
+        except Exception as exc:
+            if not cancelled.is_set() and not self._stopped.is_set():
+                # A failed window is retried at the next tick; the schedule keeps running.
+                log.exception("scheduled window failed", extra={"job_id": job.job_id})
+                job.error = _describe(exc)
+                self.jobs.save(record)
+        finally:
+            with self._lock:
+                active = self._active.get(job.job_id)
+                if active is not None:
+                    active.window_running = False
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(exc).__name__}: {first}"[:1000]
