@@ -372,7 +372,7 @@ def test_a_rest_body_over_the_limit_is_413_json(auth_stack: Stack) -> None:
     )
 
     assert reply.status == 413, reply.body
-    assert reply.json() == {"code": 3, "message": "request body too large", "details": []}
+    assert reply.json() == {"code": 8, "message": "request body too large", "details": []}
 
 
 def test_a_rest_body_within_the_limit_is_ingested_whole(auth_stack: Stack) -> None:

@@ -458,7 +458,7 @@ def test_a_rest_body_over_the_limit_is_413_json_and_never_reaches_the_service(
 
     reply = post_json(edge, f"/v1/tenants/{tenant}/events:batch", body)
 
-    document = assert_json_error(reply, 413, grpc.StatusCode.INVALID_ARGUMENT)
+    document = assert_json_error(reply, 413, grpc.StatusCode.RESOURCE_EXHAUSTED)
     assert document["message"] == "request body too large"
     assert not [
         c for c in upstream.calls_to(f"{INGEST}/IngestEvents") if c.request.tenant_id == tenant
