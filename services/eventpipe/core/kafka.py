@@ -22,6 +22,9 @@ def producer_config(settings: CommonSettings, **overrides: Any) -> dict[str, Any
         "acks": "all",
         "enable.idempotence": True,
         "compression.type": "lz4",
+        # The Java client's partitioner, so direct producers in any language agree with ingest
+        # on the partition of a (tenant, entity) key.
+        "partitioner": "murmur2_random",
         "linger.ms": 5,
         "batch.size": 256 * 1024,
         # A write not confirmed within this bound is reported as failed, never acknowledged.
