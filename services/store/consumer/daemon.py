@@ -154,6 +154,9 @@ class ConsumerDaemon:
                     self._high.get((topic, partition), 0),
                 )
                 for topic, partition in sorted(self._assigned)
+                # Listed once both offsets are known: an unknown watermark is not "no lag".
+                if (topic, partition) in self._high
+                and (topic, partition) not in self._needs_committed
             ]
             return ConsumerStatus(
                 state=self._state,
@@ -374,6 +377,7 @@ class ConsumerDaemon:
             for tp in partitions:
                 key = (tp.topic, tp.partition)
                 self._assigned.discard(key)
+                self._needs_committed.discard(key)
                 self._committed.pop(key, None)
                 if self._high.pop(key, None) is not None:
                     metrics.CONSUMER_LAG.remove(tp.topic, str(tp.partition))
@@ -387,15 +391,15 @@ class ConsumerDaemon:
         with self._lock:
             assigned = sorted(self._assigned)
             unknown = sorted(self._needs_committed & self._assigned)
-            self._needs_committed.clear()
         try:
             if unknown:
                 for tp in consumer.committed(
                     [TopicPartition(t, p) for t, p in unknown], timeout=5.0
                 ):
-                    if tp.offset >= 0:
-                        with self._lock:
+                    with self._lock:
+                        if tp.offset >= 0:
                             self._committed.setdefault((tp.topic, tp.partition), tp.offset)
+                        self._needs_committed.discard((tp.topic, tp.partition))
             for topic, partition in assigned:
                 # Cached (no broker call) while fetching; asked for when paused or unknown.
                 cached = not self._paused and (topic, partition) in self._high

@@ -133,3 +133,9 @@ def test_a_stop_during_an_outage_abandons_the_batch_uncommitted_and_closes(
     harness.stop(grace=0.05)
     assert harness.consumer.commits == []
     assert harness.consumer.closed
+
+
+def test_a_partition_is_not_reported_lag_free_before_its_offsets_are_known() -> None:
+    h = Harness(count=0)
+    h.daemon._on_assign(None, [h.consumer.tp])  # assigned, nothing refreshed yet
+    assert h.daemon.status().partitions == []
