@@ -6,9 +6,7 @@ import argparse
 from pathlib import Path
 
 from eventpipe.core.auth import SCOPES, generate_local_keys, mint_token
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
-DEFAULT_KEYS_DIR = REPO_ROOT / ".run" / "auth"
+from eventpipe.stack.stack import StackConfig
 
 
 def _token(args: argparse.Namespace) -> int:
@@ -16,7 +14,8 @@ def _token(args: argparse.Namespace) -> int:
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown:
         raise SystemExit(f"unknown scope(s) {', '.join(unknown)}; choose from {', '.join(SCOPES)}")
-    private_path, jwks_path = generate_local_keys(args.keys_dir)
+    keys_dir = args.keys_dir or StackConfig.from_env().auth_dir
+    private_path, jwks_path = generate_local_keys(keys_dir)
     print(
         mint_token(
             private_path.read_bytes(),
@@ -38,5 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--scope", default="ingest,query", help=f"comma-separated, of {', '.join(SCOPES)}"
     )
     token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
-    token.add_argument("--keys-dir", type=Path, default=DEFAULT_KEYS_DIR, help=argparse.SUPPRESS)
+    token.add_argument(
+        "--keys-dir", type=Path, default=None, help="default: the local stack's (EVENTPIPE_RUN_DIR)"
+    )
     token.set_defaults(func=_token)

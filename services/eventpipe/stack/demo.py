@@ -15,6 +15,7 @@ import grpc
 
 from eventpipe.demo.generator import DemoSpec, batches, generate
 from eventpipe.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from eventpipe.stack.stack import StackConfig, dev_token
 from eventpipe.store.v1 import store_pb2, store_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,12 @@ def _describe(error: grpc.RpcError) -> str:
 def load_demo_data(config: object) -> None:
     """Generates the demo set and loads it through the running services (never raises)."""
     ports = getattr(config, "service_ports", {"ingest": 50051, "store": 50052})
+    token = (
+        dev_token(config, DEMO_TENANT, ["ingest", "admin"])
+        if isinstance(config, StackConfig)
+        else None
+    )
+    metadata = [("authorization", f"Bearer {token}")] if token else None
     now_micros = time.time_ns() // 1000
     data = generate(dataclasses.replace(DEMO_SPEC, now_micros=now_micros))
 
@@ -49,6 +56,7 @@ def load_demo_data(config: object) -> None:
                             tenant_id=DEMO_TENANT, dimension=dimension, records=chunk
                         ),
                         timeout=30,
+                        metadata=metadata,
                     )
                     written += response.summary.accepted_count
                 print(f"demo data: {written} {dimension} versions upserted")
@@ -64,7 +72,8 @@ def load_demo_data(config: object) -> None:
         )
         try:
             accepted = sum(
-                r.summary.accepted_count for r in ingest.StreamEvents(requests, timeout=120)
+                r.summary.accepted_count
+                for r in ingest.StreamEvents(requests, timeout=120, metadata=metadata)
             )
             print(f"demo data: {accepted} of {len(data.events)} events ingested (tenant demo)")
         except grpc.RpcError as error:
