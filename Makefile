@@ -14,6 +14,8 @@ PROTOS := $(shell find protos -name '*.proto')
 TOOL = $(shell $(PY) -c 'from eventpipe.stack.install import tool_path; print(tool_path("$(1)"))')
 PYTEST_ARGS ?=
 
+
+.PHONY: bench-tools
 .PHONY: help setup tools protos up down status test test-unit test-integration test-e2e lint fmt bench clean
 
 help: ## Show this help.
@@ -70,8 +72,11 @@ fmt: $(STAMP) ## Format Python and protos in place.
 	$(VENV)/bin/ruff check --fix .
 	$(call TOOL,buf) format -w
 
-bench: up ## Run the benchmarks on the local stack; results in bench/results/.
+bench: up bench-tools ## Run the benchmarks on the local stack; results in bench/results/.
 	$(PY) -m bench.harness $(BENCH_ARGS)
+
+bench-tools: # hey (REST load) comes from Debian's packages.
+	@command -v hey >/dev/null || { apt-get update -qq && apt-get install -y -qq hey; }
 
 clean: ## Remove generated code, build output and the run directory (stop the stack first).
 	rm -rf .build .run services/eventpipe/{common,ingest,store,enrich,query}/v1
