@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,48 +79,40 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
         return _wrap_handler(handler, method)
 
 
+@contextmanager
+def _rpc_scope(method: str, context: grpc.ServicerContext) -> Iterator[None]:
+    """Maps errors raised inside to statuses and records the RPC's metrics."""
+    started = time.perf_counter()
+    code = "OK"
+    try:
+        yield
+    except EventPipeError as error:
+        code = error.code.name
+        _abort(context, error)
+    except Exception:
+        if _code_already_set(context):
+            code = _context_code(context)
+            raise
+        code = "INTERNAL"
+        log.exception("unhandled error", extra={"method": method})
+        context.abort(grpc.StatusCode.INTERNAL, "internal error")
+    finally:
+        RPC_REQUESTS.labels(method, code).inc()
+        RPC_LATENCY.labels(method).observe(time.perf_counter() - started)
+
+
 def _wrap_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     def guard_unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
-            started = time.perf_counter()
-            code = "OK"
-            try:
+            with _rpc_scope(method, context):
                 return behavior(request, context)
-            except EventPipeError as error:
-                code = error.code.name
-                _abort(context, error)
-            except Exception:
-                if _code_already_set(context):
-                    code = _context_code(context)
-                    raise
-                code = "INTERNAL"
-                log.exception("unhandled error", extra={"method": method})
-                context.abort(grpc.StatusCode.INTERNAL, "internal error")
-            finally:
-                RPC_REQUESTS.labels(method, code).inc()
-                RPC_LATENCY.labels(method).observe(time.perf_counter() - started)
 
         return wrapped
 
     def guard_stream(behavior: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
         def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            started = time.perf_counter()
-            code = "OK"
-            try:
+            with _rpc_scope(method, context):
                 yield from behavior(request, context)
-            except EventPipeError as error:
-                code = error.code.name
-                _abort(context, error)
-            except Exception:
-                if _code_already_set(context):
-                    code = _context_code(context)
-                    raise
-                code = "INTERNAL"
-                log.exception("unhandled error", extra={"method": method})
-                context.abort(grpc.StatusCode.INTERNAL, "internal error")
-            finally:
-                RPC_REQUESTS.labels(method, code).inc()
-                RPC_LATENCY.labels(method).observe(time.perf_counter() - started)
 
         return wrapped
 
