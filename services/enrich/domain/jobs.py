@@ -241,8 +241,10 @@ class JobManager:
                 record.trigger_interval.FromMicroseconds(DEFAULT_TRIGGER_MICROS)
         stored = JobRecord(tenant_id, record, next_run_micros=now)
         self.jobs.save(stored)
+        answer = enrich_pb2.EnrichmentJob()
+        answer.CopyFrom(record)  # the worker thread mutates ``record`` from now on
         self._launch(stored)
-        return record
+        return answer
 
     def get_job(self, tenant_id: str, job_id: str) -> enrich_pb2.EnrichmentJob:
         record = self.jobs.get(tenant_id, job_id)

@@ -154,9 +154,12 @@ def _attr(event: event_pb2.Event, name: str) -> Any:
 def as_of(versions: list[DimVersion], key: str, t: int) -> DimVersion | None:
     best = None
     for version in versions:
-        if version.key == key and version.valid_from <= t:
-            if best is None or version.valid_from > best.valid_from:
-                best = version
+        if (
+            version.key == key
+            and version.valid_from <= t
+            and (best is None or version.valid_from > best.valid_from)
+        ):
+            best = version
     return best
 
 

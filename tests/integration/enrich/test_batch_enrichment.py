@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from enrich.adapters.spark_engine import BatchRequest, SparkEngine
+from enrich.adapters.spark_engine import BatchRequest, JobCancelled, SparkEngine
 from enrich.domain.spec import validate_spec
 from eventpipe.core import schema
 from google.cloud.bigtable.table import Table
@@ -157,3 +157,19 @@ def test_a_dimension_change_then_re_enrichment_rewrites_exactly_the_affected_row
     assert changed_rows == affected
     for key in affected:
         assert decoded_enriched(after[key])["fields"]["products.price"] == 99.0
+
+
+def test_cancelling_a_running_batch_stops_it_before_it_writes(
+    engine: SparkEngine, tables: dict[str, Table], loaded: dataset.Dataset
+) -> None:
+    spec = validate_spec(dataset.test_spec(), version=1)
+    request = BatchRequest("job-cancel", loaded.tenant_id, spec, BASE, BASE + 2 * DAY)
+
+    def cancel_after_the_first_stage(_progress: float, _counters: Any) -> None:
+        request.cancelled.set()
+        engine.cancel(request.job_id)
+
+    request.on_progress = cancel_after_the_first_stage
+    with pytest.raises(JobCancelled):
+        engine.run_batch(request)
+    assert dump(tables[schema.ENRICHED_EVENTS_TABLE]) == {}

@@ -1,0 +1,85 @@
+"""Spec validation: every bad field is named, good specs come back checked."""
+
+from __future__ import annotations
+
+import pytest
+from enrich.domain.expressions import ValueType
+from enrich.domain.spec import validate_spec
+from eventpipe.core.errors import InvalidArgument
+from eventpipe.enrich.v1 import enrich_pb2
+
+
+def good_spec() -> enrich_pb2.EnrichmentSpec:
+    return enrich_pb2.EnrichmentSpec(
+        joins=[
+            enrich_pb2.Join(
+                dimension="products", key_field="attributes.product_id", fields=["price"]
+            ),
+            enrich_pb2.Join(dimension="users", key_field="entity_id", fields=["tier"]),
+        ],
+        derived_fields=[
+            enrich_pb2.DerivedField(name="revenue", expression="quantity * products.price"),
+            enrich_pb2.DerivedField(name="tag", expression="users.tier + '!'"),
+        ],
+        metric_fields=["quantity", "revenue", "products.price"],
+    )
+
+
+def violations(spec: enrich_pb2.EnrichmentSpec) -> dict[str, str]:
+    with pytest.raises(InvalidArgument) as raised:
+        validate_spec(spec)
+    return {v.field: v.description for v in raised.value.violations}
+
+
+def test_a_good_spec_is_checked_with_its_joins_and_types() -> None:
+    checked = validate_spec(good_spec(), version=3)
+    assert checked.version == 3
+    assert checked.joins[0].key_attribute == "product_id"
+    assert checked.joins[1].key_attribute is None
+    assert [d.value_type for d in checked.derived] == [ValueType.NUMBER, ValueType.STRING]
+    assert checked.joined_fields == ["products.price", "users.tier"]
+
+
+def test_join_mistakes_are_reported_per_field() -> None:
+    spec = good_spec()
+    spec.joins.append(enrich_pb2.Join(dimension="products", key_field="x", fields=["a", "a"]))
+    found = violations(spec)
+    assert set(found) == {
+        "spec.joins[2].dimension",
+        "spec.joins[2].key_field",
+        "spec.joins[2].fields",
+    }
+    assert "twice" in found["spec.joins[2].dimension"]
+
+
+def test_an_expression_may_only_read_fields_a_join_copies() -> None:
+    spec = good_spec()
+    spec.derived_fields.append(enrich_pb2.DerivedField(name="x", expression="products.cost"))
+    spec.derived_fields.append(enrich_pb2.DerivedField(name="y", expression="shops.size"))
+    found = violations(spec)
+    assert "not among the fields" in found["spec.derived_fields[2].expression"]
+    assert "names no joined dimension" in found["spec.derived_fields[3].expression"]
+
+
+def test_metric_fields_must_be_numeric_and_known() -> None:
+    spec = good_spec()
+    spec.metric_fields.extend(["tag", "shops.size", "quantity", "entity_id"])
+    found = violations(spec)
+    assert set(found) == {
+        "spec.metric_fields[3]",
+        "spec.metric_fields[4]",
+        "spec.metric_fields[5]",
+        "spec.metric_fields[6]",
+    }
+
+
+def test_derived_names_are_unique_and_not_reserved() -> None:
+    spec = good_spec()
+    spec.derived_fields.append(enrich_pb2.DerivedField(name="revenue", expression="1"))
+    spec.derived_fields.append(enrich_pb2.DerivedField(name="event_type", expression="1"))
+    spec.derived_fields.append(enrich_pb2.DerivedField(name="Bad", expression="1"))
+    assert set(violations(spec)) == {
+        "spec.derived_fields[2].name",
+        "spec.derived_fields[3].name",
+        "spec.derived_fields[4].name",
+    }
