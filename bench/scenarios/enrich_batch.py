@@ -1,0 +1,300 @@
+"""Enrichment: batch rows/s against the same Spark join read from Parquet, and streaming
+freshness (ingest acknowledgement -> enriched row readable) against raw Kafka delivery.
+
+Runs against the local stack's Kafka and Bigtable emulator (``make up``), with tables and
+topics of its own prefix. Spark runs embedded (local[2]). Sizes: quick 20k events, full 200k
+(1M takes longer than a benchmark slot on a shared 2-core machine: the emulator's client-side
+scan and mutate rate, ~10-20k rows/s, bounds the Bigtable side).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from typing import Any
+
+from eventpipe.common.v1 import event_pb2
+from eventpipe.core import bigtable as core_bigtable
+from eventpipe.core import schema
+from eventpipe.core.config import CommonSettings
+from eventpipe.core.kafka import producer_config
+from eventpipe.core.topic_contract import message_headers, message_key
+from eventpipe.core.topology import ensure_topology
+from eventpipe.enrich.v1 import enrich_pb2
+from google.cloud.bigtable.row import DirectRow
+
+from bench.harness import BenchContext, Measurement
+
+NAME = "enrich_batch"
+DAY = 86_400_000_000
+BASE = 1_767_225_600_000_000
+
+
+def _spec() -> enrich_pb2.EnrichmentSpec:
+    return enrich_pb2.EnrichmentSpec(
+        joins=[
+            enrich_pb2.Join(
+                dimension="products", key_field="attributes.product_id", fields=["price"]
+            ),
+            enrich_pb2.Join(dimension="users", key_field="entity_id", fields=["tier"]),
+        ],
+        derived_fields=[
+            enrich_pb2.DerivedField(name="revenue", expression="quantity * products.price")
+        ],
+        metric_fields=["quantity", "revenue"],
+    )
+
+
+def _event(tenant: str, n: int, t: int, rng: random.Random) -> event_pb2.Event:
+    event = event_pb2.Event(
+        tenant_id=tenant,
+        event_id=f"ev{n}",
+        event_type=rng.choice(["view", "purchase"]),
+        entity_id=f"u{rng.randrange(2000)}",
+    )
+    event.attributes["product_id"].string_value = f"p{rng.randrange(200)}"
+    event.attributes["quantity"].int_value = rng.randrange(1, 5)
+    event.event_time.CopyFrom(schema.timestamp_from_micros(t))
+    event.ingest_time.CopyFrom(schema.timestamp_from_micros(t))
+    return event
+
+
+def _load(settings: CommonSettings, tenant: str, count: int) -> None:
+    rng = random.Random(1)
+    raw = core_bigtable.table(settings, schema.RAW_EVENTS_TABLE)
+    batch: list[DirectRow] = []
+    for n in range(count):
+        stored = schema.event_to_row(_event(tenant, n, BASE + rng.randrange(DAY), rng))
+        row = DirectRow(stored.key)
+        for (family, qualifier), value in stored.cells.items():
+            row.set_cell(family, qualifier, value, schema.cell_time(stored.timestamp_micros))
+        batch.append(row)
+        if len(batch) == 1000:
+            raw.mutate_rows(batch)
+            batch = []
+    if batch:
+        raw.mutate_rows(batch)
+    dims = core_bigtable.table(settings, schema.DIMENSIONS_TABLE)
+    rows = []
+    for p in range(200):
+        for version, start in enumerate((BASE - DAY, BASE + DAY // 2)):
+            row = DirectRow(schema.row_key_for_dimension(tenant, "products", f"p{p}", start))
+            row.set_cell("d", b"price", schema.encode_double(1.0 + p + version))
+            rows.append(row)
+    for u in range(2000):
+        row = DirectRow(schema.row_key_for_dimension(tenant, "users", f"u{u}", BASE - DAY))
+        row.set_cell("s", b"tier", b"gold" if u % 3 else b"silver")
+        rows.append(row)
+    for start in range(0, len(rows), 1000):
+        dims.mutate_rows(rows[start : start + 1000])
+
+
+def _settings(ctx: BenchContext, token: str) -> CommonSettings:
+    return ctx.common.model_copy(
+        update={"table_prefix": f"bench{token}_", "topic_prefix": f"bench{token}."}
+    )
+
+
+def run(ctx: BenchContext) -> list[Measurement]:
+    from enrich.adapters.bigtable_io import BigtableTarget
+    from enrich.adapters.connectors import connector_jars
+    from enrich.adapters.spark_engine import (
+        EVENT_SCHEMA,
+        BatchRequest,
+        SparkEngine,
+        SparkSettings,
+        StreamingRequest,
+        aggregate_frame,
+        enrich_frame,
+    )
+    from enrich.domain.spec import validate_spec
+
+    os.environ.setdefault("BIGTABLE_EMULATOR_HOST", "127.0.0.1:8086")
+    token = uuid.uuid4().hex[:8]
+    settings = _settings(ctx, token)
+    ensure_topology(settings)
+    tenant = f"bench-{token}"
+    count = 20_000 if ctx.quick else 200_000
+    _load(settings, tenant, count)
+    spark_settings = SparkSettings(
+        master="local[2]",
+        partitions=4,
+        shuffle_partitions=4,
+        jars=tuple(str(j) for j in connector_jars()),
+    )
+    target = BigtableTarget(
+        settings.bigtable_project,
+        settings.bigtable_instance,
+        settings.table_prefix,
+        os.environ.get("BIGTABLE_EMULATOR_HOST"),
+    )
+    engine = SparkEngine(spark_settings, target)
+    spec = validate_spec(_spec(), version=1)
+    spark = engine.spark
+    measurements: list[Measurement] = []
+    try:
+        # The ceiling: the same events and dimension versions as Parquet, the same joins and
+        # aggregates, written to Spark's no-op sink.
+        events = engine.read_events(tenant, BASE, BASE + DAY)
+        folder = tempfile.mkdtemp(prefix="enrich-bench-")
+        events.write.mode("overwrite").parquet(f"{folder}/events")
+        dims, broadcast = engine.read_dimensions(tenant, spec)
+        for name, frame in dims.items():
+            frame.write.mode("overwrite").parquet(f"{folder}/{name}")
+
+        def parquet_round() -> float:
+            started = time.perf_counter()
+            parquet_events = spark.read.schema(EVENT_SCHEMA).parquet(f"{folder}/events")
+            parquet_dims = {n: spark.read.parquet(f"{folder}/{n}").cache() for n in dims}
+            for frame in parquet_dims.values():
+                frame.count()
+            enriched = enrich_frame(parquet_events, parquet_dims, spec, broadcast).cache()
+            enriched.write.format("noop").mode("overwrite").save()
+            aggregate_frame(enriched, spec).write.format("noop").mode("overwrite").save()
+            enriched.unpersist()
+            return count / (time.perf_counter() - started)
+
+        def bigtable_round() -> float:
+            started = time.perf_counter()
+            engine.run_batch(BatchRequest(f"bench-{token}", tenant, spec, BASE, BASE + DAY))
+            return count / (time.perf_counter() - started)
+
+        parquet_rates = [parquet_round() for _ in range(ctx.rounds)]
+        bigtable_rates = [bigtable_round() for _ in range(ctx.rounds)]
+        measurements.append(
+            Measurement(
+                name=f"batch enrichment, {count:,} events, 2 joins + aggregates + profiles",
+                value=statistics.median(bigtable_rates),
+                unit="events/s",
+                baseline_name="same Spark joins + aggregates over Parquet (noop sink)",
+                baseline_value=statistics.median(parquet_rates),
+                note="Bigtable side: key-range partitioned reads with the Python client in "
+                "mapPartitions, mutate_rows writes of enriched rows, hour/day aggregates and "
+                "profiles, on the emulator (client-CPU bound), local[2].",
+            )
+        )
+        measurements += _freshness(ctx, settings, engine, spec, tenant, StreamingRequest)
+    finally:
+        engine.stop()
+    return measurements
+
+
+def _freshness(
+    ctx: BenchContext,
+    settings: CommonSettings,
+    engine: Any,
+    spec: Any,
+    tenant: str,
+    request_type: Any,
+) -> list[Measurement]:
+    from confluent_kafka import Consumer, Producer
+
+    folder = tempfile.mkdtemp(prefix="enrich-bench-ckpt-")
+    handle = engine.start_streaming(
+        request_type(
+            f"bench-stream-{tenant}",
+            tenant,
+            spec,
+            settings.kafka_bootstrap_servers,
+            settings.raw_topic,
+            1.0,
+            folder,
+        )
+    )
+    deadline = time.monotonic() + 180
+    while not handle.started() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "group.id": f"bench-{tenant}",
+            "auto.offset.reset": "latest",
+        }
+    )
+    consumer.subscribe([settings.raw_topic])
+    while not consumer.assignment():
+        consumer.poll(0.2)
+    producer = Producer(producer_config(settings, **{"linger.ms": 0}))
+    raw_table = core_bigtable.table(settings, schema.ENRICHED_EVENTS_TABLE)
+    acked: dict[bytes, float] = {}
+    consumed: dict[bytes, float] = {}
+    readable: dict[bytes, float] = {}
+    stop = threading.Event()
+
+    def consume() -> None:
+        while not stop.is_set():
+            message = consumer.poll(0.1)
+            if message is not None and message.error() is None:
+                event = event_pb2.Event.FromString(message.value() or b"")
+                key = schema.row_key_for_event(
+                    tenant, event.entity_id, schema.micros(event.event_time), event.event_id
+                )
+                consumed.setdefault(key, time.monotonic())
+
+    reader = threading.Thread(target=consume, daemon=True)
+    reader.start()
+    rng = random.Random(2)
+    total = 40 if ctx.quick else 150
+    now = time.time_ns() // 1000
+    for n in range(total):
+        event = _event(tenant, 10_000_000 + n, now + n, rng)
+        key = schema.row_key_for_event(
+            tenant, event.entity_id, schema.micros(event.event_time), event.event_id
+        )
+
+        def delivered(err: Any, _msg: Any, key: bytes = key) -> None:
+            if err is None:
+                acked[key] = time.monotonic()
+
+        producer.produce(
+            settings.raw_topic,
+            key=message_key(tenant, event.entity_id),
+            value=event.SerializeToString(),
+            headers=message_headers(event),  # type: ignore[arg-type]
+            on_delivery=delivered,
+        )
+        producer.flush(10)
+        time.sleep(0.1)
+    deadline = time.monotonic() + 120
+    while len(readable) < len(acked) and time.monotonic() < deadline:
+        for key in acked:
+            if key not in readable and raw_table.read_row(key) is not None:
+                readable[key] = time.monotonic()
+        time.sleep(0.05)
+    stop.set()
+    reader.join(5)
+    consumer.close()
+    handle.stop()
+    lags = sorted(readable[k] - acked[k] for k in readable)
+    raw = sorted(consumed[k] - acked[k] for k in consumed if k in acked)
+    if not lags or not raw:
+        return []
+
+    def pct(values: list[float], q: float) -> float:
+        return values[min(len(values) - 1, int(q * len(values)))]
+
+    note = f"{len(readable)}/{len(acked)} events readable; trigger 1 s; 10 events/s"
+    return [
+        Measurement(
+            name="streaming freshness p50 (ack -> enriched row readable)",
+            value=pct(lags, 0.5),
+            unit="s",
+            baseline_name="raw Kafka ack -> consumed p50",
+            baseline_value=pct(raw, 0.5),
+            higher_is_better=False,
+            note=note,
+        ),
+        Measurement(
+            name="streaming freshness p99 (ack -> enriched row readable)",
+            value=pct(lags, 0.99),
+            unit="s",
+            baseline_name="raw Kafka ack -> consumed p99",
+            baseline_value=pct(raw, 0.99),
+            higher_is_better=False,
+        ),
+    ]
