@@ -117,10 +117,8 @@ def run(ctx: BenchContext) -> list[Measurement]:
     os.environ.setdefault("BIGTABLE_EMULATOR_HOST", "127.0.0.1:8086")
     token = uuid.uuid4().hex[:8]
     settings = _settings(ctx, token)
-    ensure_topology(settings)
     tenant = f"bench-{token}"
     count = 20_000 if ctx.quick else 200_000
-    _load(settings, tenant, count)
     spark_settings = SparkSettings(
         master="local[2]",
         partitions=4,
@@ -135,7 +133,10 @@ def run(ctx: BenchContext) -> list[Measurement]:
     )
     engine = SparkEngine(spark_settings, target)
     spec = validate_spec(_spec(), version=1)
+    # The JVM starts before this process opens gRPC channels (a fork after them failed here).
     spark = engine.spark
+    ensure_topology(settings)
+    _load(settings, tenant, count)
     measurements: list[Measurement] = []
     try:
         # The ceiling: the same events and dimension versions as Parquet, the same joins and
