@@ -31,10 +31,11 @@ $(STAMP): pyproject.toml
 $(DESCRIPTORS): $(PROTOS) $(STAMP)
 	$(PY) -m eventpipe.codegen
 
-setup: $(STAMP) $(DESCRIPTORS) tools ## Install everything missing: Python deps, stubs, Kafka, emulator, buf, grpcurl, ghz.
+setup: $(STAMP) $(DESCRIPTORS) tools ## Install everything missing: Python deps, stubs, Kafka, emulator, buf, grpcurl, ghz, Spark connectors.
 
 tools: $(STAMP)
 	$(EVENTPIPE) stack install
+	$(PY) -m enrich.adapters.connectors
 
 protos: $(STAMP) ## Generate Python stubs (.py, _grpc.py, .pyi) and the Envoy descriptor set.
 	$(PY) -m eventpipe.codegen

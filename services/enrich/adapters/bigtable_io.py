@@ -34,13 +34,13 @@ HOUR_MICROS = 3_600_000_000
 DAY_MICROS = 24 * HOUR_MICROS
 GRANULARITIES = {"h": HOUR_MICROS, "d": DAY_MICROS}
 
-# Qualifiers of the output tables (docs/enrich.md lists them for readers).
-Q_UNMATCHED = b"unmatched"
-Q_SPEC_VERSION = b"spec_version"
-Q_FIRST_SEEN = b"first_seen"
-Q_LAST_SEEN = b"last_seen"
-Q_UPDATE_TIME = b"update_time"
-Q_EVENT_COUNT = b"event_count"
+# Qualifiers of the output tables, pinned in the shared schema so query reads the same names.
+Q_UNMATCHED = schema.UNMATCHED_QUALIFIER
+Q_SPEC_VERSION = schema.SPEC_VERSION_QUALIFIER
+Q_FIRST_SEEN = schema.PROFILE_FIRST_SEEN_QUALIFIER
+Q_LAST_SEEN = schema.PROFILE_LAST_SEEN_QUALIFIER
+Q_UPDATE_TIME = schema.PROFILE_UPDATE_TIME_QUALIFIER
+Q_EVENT_COUNT = schema.PROFILE_EVENT_COUNT_QUALIFIER
 METRIC_STATS = ("sum", "min", "max", "count")
 
 _FAMILY_BY_TYPE = {"s": "s", "i": "i", "d": "d", "b": "b", "t": "t"}

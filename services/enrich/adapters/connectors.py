@@ -19,9 +19,9 @@ from pathlib import Path
 
 from eventpipe.stack import install
 
-# pyspark 4.3.0 is what the venv pins, but Maven Central serves the Kafka source only up to
-# 4.2.0 (checked with `mvn dependency:get`); the 4.2 source is API-compatible with the 4.3
-# runtime for what we use (batch + streaming reads), which the streaming test exercises.
+# Maven Central serves the Kafka source (spark-sql-kafka-0-10_2.13) only up to 4.2.0, so Spark
+# itself is pinned to 4.2.0 too (pyproject.toml): connector and runtime match exactly.
+# Google's Spark Bigtable connector has no Spark 4 build (docs/enrich.md), hence no jar here.
 SPARK_CONNECTOR_VERSION = "4.2.0"
 _POM = "spark-connectors-pom.xml"
 _VERSION_SUFFIX = re.compile(r"-\d[\w.\-]*\.jar$")

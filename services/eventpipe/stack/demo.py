@@ -14,6 +14,7 @@ import time
 import grpc
 
 from eventpipe.demo.generator import DemoSpec, batches, generate
+from eventpipe.enrich.v1 import enrich_pb2, enrich_pb2_grpc
 from eventpipe.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from eventpipe.stack.stack import StackConfig, dev_token
 from eventpipe.store.v1 import store_pb2, store_pb2_grpc
@@ -29,13 +30,16 @@ def _warn(message: str) -> None:
     print(f"demo data: WARNING: {message}")
 
 
+Metadata = list[tuple[str, str]] | None
+
+
 def _describe(error: grpc.RpcError) -> str:
     return f"{error.code().name}: {error.details()}"  # type: ignore[attr-defined]
 
 
 def load_demo_data(config: object) -> None:
     """Generates the demo set and loads it through the running services (never raises)."""
-    ports = getattr(config, "service_ports", {"ingest": 50051, "store": 50052})
+    ports = getattr(config, "service_ports", {"ingest": 50051, "store": 50052, "enrich": 50053})
     token = (
         dev_token(config, DEMO_TENANT, ["ingest", "admin"])
         if isinstance(config, StackConfig)
@@ -78,3 +82,84 @@ def load_demo_data(config: object) -> None:
             print(f"demo data: {accepted} of {len(data.events)} events ingested (tenant demo)")
         except grpc.RpcError as error:
             _warn(f"events not ingested, ingest answered {_describe(error)}")
+            return
+    _enrich_demo(ports, metadata)
+
+
+DEMO_ENRICHMENT_SPEC = enrich_pb2.EnrichmentSpec(
+    joins=[
+        enrich_pb2.Join(dimension="users", key_field="entity_id", fields=["country", "tier"]),
+        enrich_pb2.Join(
+            dimension="products", key_field="attributes.product_id", fields=["price", "category"]
+        ),
+    ],
+    derived_fields=[
+        enrich_pb2.DerivedField(name="revenue", expression="quantity * products.price")
+    ],
+    metric_fields=["revenue", "quantity"],
+)
+
+
+def _wait_until_stored(ports: dict[str, int], metadata: Metadata, timeout: float) -> bool:
+    with grpc.insecure_channel(f"127.0.0.1:{ports['store']}") as channel:
+        store = store_pb2_grpc.StoreServiceStub(channel)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = store.GetConsumerStatus(
+                store_pb2.GetConsumerStatusRequest(), timeout=10, metadata=metadata
+            )
+            if status.partitions and all(p.lag == 0 for p in status.partitions):
+                return True
+            time.sleep(0.5)
+    return False
+
+
+def _enrich_demo(ports: dict[str, int], metadata: Metadata, timeout: float = 240) -> None:
+    """Stores the demo enrichment spec and runs one batch job over the demo events."""
+    try:
+        if not _wait_until_stored(ports, metadata, timeout=60):
+            _warn("the store consumer did not catch up within 60 s; enriching what is stored")
+        with grpc.insecure_channel(f"127.0.0.1:{ports['enrich']}") as channel:
+            enrich = enrich_pb2_grpc.EnrichServiceStub(channel)
+            enrich.PutEnrichmentSpec(
+                enrich_pb2.PutEnrichmentSpecRequest(
+                    tenant_id=DEMO_TENANT, spec=DEMO_ENRICHMENT_SPEC
+                ),
+                timeout=30,
+                metadata=metadata,
+            )
+            job = enrich.CreateEnrichmentJob(
+                enrich_pb2.CreateEnrichmentJobRequest(
+                    tenant_id=DEMO_TENANT,
+                    job=enrich_pb2.EnrichmentJob(mode=enrich_pb2.JOB_MODE_BATCH),
+                ),
+                timeout=30,
+                metadata=metadata,
+            ).job
+            print(f"demo data: enrichment job {job.job_id} started (Spark, local mode) ...")
+            deadline = time.monotonic() + timeout
+            done = {
+                enrich_pb2.JOB_STATE_SUCCEEDED,
+                enrich_pb2.JOB_STATE_FAILED,
+                enrich_pb2.JOB_STATE_CANCELLED,
+            }
+            while job.state not in done and time.monotonic() < deadline:
+                time.sleep(1)
+                job = enrich.GetEnrichmentJob(
+                    enrich_pb2.GetEnrichmentJobRequest(tenant_id=DEMO_TENANT, job_id=job.job_id),
+                    timeout=30,
+                    metadata=metadata,
+                ).job
+        if job.state == enrich_pb2.JOB_STATE_SUCCEEDED:
+            c = job.counters
+            print(
+                f"demo data: enriched {c.enriched + c.unmatched} of {c.read} events "
+                f"({c.unmatched} with an unmatched join)"
+            )
+        else:
+            _warn(
+                f"enrichment job {job.job_id} is {enrich_pb2.JobState.Name(job.state)}"
+                f"{': ' + job.error if job.error else ''}"
+            )
+    except grpc.RpcError as error:
+        _warn(f"demo enrichment not run, a service answered {_describe(error)}")

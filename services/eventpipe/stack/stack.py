@@ -347,7 +347,7 @@ class Stack:
             f"  {grpcurl} -plaintext {ingest} grpc.health.v1.Health/Check",
             f"  curl -s -X POST {envoy}/v1/tenants/demo/events{bearer} "
             f"-H 'content-type: application/json' -d '{event}'",
-            f"  curl -s{bearer} {envoy}/v1/tenants/demo/entities/user-1",
+            f"  curl -s{bearer} {envoy}/v1/tenants/demo/entities/user-00001",
             f"  curl -s {envoy}/healthz",
             f"Logs: {c.run_dir / 'logs'} (Envoy access log: envoy-access.log)    "
             "Stop: eventpipe stack down",
