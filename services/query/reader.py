@@ -7,13 +7,13 @@ from typing import Any
 
 from eventpipe.core import schema
 from eventpipe.core.errors import NotFound, invalid
+from eventpipe.core.page_tokens import INVALID_TOKEN_REASON, PageTokenCodec
 from eventpipe.query.v1 import query_pb2
 
 from query import decode
 from query.cache import AnswerCache
 from query.queries import EntityRef, EventsQuery, MetricsQuery
 from query.store import EntityStore, EventView
-from query.tokens import INVALID_TOKEN_REASON, PageTokenCodec
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,7 @@ from functools import partial
 
 from eventpipe.core.bigtable import check_bigtable
 from eventpipe.core.config import CommonSettings
+from eventpipe.core.page_tokens import PageTokenCodec
 from eventpipe.core.server import ServiceDefinition, run_service
 from eventpipe.query.v1 import query_pb2, query_pb2_grpc
 
@@ -17,7 +18,6 @@ from query.config import QuerySettings
 from query.reader import EntityReader, estimated_size
 from query.servicer import QueryServicer
 from query.store import EntityStore
-from query.tokens import PageTokenCodec
 
 SERVICE_NAME = query_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name
 log = logging.getLogger(__name__)
@@ -34,9 +34,12 @@ def build_cache(settings: QuerySettings, *, suspended: bool) -> AnswerCache:
     )
 
 
+LIST_ENTITY_EVENTS = "eventpipe.query.v1.QueryService/ListEntityEvents"
+
+
 def build_reader(settings: QuerySettings, store: EntityStore, cache: AnswerCache) -> EntityReader:
     secret = settings.page_token_secret.get_secret_value().encode()
-    return EntityReader(store, cache, PageTokenCodec(secret))
+    return EntityReader(store, cache, PageTokenCodec(secret, LIST_ENTITY_EVENTS))
 
 
 def build(settings: QuerySettings, common: CommonSettings) -> ServiceDefinition:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from eventpipe.common.v1 import event_pb2
 from eventpipe.core.errors import InvalidArgument, Unavailable, Violation
+from eventpipe.core.page_tokens import PageTokenCodec
 from eventpipe.core.schema import RAW_EVENTS_TABLE, event_from_cells, event_key_range
 from eventpipe.core.validation import check_id
 
-from store.page_tokens import PageTokenCodec
 from store.ports import RowReader
 
 DEFAULT_PAGE_SIZE = 100
@@ -40,14 +40,14 @@ class RawEventBrowser:
         size = page_size or DEFAULT_PAGE_SIZE
 
         start_key, end_key = event_key_range(tenant_id, entity_id, start_micros, end_micros)
-        digest = PageTokenCodec.params_digest(tenant_id, entity_id, start_micros, end_micros)
+        binding = f"{tenant_id}#{entity_id}#{start_micros}#{end_micros}".encode()
         if page_token:
-            last_key = self._tokens.decode(page_token, digest)
+            last_key = self._tokens.verify(page_token, binding)
             start_key = max(start_key, last_key + b"\x00")  # strictly after the last row
         try:
             rows = self._reader.read_range(RAW_EVENTS_TABLE, start_key, end_key, size + 1)
         except Exception as exc:
             raise Unavailable(f"Bigtable read failed: {exc}", 1.0) from None
         page = rows[:size]
-        next_token = self._tokens.encode(page[-1].key, digest) if len(rows) > size else ""
+        next_token = self._tokens.issue(binding, page[-1].key) if len(rows) > size else ""
         return [event_from_cells(row.cells) for row in page], next_token

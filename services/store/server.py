@@ -23,6 +23,7 @@ from eventpipe.core.config import CommonSettings, ConfigError, load_settings
 from eventpipe.core.kafka import check_kafka, consumer_config
 from eventpipe.core.logging import configure_logging
 from eventpipe.core.metrics import start_metrics_server
+from eventpipe.core.page_tokens import PageTokenCodec
 from eventpipe.core.schema import table_specs
 from eventpipe.core.server import BackgroundWorker, ServiceDefinition, run_service
 from eventpipe.core.topology import ensure_topology
@@ -36,7 +37,6 @@ from store.consumer.backoff import Backoff
 from store.consumer.daemon import ConsumerDaemon, KafkaConsumerLike
 from store.consumer.status import ConsumerState, ConsumerStatus
 from store.dimensions import DimensionStore
-from store.page_tokens import PageTokenCodec
 from store.raw_events import RawEventBrowser
 from store.servicer import StoreServicer
 
@@ -103,6 +103,9 @@ def build_consumer(
     )
 
 
+LIST_RAW_EVENTS = "eventpipe.store.v1.StoreService/ListRawEvents"
+
+
 def build(settings: StoreSettings, common: CommonSettings) -> ServiceDefinition:
     ensure_topology_at_start(common)
     writer = build_writer(settings, common)
@@ -130,7 +133,7 @@ def build(settings: StoreSettings, common: CommonSettings) -> ServiceDefinition:
 
     servicer = StoreServicer(
         DimensionStore(writer, reader),
-        RawEventBrowser(reader, PageTokenCodec(secret)),
+        RawEventBrowser(reader, PageTokenCodec(secret, LIST_RAW_EVENTS)),
         status,
     )
     return ServiceDefinition(

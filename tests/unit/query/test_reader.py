@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 from eventpipe.core import schema
 from eventpipe.core.errors import InvalidArgument, NotFound
+from eventpipe.core.page_tokens import PageTokenCodec
 from query.cache import AnswerCache
 from query.queries import EntityRef, EventsQuery, MetricsQuery
 from query.reader import EntityReader, estimated_size
+from query.server import LIST_ENTITY_EVENTS
 from query.store import EventView
-from query.tokens import PageTokenCodec
 
 from tests.unit.query.fakes import InMemoryStore
 from tests.unit.query.rows import (
@@ -32,7 +33,9 @@ def make_reader(store: InMemoryStore) -> EntityReader:
     cache = AnswerCache(
         max_entries=1000, max_bytes=10_000_000, ttl_seconds=60, sizeof=estimated_size
     )
-    return EntityReader(store, cache, PageTokenCodec(b"unit-test-secret-0123456789"))
+    return EntityReader(
+        store, cache, PageTokenCodec(b"unit-test-secret-0123456789", LIST_ENTITY_EVENTS)
+    )
 
 
 def seed_events(store: InMemoryStore, tenant: str, entity: str, count: int) -> list[str]:

@@ -6,7 +6,7 @@ import base64
 
 import pytest
 from eventpipe.core.errors import InvalidArgument
-from query.tokens import PageTokenCodec
+from eventpipe.core.page_tokens import PageTokenCodec
 
 SECRET = b"0123456789abcdef-unit-test-secret"
 BINDING = b'["tenant-a","user-1","enriched",null,null,[]]'
@@ -14,7 +14,7 @@ CURSOR = b"9223370269629175807#evt-42"
 
 
 def codec(secret: bytes = SECRET) -> PageTokenCodec:
-    return PageTokenCodec(secret)
+    return PageTokenCodec(secret, "eventpipe.query.v1.QueryService/ListEntityEvents")
 
 
 def test_a_token_returns_the_cursor_it_was_issued_with() -> None:
@@ -75,4 +75,4 @@ def test_a_token_with_stray_characters_is_refused_even_if_it_decodes_the_same() 
 
 def test_a_short_secret_is_refused_at_construction() -> None:
     with pytest.raises(ValueError):
-        PageTokenCodec(b"short")
+        PageTokenCodec(b"short", "eventpipe.query.v1.QueryService/ListEntityEvents")

@@ -1,11 +1,12 @@
-"""Opaque, tamper-evident page tokens for ListEntityEvents.
+"""Opaque, tamper-evident page tokens, shared by every paginated RPC.
 
-A token carries the position to continue after (the suffix of the last row key returned,
-after the entity's key prefix) and an HMAC-SHA256 over that position *and* the request's
-canonical parameters (tenant, entity, view, time range, event types). So a token that is
-forged, altered, or replayed with another tenant, entity or filter fails verification and the
-request gets INVALID_ARGUMENT. ``page_size`` is deliberately not bound: a client may change its
-page size between pages without losing its place (as AIP-158 allows).
+A token carries the position to continue after (a cursor, such as the last row key returned)
+and an HMAC-SHA256 over that position *and* the request's canonical parameters (the
+"binding": tenant, entity, filters). So a token that is forged, altered, or replayed with
+other parameters fails verification and the request gets INVALID_ARGUMENT. Each RPC signs
+under its own domain, so a token of one RPC is never accepted by another. ``page_size`` is
+deliberately not bound: a client may change its page size between pages without losing its
+place (as AIP-158 allows).
 
 Layout, base64url without padding: ``version (1 byte) | mac (16 bytes) | cursor``.
 """
@@ -21,21 +22,24 @@ from eventpipe.core.errors import invalid
 
 TOKEN_VERSION = 1
 _MAC_BYTES = 16  # 128-bit truncated HMAC: forging needs ~2**128 tries
-_DOMAIN = b"eventpipe.query.ListEntityEvents.page_token\x00"
 _MAX_TOKEN_CHARS = 1024
-INVALID_TOKEN_REASON = "is not a token this service issued for these request parameters"
+INVALID_TOKEN_REASON = (
+    "is not a token this service issued, or was issued for other parameters of this request"
+)
 
 
 class PageTokenCodec:
     """Issues and verifies page tokens with one secret (shared by every replica)."""
 
-    def __init__(self, secret: bytes) -> None:
+    def __init__(self, secret: bytes, rpc: str) -> None:
+        """``rpc`` names the paginated RPC: "eventpipe.query.v1.QueryService/ListEntityEvents"."""
         if len(secret) < 16:
             raise ValueError("the page token secret must be at least 16 bytes")
         self._secret = secret
+        self._domain = f"{rpc}.page_token".encode() + b"\x00"
 
     def _mac(self, binding: bytes, cursor: bytes) -> bytes:
-        message = _DOMAIN + bytes([TOKEN_VERSION]) + binding + b"\x00" + cursor
+        message = self._domain + bytes([TOKEN_VERSION]) + binding + b"\x00" + cursor
         return hmac.new(self._secret, message, hashlib.sha256).digest()[:_MAC_BYTES]
 
     def issue(self, binding: bytes, cursor: bytes) -> str:
