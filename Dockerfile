@@ -61,6 +61,7 @@ FROM ${SPARK_ENTRYPOINT_IMAGE} AS spark-dist
 # The distroless image runs Envoy directly as a non-root user and has no shell.
 FROM ${ENVOY_IMAGE} AS envoy
 COPY --from=builder /src/.build/descriptors/eventpipe.pb /etc/envoy/descriptors/eventpipe.pb
+COPY --from=builder /src/.build/envoy/reject_unknown_fields.lua /etc/envoy/lua/reject_unknown_fields.lua
 EXPOSE 8080
 
 # ---------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from eventpipe.codegen import BODY_FILTER
 from eventpipe.core.auth import generate_local_keys
 from eventpipe.core.config import ConfigError, load_settings
 from eventpipe.stack import install
@@ -86,7 +87,11 @@ def test_envoy_accepts_the_local_config_without_deprecated_fields(
 
 @pytest.mark.parametrize("overlay", ["dev", "prod"])
 def test_envoy_accepts_the_kubernetes_config_of_each_overlay(tmp_path: Path, overlay: str) -> None:
-    config = rendered_envoy_config(overlay).replace(IMAGE_DESCRIPTOR_SET, str(DESCRIPTOR_SET))
+    config = (
+        rendered_envoy_config(overlay)
+        .replace(IMAGE_DESCRIPTOR_SET, str(DESCRIPTOR_SET))
+        .replace("/etc/envoy/lua/reject_unknown_fields.lua", str(BODY_FILTER))
+    )
 
     output = validate(config, tmp_path)
 
@@ -130,6 +135,7 @@ def test_the_filters_run_in_the_order_the_edge_needs(tmp_path: Path, auth: bool)
         RATE_LIMIT,  # flood backstop, before signature checks
         *([JWT] if auth else []),
         RATE_LIMIT,  # per tenant, keyed by jwt_authn's claim header
+        "envoy.filters.http.lua",  # refuses unknown JSON body fields
         "envoy.filters.http.grpc_json_transcoder",
         "envoy.filters.http.router",
     ]
@@ -198,6 +204,7 @@ def _without_deployment_specifics(config: dict[str, Any]) -> dict[str, Any]:
     for item in hcm["http_filters"]:
         typed = item.get("typed_config", {})
         typed.pop("proto_descriptor", None)
+        typed.pop("default_source_code", None)  # inline locally, a file baked into the image
         for provider in typed.get("providers", {}).values():
             for key in ("issuer", "local_jwks", "remote_jwks", "clock_skew_seconds"):
                 provider.pop(key, None)

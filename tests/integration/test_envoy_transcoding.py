@@ -338,20 +338,50 @@ def test_a_body_that_is_not_the_json_message_is_400_json_and_never_reaches_the_s
     ]  # type: ignore[attr-defined]
 
 
-def test_an_unknown_field_in_a_json_body_is_dropped_not_refused(
+def test_an_unknown_field_in_a_json_body_is_refused_before_the_service_is_called(
     edge: Edge, upstream: RecordingUpstream
 ) -> None:
-    # A transcoder pitfall: unlike query parameters, unknown body fields are ignored, so a
-    # misspelt field arrives as an unset one and the service's own validation must catch it.
+    # A transcoder pitfall: it drops unknown body fields silently, so a misspelt field would
+    # arrive as an unset one. The Lua filter in front of it refuses them instead.
     tenant = f"unknown-field-{uuid.uuid4().hex[:8]}"
 
     reply = post_json(edge, f"/v1/tenants/{tenant}/events", '{"event_idd": "e-1"}')
 
-    assert reply.status == 200, reply.body
-    (call,) = [
+    assert reply.status == 400, reply.body
+    assert "event_idd" in json.loads(reply.body)["message"]
+    assert not [
         c for c in upstream.calls_to(f"{INGEST}/IngestEvent") if c.request.tenant_id == tenant
     ]  # type: ignore[attr-defined]
-    assert call.request.event.event_id == ""  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        (
+            "events:batch",
+            '{"events": [{"event_id": "e"}, {"event_id": "f", "x": 1}]}',
+            "events[1].x",
+        ),
+        ("events", '{"attributes": {"any_key": {"string_value": "v", "oops": 1}}}', "oops"),
+        ("enrichmentJobs", '{"mode": "JOB_MODE_BATCH", "time_range": {"start": "x"}}', "start"),
+    ],
+)
+def test_unknown_fields_are_refused_at_any_depth_while_map_keys_stay_free(
+    edge: Edge, path: str, body: str, field: str
+) -> None:
+    reply = post_json(edge, f"/v1/tenants/t-{uuid.uuid4().hex[:8]}/{path}", body)
+    assert reply.status == 400, reply.body
+    assert field in json.loads(reply.body)["message"]
+
+
+def test_known_fields_in_either_json_spelling_pass_the_body_check(
+    edge: Edge, upstream: RecordingUpstream
+) -> None:
+    tenant = f"spelling-{uuid.uuid4().hex[:8]}"
+    body = '{"eventId": "e-1", "event_type": "x", "attributes": {"k": {"intValue": "3"}}}'
+    reply = post_json(edge, f"/v1/tenants/{tenant}/events", body)
+    assert b"unknown field" not in reply.body, reply.body
+    assert [c for c in upstream.calls_to(f"{INGEST}/IngestEvent") if c.request.tenant_id == tenant]
 
 
 # ------------------------------------------------------------------ decoding

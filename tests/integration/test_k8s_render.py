@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from eventpipe.codegen import BODY_FILTER
 from eventpipe.stack import install
 
 pytestmark = pytest.mark.integration
@@ -20,6 +21,7 @@ pytestmark = pytest.mark.integration
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCAL_DESCRIPTOR_SET = REPO_ROOT / ".build" / "descriptors" / "eventpipe.pb"
 IMAGE_DESCRIPTOR_SET = "/etc/envoy/descriptors/eventpipe.pb"
+IMAGE_BODY_FILTER = "/etc/envoy/lua/reject_unknown_fields.lua"
 
 
 def rendered_envoy_config(overlay: str) -> str:
@@ -45,7 +47,11 @@ def test_envoy_accepts_the_config_of_each_overlay_without_deprecated_fields(over
     config = rendered_envoy_config(overlay)
     assert IMAGE_DESCRIPTOR_SET in config
     config_file = tmp_path / "envoy.yaml"
-    config_file.write_text(config.replace(IMAGE_DESCRIPTOR_SET, str(LOCAL_DESCRIPTOR_SET)))
+    config_file.write_text(
+        config.replace(IMAGE_DESCRIPTOR_SET, str(LOCAL_DESCRIPTOR_SET)).replace(
+            IMAGE_BODY_FILTER, str(BODY_FILTER)
+        )
+    )
     result = subprocess.run(
         [envoy, "--mode", "validate", "-c", str(config_file)],
         capture_output=True,

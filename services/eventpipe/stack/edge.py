@@ -20,6 +20,7 @@ import yaml
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from eventpipe.codegen import BODY_FILTER
 from eventpipe.core.config import load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -92,6 +93,7 @@ def render_envoy_config(
     edge: EdgeSettings | None = None,
     auth: EdgeAuth | None = None,
     template: Path = ENVOY_TEMPLATE,
+    body_filter: Path = BODY_FILTER,
 ) -> str:
     """Fills envoy/envoy.yaml; inserts jwt_authn when ``auth`` is given, else drops its marker.
 
@@ -118,6 +120,12 @@ def render_envoy_config(
     }
     config = yaml.safe_load(Template(template.read_text()).substitute(values))
     filters = http_filters(config)
+    lua = next(f for f in filters if f["name"] == "envoy.filters.http.lua")
+    lua["typed_config"]["default_source_code"] = {
+        "inline_string": body_filter.read_text().replace(
+            "@MAX_BODY_BYTES@", str(edge.max_request_bytes)
+        )
+    }
     marker = next(i for i, f in enumerate(filters) if f["name"] == JWT_AUTHN_MARKER)
     if auth is None:
         del filters[marker]

@@ -310,12 +310,6 @@ def test_an_oversized_batch_is_resource_exhausted_over_grpc_and_429_over_rest(
     assert ok.result.id == "after"
 
 
-ENVOY_GAP_UNKNOWN = (
-    "Envoy's grpc_json_transcoder drops unknown JSON body fields and has no option to reject "
-    "them (envoyproxy/envoy#46623); see docs/ingest.md for the filter envoy/envoy.yaml needs"
-)
-
-
 @pytest.mark.parametrize(
     ("body", "path"),
     [
@@ -354,7 +348,6 @@ def test_a_malformed_rest_body_gets_a_4xx_json_answer(
     assert answer["message"]
 
 
-@pytest.mark.xfail(strict=True, reason=ENVOY_GAP_UNKNOWN)
 def test_an_unknown_json_field_is_refused_over_rest(
     envoy_url: str, ingest_service: IngestUnderTest
 ) -> None:
