@@ -152,6 +152,8 @@ def write_body_filter(descriptor_set: Path, target: Path) -> None:
                 root = (
                     request if rule.body == "*" else request.fields_by_name[rule.body].message_type
                 )
+                if root is None:
+                    raise SystemExit(f"{method.full_name}: body {rule.body!r} is not a message")
                 add(root)
                 routes.append(
                     f"  {{{_lua_string(verb.upper())}, "

@@ -13,6 +13,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from eventpipe.core.config import CommonSettings
 
 log = logging.getLogger(__name__)
+# librdkafka's own messages (connection failures, ...) go through Python logging, so services
+# emit them as JSON lines and tests capture them, instead of raw lines on stderr.
+LIBRDKAFKA_LOG = logging.getLogger("kafka.librdkafka")
 
 
 def producer_config(settings: CommonSettings, **overrides: Any) -> dict[str, Any]:
@@ -30,6 +33,7 @@ def producer_config(settings: CommonSettings, **overrides: Any) -> dict[str, Any
         # A write not confirmed within this bound is reported as failed, never acknowledged.
         "message.timeout.ms": 10_000,
         "socket.keepalive.enable": True,
+        "logger": LIBRDKAFKA_LOG,
     }
     config.update(overrides)
     return config
@@ -45,6 +49,7 @@ def consumer_config(settings: CommonSettings, group_id: str, **overrides: Any) -
         "auto.offset.reset": "earliest",
         "isolation.level": "read_committed",
         "partition.assignment.strategy": "cooperative-sticky",
+        "logger": LIBRDKAFKA_LOG,
     }
     config.update(overrides)
     return config
@@ -52,7 +57,11 @@ def consumer_config(settings: CommonSettings, group_id: str, **overrides: Any) -
 
 @functools.cache
 def admin_client(settings: CommonSettings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        "logger": LIBRDKAFKA_LOG,
+    }
+    return AdminClient(config)
 
 
 def check_kafka(settings: CommonSettings, timeout: float = 3.0) -> None:
