@@ -203,33 +203,40 @@ def start_service(run_dir: Path, service_env: dict[str, str]) -> Iterator[StartS
         service.stop()
 
 
-@pytest.fixture(scope="session")
-def e2e_stack(
-    run_dir: Path, kafka_broker: KafkaBroker, bigtable_emulator: BigtableEmulator
+def _started_stack(
+    run_dir: Path, kafka: KafkaBroker, emulator: BigtableEmulator, **options: Any
 ) -> Iterator[Stack]:
     """The four services and Envoy started by ``eventpipe stack``'s own code, on free ports,
     in front of the session's Kafka and emulator, with names of their own."""
     names = Isolation.new()
     config = StackConfig(
-        run_dir=run_dir / "e2e",
         envoy_port=free_port(),
         envoy_admin_port=free_port(),
-        kafka_port=kafka_broker.port,
-        kafka_controller_port=kafka_broker.controller_port,
-        emulator_port=bigtable_emulator.port,
+        kafka_port=kafka.port,
+        kafka_controller_port=kafka.controller_port,
+        emulator_port=emulator.port,
         service_ports={name: free_port() for name in SERVICE_NAMES},
         metrics_ports={name: free_port() for name in SERVICE_NAMES},
         topic_prefix=names.topic_prefix,
         table_prefix=names.table_prefix,
+        **{"run_dir": run_dir, **options},
     )
     stack = Stack(config, progress=lambda _message: None)
     try:
         stack.up(only=[*SERVICE_NAMES, "envoy"], demo=False)
     except (ComponentError, DeadlineExceeded, install.InstallError) as exc:
         stack.down()
-        pytest.fail(f"could not start the stack: {exc}", pytrace=False)
+        pytest.fail(f"could not start the stack in {run_dir}: {exc}", pytrace=False)
     yield stack
     stack.down()
+
+
+@pytest.fixture(scope="session")
+def e2e_stack(
+    run_dir: Path, kafka_broker: KafkaBroker, bigtable_emulator: BigtableEmulator
+) -> Iterator[Stack]:
+    """The whole stack without auth (see ``_started_stack``)."""
+    yield from _started_stack(run_dir / "e2e", kafka_broker, bigtable_emulator)
 
 
 # Edge tests: limits small enough that a bounded burst (loopback only) meets them.
@@ -250,18 +257,10 @@ def auth_stack(
     """
     from eventpipe.stack.edge import EdgeSettings
 
-    names = Isolation.new()
-    config = StackConfig(
-        run_dir=run_dir / "auth-e2e",
-        envoy_port=free_port(),
-        envoy_admin_port=free_port(),
-        kafka_port=kafka_broker.port,
-        kafka_controller_port=kafka_broker.controller_port,
-        emulator_port=bigtable_emulator.port,
-        service_ports={name: free_port() for name in SERVICE_NAMES},
-        metrics_ports={name: free_port() for name in SERVICE_NAMES},
-        topic_prefix=names.topic_prefix,
-        table_prefix=names.table_prefix,
+    yield from _started_stack(
+        run_dir / "auth-e2e",
+        kafka_broker,
+        bigtable_emulator,
         auth=True,
         edge=EdgeSettings(
             tenant_rate=1,
@@ -269,11 +268,3 @@ def auth_stack(
             max_request_bytes=EDGE_MAX_REQUEST_BYTES,
         ),
     )
-    stack = Stack(config, progress=lambda _message: None)
-    try:
-        stack.up(only=[*SERVICE_NAMES, "envoy"], demo=False)
-    except (ComponentError, DeadlineExceeded, install.InstallError) as exc:
-        stack.down()
-        pytest.fail(f"could not start the stack with auth: {exc}", pytrace=False)
-    yield stack
-    stack.down()
