@@ -146,6 +146,20 @@ def versioned(dimension: DataFrame) -> DataFrame:
     return dimension.withColumn("valid_to", F.lead("valid_from").over(by_key))
 
 
+def read_and_unmatched(frame: DataFrame, spec: Any) -> Any:
+    """One row with ``read`` (events) and ``unmatched`` (events with an unmatched join)."""
+    unmatched_flag: Column = F.lit(False)
+    if spec.joins:
+        all_matched = F.col("j0_m")
+        for n in range(1, len(spec.joins)):
+            all_matched = all_matched & F.col(f"j{n}_m")
+        unmatched_flag = ~all_matched
+    return frame.agg(
+        F.count(F.lit(1)).alias("read"),
+        F.sum(F.when(unmatched_flag, 1).otherwise(0)).alias("unmatched"),
+    ).collect()[0]
+
+
 def enrich_frame(
     events: DataFrame,
     dimensions: dict[str, DataFrame],
@@ -403,16 +417,7 @@ class SparkEngine:
             (F.col("event_time") >= request.start_micros)
             & (F.col("event_time") < request.end_micros)
         )
-        unmatched_flag: Column = F.lit(False)
-        if spec.joins:
-            all_matched = F.col("j0_m")
-            for n in range(1, len(spec.joins)):
-                all_matched = all_matched & F.col(f"j{n}_m")
-            unmatched_flag = ~all_matched
-        totals = in_window.agg(
-            F.count(F.lit(1)).alias("read"),
-            F.sum(F.when(unmatched_flag, 1).otherwise(0)).alias("unmatched"),
-        ).collect()[0]
+        totals = read_and_unmatched(in_window, spec)
         counters.read = int(totals["read"] or 0)
         counters.unmatched = int(totals["unmatched"] or 0)
         request.on_progress(0.2, counters)
@@ -599,16 +604,7 @@ def _start_streaming(engine: SparkEngine, request: StreamingRequest) -> Streamin
         dims, broadcast = dimensions()
         frame = enrich_frame(events, dims, spec, broadcast).persist()
         try:
-            unmatched_flag: Column = F.lit(False)
-            if spec.joins:
-                all_matched = F.col("j0_m")
-                for n in range(1, len(spec.joins)):
-                    all_matched = all_matched & F.col(f"j{n}_m")
-                unmatched_flag = ~all_matched
-            totals = frame.agg(
-                F.count(F.lit(1)).alias("read"),
-                F.sum(F.when(unmatched_flag, 1).otherwise(0)).alias("unmatched"),
-            ).collect()[0]
+            totals = read_and_unmatched(frame, spec)
             if not totals["read"]:
                 return
             spec_version = spec.version
