@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from eventpipe.core.config import ServiceSettings
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 
@@ -45,12 +45,39 @@ class EnrichSettings(ServiceSettings):
     scheduler_tick_seconds: float = Field(
         1.0, gt=0, le=60, description="How often due scheduled windows are looked for."
     )
+    scheduler_retry_initial_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="Wait before retrying a failed scheduled window; doubles per failure.",
+    )
+    scheduler_retry_max_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="Longest wait between retries of a failed window (also capped at the "
+        "schedule's interval).",
+    )
+    scheduler_claim_lease_seconds: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="Lease of a replica's claim on a scheduled window, renewed while it runs; "
+        "after a replica dies, its window is taken over within this time.",
+    )
     dimension_refresh_seconds: float = Field(
         30.0, ge=0, description="How long a streaming job reuses the dimension versions it read."
     )
     resolve_connectors: bool = Field(
         True, description="Resolve the Spark Kafka source with Maven at start (first run only)."
     )
+
+    @model_validator(mode="after")
+    def _scheduler_settings_fit(self) -> EnrichSettings:
+        # The scheduler renews a running window's claim at a tick past half of the lease.
+        if self.scheduler_claim_lease_seconds < 4 * self.scheduler_tick_seconds:
+            raise ValueError("scheduler_claim_lease_seconds must be at least 4 scheduler ticks")
+        if self.scheduler_retry_max_seconds < self.scheduler_retry_initial_seconds:
+            raise ValueError("scheduler_retry_max_seconds must not be below the initial retry")
+        return self
 
     def extra_spark_conf(self) -> tuple[tuple[str, str], ...]:
         pairs = []

@@ -85,6 +85,9 @@ def build(settings: EnrichSettings, common: CommonSettings) -> ServiceDefinition
         max_concurrent_jobs=settings.max_concurrent_jobs,
         retention_micros=common.raw_retention_days * 86_400_000_000,
         tick_seconds=settings.scheduler_tick_seconds,
+        retry_initial_micros=round(settings.scheduler_retry_initial_seconds * 1e6),
+        retry_max_micros=round(settings.scheduler_retry_max_seconds * 1e6),
+        claim_lease_micros=round(settings.scheduler_claim_lease_seconds * 1e6),
     )
     servicer = EnrichServicer(manager)
     return ServiceDefinition(

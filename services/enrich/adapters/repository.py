@@ -6,17 +6,38 @@ restarts. Both are created idempotently at start (``ensure_enrich_tables``).
   two concurrent puts cannot both take the same version.
 - ``enrich_jobs``: row ``<tenant>#<job_id>``; job ids embed the reversed creation time, so a
   prefix scan lists newest first. ``m:job`` = the serialized EnrichmentJob, ``m:next_run``
-  (int64 micros) = when a scheduled job's next window starts.
+  (int64 micros) = when a scheduled job's next window starts, ``m:claim`` = which replica runs
+  that window (below). ``save`` never writes ``m:claim``, so saving a record keeps its claim.
+
+The window claim is ASCII ``<due micros, 20 digits>/<lease expiry micros, 20 digits>/<owner>``.
+Zero-padded numbers sort as bytes like they sort as numbers, so "a claim that refuses mine" is
+one value range: every value from ``<my due>/<now + 1>/`` up, i.e. a live lease on this window
+or any claim on a later one. ``claim_window`` is one CheckAndMutateRow whose predicate matches,
+and so writes the claim, when the row has ``m:job`` and no refusing claim, the owner's own claim
+on this window excepted (a Condition filter on a value regex), so an owner can renew or release.
 """
 
 from __future__ import annotations
+
+import re
 
 from eventpipe.core import bigtable as core_bigtable
 from eventpipe.core import schema
 from eventpipe.core.bigtable import FamilySpec, TableSpec
 from eventpipe.core.config import CommonSettings
 from eventpipe.enrich.v1 import enrich_pb2
-from google.cloud.bigtable.row_filters import PassAllFilter
+from google.cloud.bigtable.row_filters import (
+    BlockAllFilter,
+    CellsColumnLimitFilter,
+    ColumnQualifierRegexFilter,
+    ConditionalRowFilter,
+    FamilyNameRegexFilter,
+    PassAllFilter,
+    RowFilter,
+    RowFilterChain,
+    ValueRangeFilter,
+    ValueRegexFilter,
+)
 from google.cloud.bigtable.table import Table
 
 from enrich.domain.records import JobRecord
@@ -24,6 +45,7 @@ from enrich.domain.records import JobRecord
 ENRICH_SPECS_TABLE = "enrich_specs"
 ENRICH_JOBS_TABLE = "enrich_jobs"
 FAMILY = "m"
+CLAIM_OWNER_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
 def enrich_table_specs() -> list[TableSpec]:
@@ -113,3 +135,60 @@ class BigtableJobStore:
 
     def all_records(self) -> list[JobRecord]:
         return [self._record(row) for row in self.table.read_rows()]
+
+    def claim_window(
+        self,
+        tenant_id: str,
+        job_id: str,
+        due_micros: int,
+        owner: str,
+        now_micros: int,
+        lease_micros: int,
+    ) -> bool:
+        if not CLAIM_OWNER_PATTERN.match(owner):
+            raise ValueError(f"claim owner must match {CLAIM_OWNER_PATTERN.pattern}: {owner!r}")
+        if min(due_micros, now_micros, lease_micros) < 0:
+            raise ValueError("claim times must not be negative")
+        row = self.table.conditional_row(
+            self._key(tenant_id, job_id), filter_=_claim_allowed(due_micros, owner, now_micros)
+        )
+        value = _claim_value(due_micros, now_micros + lease_micros, owner)
+        # Older versions wait for garbage collection and would still meet the predicate: the
+        # claim replaces them in the same atomic mutation, so the column holds one cell.
+        row.delete_cell(FAMILY, b"claim", state=True)
+        row.set_cell(FAMILY, b"claim", value, state=True)
+        return bool(row.commit())
+
+
+def _claim_value(due_micros: int, expires_micros: int, owner: str) -> bytes:
+    return f"{due_micros:020d}/{expires_micros:020d}/{owner}".encode()
+
+
+def _cell(qualifier: bytes) -> list[RowFilter]:
+    """The latest version of ``m:<qualifier>``."""
+    return [
+        FamilyNameRegexFilter(FAMILY),
+        ColumnQualifierRegexFilter(re.escape(qualifier)),
+        CellsColumnLimitFilter(1),
+    ]
+
+
+def _claim_allowed(due_micros: int, owner: str, now_micros: int) -> RowFilter:
+    """Matches a row whose ``m:job`` exists and whose claim (if any) does not refuse ``owner``."""
+    own_claim = ValueRegexFilter(f"{due_micros:020d}/[0-9]{{20}}/{re.escape(owner)}".encode())
+    refusing = RowFilterChain(
+        [
+            *_cell(b"claim"),
+            ConditionalRowFilter(
+                own_claim,
+                true_filter=BlockAllFilter(True),
+                # a live lease on this window, or any claim on a later window
+                false_filter=ValueRangeFilter(
+                    start_value=_claim_value(due_micros, now_micros + 1, ""), inclusive_start=True
+                ),
+            ),
+        ]
+    )
+    return ConditionalRowFilter(
+        refusing, true_filter=BlockAllFilter(True), false_filter=RowFilterChain(_cell(b"job"))
+    )

@@ -4,11 +4,36 @@ Jobs run on one shared Spark engine (see docs/enrich.md). Every state change is 
 job store first, so a restart of the service finds each job where it was: PENDING or RUNNING
 batch jobs run again from the start (their output is idempotent), scheduled jobs resume at
 their persisted next window, streaming jobs restart from their checkpoint.
+
+Scheduled windows. ``tick`` starts a window when it is due (``next_run``, persisted, advanced
+only when the window succeeded, so a failed window is retried until it succeeds, never skipped)
+and this replica wins its claim:
+
+- Claim: several replicas (or the old and new pod of a rolling update) may tick the same job.
+  Before running a window a replica claims it with ``JobStore.claim_window``, a conditional
+  write on the job's row holding (due time, owner, lease expiry). Only the winner runs the
+  window; it renews the lease at every tick past half of it while the window runs, so a lease
+  expires only when its owner stopped (crashed, hung): then another replica takes the window
+  over. After winning, the replica reads the record again and runs only if ``next_run`` still
+  is the claimed due time, so a record read just before another replica finished cannot run a
+  window twice. A replica that shuts down mid-window releases its claim.
+- Backoff: after a failed window the replica waits before retrying it, ``retry_initial`` at
+  first, doubling per failure, capped at ``retry_max`` and at the schedule's interval; a success
+  resets it. The failing replica keeps its claim until the retry is due, so the other replicas
+  wait too and the backoff holds for the whole deployment. The job's ``error`` shows the last
+  failure; the attempt count is logged (the job message has no field for it).
+  The failure count and retry time live in memory only: a restarted replica retries at once,
+  or once the claim of its previous incarnation expires, and its backoff starts again from
+  ``retry_initial``. That costs at most one early retry; no window is skipped or run twice.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
+import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +53,9 @@ log = logging.getLogger(__name__)
 MIN_SCHEDULE_INTERVAL_MICROS = 60_000_000
 MIN_TRIGGER_MICROS = 100_000
 DEFAULT_TRIGGER_MICROS = 1_000_000
+DEFAULT_RETRY_INITIAL_MICROS = 5_000_000
+DEFAULT_RETRY_MAX_MICROS = 600_000_000
+DEFAULT_CLAIM_LEASE_MICROS = 120_000_000
 TERMINAL = {
     enrich_pb2.JOB_STATE_SUCCEEDED,
     enrich_pb2.JOB_STATE_FAILED,
@@ -156,11 +184,35 @@ def next_run_after(schedule: enrich_pb2.Schedule, due_micros: int, now_micros: i
     return following
 
 
+def retry_delay_micros(
+    schedule: enrich_pb2.Schedule, failures: int, initial_micros: int, max_micros: int
+) -> int:
+    """How long to wait after the ``failures``-th failure in a row of a window: ``initial``
+    doubled per earlier failure, capped at ``max`` and at the schedule's interval."""
+    cap = min(max_micros, _duration_micros(schedule.interval))
+    doublings = min(max(failures - 1, 0), 62)  # beyond that the cap holds anyway
+    return max(min(initial_micros << doublings, cap), 0)
+
+
+def default_owner_id() -> str:
+    """Names this process in window claims: the host (the pod in Kubernetes), the pid and a
+    random part, since a restarted container may get the same pid."""
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:64] or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
 @dataclass
 class _Active:
     cancelled: threading.Event = field(default_factory=threading.Event)
     stream: RunningStream | None = None
     window_running: bool = False
+    # Scheduled jobs only. Guarded by JobManager._lock:
+    failures: int = 0  # of the current window, in a row, in this process
+    retry_at_micros: int = 0
+    # Guarded by claim_lock, so no renewal extends a claim after its window ended:
+    claim: tuple[str, int] | None = None  # (tenant, due) of the window running here
+    renew_claim_at_micros: int = 0
+    claim_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class JobManager:
@@ -174,6 +226,10 @@ class JobManager:
         retention_micros: int = 30 * 86_400_000_000,
         clock: Callable[[], int] = lambda: time.time_ns() // 1000,
         tick_seconds: float = 1.0,
+        owner_id: str | None = None,
+        retry_initial_micros: int = DEFAULT_RETRY_INITIAL_MICROS,
+        retry_max_micros: int = DEFAULT_RETRY_MAX_MICROS,
+        claim_lease_micros: int = DEFAULT_CLAIM_LEASE_MICROS,
     ) -> None:
         self.specs = specs
         self.jobs = jobs
@@ -181,6 +237,10 @@ class JobManager:
         self.clock = clock
         self.retention_micros = retention_micros
         self.tick_seconds = tick_seconds
+        self.owner_id = owner_id or default_owner_id()
+        self.retry_initial_micros = retry_initial_micros
+        self.retry_max_micros = retry_max_micros
+        self.claim_lease_micros = claim_lease_micros
         self._pool = ThreadPoolExecutor(max_concurrent_jobs, thread_name_prefix="enrich-job")
         self._active: dict[str, _Active] = {}
         self._lock = threading.Lock()
@@ -438,26 +498,98 @@ class JobManager:
                 log.exception("scheduler tick failed")
 
     def tick(self) -> None:
-        """Starts every due window whose schedule has no window running."""
+        """Renews the claims of the windows running here and starts every due window whose
+        schedule has no window running, is not waiting out a backoff and is claimed here."""
         now = self.clock()
         with self._lock:
             scheduled = [job_id for job_id, a in self._active.items() if a.stream is None]
         for job_id in scheduled:
             with self._lock:
                 active = self._active.get(job_id)
-                if active is None or active.window_running:
+                if active is None:
                     continue
+                waiting = active.window_running or now < active.retry_at_micros
+            with active.claim_lock:
+                renew = active.claim if now >= active.renew_claim_at_micros else None
+            if renew is not None:
+                self._renew_claim(job_id, *renew, now)
+            if waiting:
+                continue
             record = self._find(job_id)
             if (
                 record is None
                 or record.job.mode != enrich_pb2.JOB_MODE_SCHEDULED
                 or record.job.state != enrich_pb2.JOB_STATE_RUNNING
                 or record.next_run_micros > now
+                or not self._claim(record, now)
             ):
                 continue
             with self._lock:
                 active.window_running = True
+            with active.claim_lock:
+                active.claim = (record.tenant_id, record.next_run_micros)
+                active.renew_claim_at_micros = now + self.claim_lease_micros // 2
             self._pool.submit(self._run_window, record, now)
+
+    def _claim(self, record: JobRecord, now: int) -> bool:
+        """Claims the record's next window and checks it still is the job's next window."""
+        tenant_id, job_id, due = record.tenant_id, record.job.job_id, record.next_run_micros
+        if not self.jobs.claim_window(
+            tenant_id, job_id, due, self.owner_id, now, self.claim_lease_micros
+        ):
+            return False
+        latest = self.jobs.get(tenant_id, job_id)
+        # ``record`` may predate another replica finishing this window and advancing next_run.
+        return (
+            latest is not None
+            and latest.job.state == enrich_pb2.JOB_STATE_RUNNING
+            and latest.next_run_micros == due
+        )
+
+    def _renew_claim(self, job_id: str, tenant_id: str, due: int, now: int) -> None:
+        with self._lock:
+            active = self._active.get(job_id)
+        if active is None:
+            return
+        with active.claim_lock:
+            if active.claim != (tenant_id, due):
+                return  # the window ended meanwhile
+            try:
+                renewed = self.jobs.claim_window(
+                    tenant_id, job_id, due, self.owner_id, now, self.claim_lease_micros
+                )
+            except Exception:
+                log.warning(
+                    "could not renew a window claim", extra={"job_id": job_id}, exc_info=True
+                )
+                return
+            if not renewed:
+                # The lease expired before this renewal and another replica took the window
+                # over; windows' output is idempotent, so the overlap costs work, not correctness.
+                log.warning("window claim taken over by another replica", extra={"job_id": job_id})
+            active.renew_claim_at_micros = now + self.claim_lease_micros // 2
+
+    def _end_claim(self, job_id: str) -> None:
+        """Stops renewing the claim of the window that ends (waits for a renewal in flight)."""
+        with self._lock:
+            active = self._active.get(job_id)
+        if active is not None:
+            with active.claim_lock:
+                active.claim = None
+
+    def _hold_claim(self, record: JobRecord, due: int, now: int, lease_micros: int) -> None:
+        """Sets this replica's claim on ``due`` to expire ``lease_micros`` after ``now`` (0
+        releases it). Best effort: when this fails, the claim expires with its running lease."""
+        try:
+            self.jobs.claim_window(
+                record.tenant_id, record.job.job_id, due, self.owner_id, now, lease_micros
+            )
+        except Exception:
+            log.warning(
+                "could not update a window claim",
+                extra={"job_id": record.job.job_id},
+                exc_info=True,
+            )
 
     def _find(self, job_id: str) -> JobRecord | None:
         for record in self._scheduled_records():
@@ -473,6 +605,7 @@ class JobManager:
         cancelled = self._cancelled(job.job_id)
         due = record.next_run_micros
         start, end = scheduled_window(job.schedule, due)
+        failures, retry_at = 0, 0
         try:
             spec = self._checked_spec(record.tenant_id, job.spec_version)
             counters = self.engine.run_batch(
@@ -483,21 +616,57 @@ class JobManager:
             for name in ("read", "enriched", "unmatched", "failed"):
                 setattr(job.counters, name, getattr(job.counters, name) + getattr(counters, name))
             record.next_run_micros = next_run_after(job.schedule, due, self.clock())
-            latest = self.jobs.get(record.tenant_id, job.job_id)
-            if latest is not None and latest.job.state == enrich_pb2.JOB_STATE_RUNNING:
+            if self._still_running(record):
                 job.error = ""
                 self.jobs.save(record)
         except Exception as exc:
-            if not cancelled.is_set() and not self._stopped.is_set():
-                # A failed window is retried at the next tick; the schedule keeps running.
-                log.exception("scheduled window failed", extra={"job_id": job.job_id})
-                job.error = _describe(exc)
-                self.jobs.save(record)
+            self._end_claim(job.job_id)  # before the claim is held or released below
+            failed_at = self.clock()
+            if self._stopped.is_set():
+                # Released, so the replica that takes over need not wait for the lease.
+                self._hold_claim(record, due, failed_at, 0)
+            elif not cancelled.is_set():
+                with self._lock:
+                    active = self._active.get(job.job_id)
+                    failures = (active.failures if active is not None else 0) + 1
+                delay = retry_delay_micros(
+                    job.schedule, failures, self.retry_initial_micros, self.retry_max_micros
+                )
+                retry_at = failed_at + delay
+                log.exception(
+                    "scheduled window failed; retrying it after a backoff",
+                    extra={"job_id": job.job_id, "attempt": failures, "retry_in_s": delay / 1e6},
+                )
+                # Held until the retry, so the other replicas back off with this one.
+                self._hold_claim(record, due, failed_at, delay)
+                self._save_window_error(record, _describe(exc))
         finally:
+            self._end_claim(job.job_id)
             with self._lock:
                 active = self._active.get(job.job_id)
                 if active is not None:
                     active.window_running = False
+                    active.failures, active.retry_at_micros = failures, retry_at
+
+    def _still_running(self, record: JobRecord) -> bool:
+        """False when the job was cancelled meanwhile, possibly by another replica."""
+        latest = self.jobs.get(record.tenant_id, record.job.job_id)
+        return latest is not None and latest.job.state == enrich_pb2.JOB_STATE_RUNNING
+
+    def _save_window_error(self, record: JobRecord, error: str) -> None:
+        """Saves ``error`` on the stored record, so nothing of the failed attempt (counters,
+        an advanced next_run whose save failed) is kept: the same window runs again."""
+        try:
+            latest = self.jobs.get(record.tenant_id, record.job.job_id)
+            if latest is not None and latest.job.state == enrich_pb2.JOB_STATE_RUNNING:
+                latest.job.error = error
+                self.jobs.save(latest)
+        except Exception:  # the store may be what failed the window; the retry saves again
+            log.warning(
+                "could not save a window's error",
+                extra={"job_id": record.job.job_id},
+                exc_info=True,
+            )
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,4 +1,9 @@
-"""Job records and the stores that keep specs and jobs (implemented in enrich.adapters)."""
+"""Job records and the stores that keep specs and jobs (implemented in enrich.adapters).
+
+The job store also arbitrates between enrich replicas: ``JobStore.claim_window`` is a
+conditional write on the job's row, so of several replicas that find the same scheduled window
+due, exactly one runs it (see enrich.domain.jobs for how the scheduler uses it).
+"""
 
 from __future__ import annotations
 
@@ -40,3 +45,29 @@ class JobStore(Protocol):
     ) -> list[JobRecord]: ...
 
     def all_records(self) -> list[JobRecord]: ...
+
+    def claim_window(
+        self,
+        tenant_id: str,
+        job_id: str,
+        due_micros: int,
+        owner: str,
+        now_micros: int,
+        lease_micros: int,
+    ) -> bool:
+        """Atomically claims the scheduled window due at ``due_micros`` for ``owner``.
+
+        The job keeps one claim: (due time, owner, lease expiry). The claim is written, with
+        expiry ``now_micros + lease_micros``, and True returned, when the job exists and
+        - it has no claim, or
+        - its claim is for an earlier window, or
+        - its claim is for this window and either ``owner`` holds it (a renewal; a lease of 0
+          releases it) or its lease expired at or before ``now_micros`` (the owner died).
+        Otherwise nothing is written and False is returned; in particular a claim for a later
+        window refuses every earlier one, so a replica with a stale record cannot run a window
+        another replica has finished.
+
+        ``now_micros`` is the caller's clock: leases compare the clocks of different replicas,
+        so they must be much longer than the clock skew between them.
+        """
+        ...

@@ -1,9 +1,12 @@
-"""The job manager with in-memory stores and a fake engine: lifecycle, cancel, recovery and
-schedules that never run two windows of one schedule at once."""
+"""The job manager with in-memory stores and a fake engine: lifecycle, cancel, recovery,
+schedules that never run two windows of one schedule at once, retry a failed window with a
+backoff, and run each window on only one of several managers sharing a store."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -13,6 +16,7 @@ from enrich.domain.jobs import (
     JobManager,
     StreamWork,
     next_run_after,
+    retry_delay_micros,
     scheduled_window,
 )
 from enrich.domain.records import JobRecord
@@ -21,7 +25,9 @@ from eventpipe.core.errors import FailedPrecondition, InvalidArgument
 from eventpipe.enrich.v1 import enrich_pb2
 from eventpipe.stack.waiting import wait_until
 
+SECOND = 1_000_000
 MINUTE = 60_000_000
+LEASE = 2 * MINUTE
 
 
 class MemorySpecs:
@@ -47,6 +53,7 @@ class MemoryJobs:
     def __init__(self) -> None:
         self.rows: dict[tuple[str, str], bytes] = {}
         self.next_run: dict[tuple[str, str], int] = {}
+        self.claims: dict[tuple[str, str], tuple[int, str, int]] = {}  # due, owner, expiry
         self.lock = threading.Lock()
 
     def save(self, record: JobRecord) -> None:
@@ -75,6 +82,30 @@ class MemoryJobs:
     def all_records(self) -> list[JobRecord]:
         with self.lock:
             return [self._load(k) for k in self.rows]
+
+    def claim_window(
+        self,
+        tenant_id: str,
+        job_id: str,
+        due_micros: int,
+        owner: str,
+        now_micros: int,
+        lease_micros: int,
+    ) -> bool:
+        """BigtableJobStore.claim_window's rule (tested on the emulator in integration)."""
+        with self.lock:
+            key = (tenant_id, job_id)
+            if key not in self.rows:
+                return False
+            held = self.claims.get(key)
+            if held is not None:
+                held_due, held_owner, expiry = held
+                if held_due > due_micros or (
+                    held_due == due_micros and held_owner != owner and expiry > now_micros
+                ):
+                    return False
+            self.claims[key] = (due_micros, owner, now_micros + lease_micros)
+            return True
 
 
 class FakeEngine:
@@ -274,3 +305,232 @@ def test_window_arithmetic() -> None:
     )
     assert next_run_after(schedule, 0, 1) == 900 * 10**6
     assert next_run_after(schedule, 0, 2000 * 10**6) == 2700 * 10**6
+
+
+def scheduled_job() -> enrich_pb2.EnrichmentJob:
+    job = enrich_pb2.EnrichmentJob(mode=enrich_pb2.JOB_MODE_SCHEDULED)
+    job.schedule.interval.FromSeconds(15 * 60)
+    job.schedule.window.FromSeconds(3600)
+    job.schedule.lateness.FromSeconds(60)
+    return job
+
+
+def replica(
+    parts: tuple[MemorySpecs, MemoryJobs, FakeEngine, Clock], owner: str, jobs: Any = None
+) -> JobManager:
+    """One enrich replica: managers built on the same ``parts`` share the store and the clock."""
+    specs, shared_jobs, engine, clock = parts
+    return JobManager(
+        specs,
+        jobs or shared_jobs,
+        engine,
+        clock=clock,
+        tick_seconds=3600,
+        owner_id=owner,
+        retry_initial_micros=5 * SECOND,
+        retry_max_micros=10 * MINUTE,
+        claim_lease_micros=LEASE,
+    )
+
+
+def replica_with_job(parts: Any) -> tuple[JobManager, str]:
+    """A replica that has just created a scheduled job, due at once."""
+    manager = replica(parts, "replica-a")
+    manager.put_spec("t", spec())
+    return manager, manager.create_job("t", scheduled_job()).job_id
+
+
+def window_finished(manager: JobManager, job_id: str) -> None:
+    wait_until(
+        lambda: not manager._active[job_id].window_running, timeout=10, what="window finished"
+    )
+
+
+def tick_starts_no_window(manager: JobManager, job_id: str) -> bool:
+    """Ticks; True when it started no window (``tick`` marks one it starts before returning)."""
+    manager.tick()
+    return not manager._active[job_id].window_running
+
+
+def run_due_window(manager: JobManager, job_id: str, engine: FakeEngine) -> tuple[int, int]:
+    """Ticks, asserts that exactly one window ran to its end, and returns it."""
+    ran = len(engine.windows)
+    manager.tick()
+    wait_until(lambda: len(engine.windows) == ran + 1, timeout=10, what="a window started")
+    window_finished(manager, job_id)
+    return engine.windows[-1]
+
+
+def test_the_retry_delay_doubles_and_stops_at_the_cap_or_the_interval() -> None:
+    hourly = enrich_pb2.Schedule()
+    hourly.interval.FromSeconds(3600)
+    assert [
+        retry_delay_micros(hourly, n, 5 * SECOND, 10 * MINUTE) // SECOND for n in (1, 2, 3, 4)
+    ] == [
+        5,
+        10,
+        20,
+        40,
+    ]
+    assert retry_delay_micros(hourly, 8, 5 * SECOND, 10 * MINUTE) == 10 * MINUTE
+    assert retry_delay_micros(hourly, 100_000, 5 * SECOND, 10 * MINUTE) == 10 * MINUTE
+    every_minute = enrich_pb2.Schedule()
+    every_minute.interval.FromSeconds(60)
+    assert retry_delay_micros(every_minute, 5, 5 * SECOND, 10 * MINUTE) == MINUTE
+
+
+def test_a_failed_window_is_retried_after_a_backoff_that_doubles_and_resets_after_a_success(
+    parts: Any,
+) -> None:
+    _specs, jobs, engine, clock = parts
+    engine.release.set()
+    engine.fail_with = RuntimeError("Bigtable unavailable")
+    due = clock.now
+    manager, job_id = replica_with_job(parts)
+    first = run_due_window(manager, job_id, engine)
+    for backoff in (5, 10, 20):
+        clock.now += backoff * SECOND - 1
+        assert tick_starts_no_window(manager, job_id)  # still backing off
+        clock.now += 1
+        assert run_due_window(manager, job_id, engine) == first
+    assert jobs.get("t", job_id).job.error == "RuntimeError: Bigtable unavailable"
+
+    engine.fail_with = None
+    clock.now += 40 * SECOND
+    assert run_due_window(manager, job_id, engine) == first
+    stored = jobs.get("t", job_id)
+    assert (stored.next_run_micros, stored.job.error) == (due + 15 * MINUTE, "")
+    assert stored.job.counters.read == 10  # only the successful attempt counts
+
+    engine.fail_with = RuntimeError("Bigtable unavailable")
+    clock.now = due + 15 * MINUTE
+    second = run_due_window(manager, job_id, engine)
+    assert second != first
+    clock.now += 5 * SECOND - 1
+    assert tick_starts_no_window(manager, job_id)
+    clock.now += 1  # the backoff started again from 5 s
+    assert run_due_window(manager, job_id, engine) == second
+
+
+def test_a_failed_window_is_not_skipped_when_later_windows_fall_due(parts: Any) -> None:
+    _specs, jobs, engine, clock = parts
+    engine.release.set()
+    engine.fail_with = RuntimeError("Bigtable unavailable")
+    due = clock.now
+    manager, job_id = replica_with_job(parts)
+    failed = run_due_window(manager, job_id, engine)
+    clock.now += 3 * 15 * MINUTE  # three more windows fell due meanwhile
+    assert run_due_window(manager, job_id, engine) == failed
+    assert jobs.get("t", job_id).next_run_micros == due
+    engine.fail_with = None
+    clock.now += 10 * MINUTE
+    assert run_due_window(manager, job_id, engine) == failed
+    assert jobs.get("t", job_id).next_run_micros == next_run_after(
+        scheduled_job().schedule, due, clock.now
+    )
+
+
+@contextmanager
+def two_replicas(
+    parts: Any, second_jobs: Any = None
+) -> Iterator[tuple[JobManager, JobManager, str]]:
+    """A scheduled job created on a first replica and recovered by a second, as by a new pod."""
+    first, job_id = replica_with_job(parts)
+    second = replica(parts, "replica-b", jobs=second_jobs)
+    second.start()
+    try:
+        yield first, second, job_id
+    finally:
+        parts[2].release.set()  # a window still blocked in the fake engine would block stop()
+        second.stop()
+
+
+def start_window(manager: JobManager, engine: FakeEngine) -> None:
+    manager.tick()
+    wait_until(lambda: engine.running == 1, timeout=10, what="a running window")
+
+
+def test_a_window_claimed_by_one_manager_is_not_run_by_another_sharing_the_store(
+    parts: Any,
+) -> None:
+    _specs, _jobs, engine, clock = parts
+    with two_replicas(parts) as (first, second, job_id):
+        start_window(first, engine)
+        assert tick_starts_no_window(second, job_id)
+        for _ in range(2):  # the first replica's ticks renew its lease past the original expiry
+            clock.now += LEASE * 6 // 10
+            first.tick()
+            assert tick_starts_no_window(second, job_id)
+        engine.release.set()
+        window_finished(first, job_id)
+        assert (len(engine.windows), engine.max_running) == (1, 1)
+
+
+def test_a_window_whose_owner_stopped_renewing_is_taken_over_after_the_lease(parts: Any) -> None:
+    _specs, _jobs, engine, clock = parts
+    with two_replicas(parts) as (first, second, job_id):
+        start_window(first, engine)
+        clock.now += LEASE - 1  # the first replica hangs: it no longer ticks
+        assert tick_starts_no_window(second, job_id)
+        clock.now += 1
+        second.tick()
+        wait_until(lambda: len(engine.windows) == 2, timeout=10, what="window taken over")
+        assert engine.windows[1] == engine.windows[0]
+        assert second._active[job_id].window_running
+
+
+def test_a_failed_window_is_held_by_its_replica_until_its_retry_is_due(parts: Any) -> None:
+    _specs, _jobs, engine, clock = parts
+    engine.release.set()
+    engine.fail_with = RuntimeError("Bigtable unavailable")
+    with two_replicas(parts) as (first, second, job_id):
+        failed = run_due_window(first, job_id, engine)
+        clock.now += 5 * SECOND - 1
+        assert tick_starts_no_window(second, job_id)  # it backs off with the first replica
+        clock.now += 1
+        assert run_due_window(second, job_id, engine) == failed
+
+
+def test_a_replica_stopping_mid_window_releases_its_claim_at_once(parts: Any) -> None:
+    _specs, jobs, engine, _clock = parts
+    with two_replicas(parts) as (first, second, job_id):
+        start_window(first, engine)
+        first._stopped.set()  # shutting down: the engine stops the window
+        engine.fail_with = RuntimeError("interrupted")
+        engine.release.set()
+        window_finished(first, job_id)
+        assert jobs.get("t", job_id).job.error == ""  # a shutdown is not a failure
+        engine.fail_with = None
+        interrupted = engine.windows[0]
+        assert run_due_window(second, job_id, engine) == interrupted
+
+
+class StaleScan:
+    """The shared store, except that scans answer what they answered when ``freeze`` ran."""
+
+    def __init__(self, jobs: MemoryJobs) -> None:
+        self.jobs = jobs
+        self.frozen: list[JobRecord] | None = None
+
+    def freeze(self) -> None:
+        self.frozen = self.jobs.all_records()
+
+    def all_records(self) -> list[JobRecord]:
+        return self.frozen if self.frozen is not None else self.jobs.all_records()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.jobs, name)
+
+
+def test_a_replica_with_a_stale_record_does_not_rerun_a_window_another_one_finished(
+    parts: Any,
+) -> None:
+    _specs, jobs, engine, clock = parts
+    engine.release.set()
+    stale = StaleScan(jobs)
+    with two_replicas(parts, second_jobs=stale) as (first, second, job_id):
+        stale.freeze()  # the second replica read the record before the first one's window ended
+        run_due_window(first, job_id, engine)
+        clock.now += LEASE  # and the first replica's claim has expired by its next tick
+        assert tick_starts_no_window(second, job_id)
+        assert len(engine.windows) == 1
