@@ -160,6 +160,19 @@ def read_and_unmatched(frame: DataFrame, spec: Any) -> Any:
     ).collect()[0]
 
 
+def prepared_dimension(dimension: DataFrame, n: int, fields: list[str]) -> DataFrame:
+    """The versions of one dimension as join n reads them: key, valid_from, valid_to (the next
+    version's valid_from, null for the current one), deleted, and maps of the copied fields,
+    every column prefixed j{n}_. Computed once per job (streaming: per dimension refresh)."""
+    return versioned(dimension).select(
+        F.col("key").alias(f"j{n}_key"),
+        F.col("valid_from").alias(f"j{n}_from"),
+        F.col("valid_to").alias(f"j{n}_to"),
+        F.col("deleted").alias(f"j{n}_deleted"),
+        *[F.map_filter(F.col(kind), _key_in(fields)).alias(f"j{n}_{kind}") for kind, _ in _MAPS],
+    )
+
+
 def enrich_frame(
     events: DataFrame,
     dimensions: dict[str, DataFrame],
@@ -167,20 +180,12 @@ def enrich_frame(
     broadcast: dict[str, bool],
 ) -> DataFrame:
     """Adds per join n: j{n}_m (matched) and j{n}_s.. maps of the copied fields, as of the
-    event's time; and per derived field k: dv{k}_n / dv{k}_s (number / text)."""
+    event's time; and per derived field k: dv{k}_n / dv{k}_s (number / text).
+
+    ``dimensions`` maps each joined dimension to its prepared_dimension frame."""
     frame = events
     for n, join in enumerate(spec.joins):
-        fields = list(join.fields)
-        dim = versioned(dimensions[join.dimension]).select(
-            F.col("key").alias(f"j{n}_key"),
-            F.col("valid_from").alias(f"j{n}_from"),
-            F.col("valid_to").alias(f"j{n}_to"),
-            F.col("deleted").alias(f"j{n}_deleted"),
-            *[
-                F.map_filter(F.col(kind), _key_in(fields)).alias(f"j{n}_{kind}")
-                for kind, _ in _MAPS
-            ],
-        )
+        dim = dimensions[join.dimension]
         if broadcast.get(join.dimension):
             dim = F.broadcast(dim)
         condition = (
@@ -220,10 +225,12 @@ def enrich_frame(
     return frame
 
 
-def output_record(row: Any, spec: CheckedSpec) -> dict[str, Any]:
-    """A Spark row of enrich_frame as the dict bigtable_io.enriched_row writes."""
-    values = row.asDict()
-    enriched: dict[tuple[str, str], Any] = {}
+def joined_fields(
+    values: dict[str, Any], spec: CheckedSpec
+) -> tuple[dict[tuple[str, str], Any], list[str]]:
+    """The copied dimension fields ((kind, "dimension.field") -> value) of one enrich_frame
+    row (or of the newest-event struct), and the dimensions that did not match."""
+    joined: dict[tuple[str, str], Any] = {}
     unmatched: list[str] = []
     for n, join in enumerate(spec.joins):
         if not values[f"j{n}_m"]:
@@ -232,13 +239,23 @@ def output_record(row: Any, spec: CheckedSpec) -> dict[str, Any]:
         for kind, _ in _MAPS:
             for name, value in (values[f"j{n}_{kind}"] or {}).items():
                 if value is not None:
-                    enriched[(kind, f"{join.dimension}.{name}")] = value
+                    joined[(kind, f"{join.dimension}.{name}")] = value
+    return joined, unmatched
+
+
+def output_record(row: Any, spec: CheckedSpec) -> dict[str, Any]:
+    """A Spark row of enrich_frame as the dict bigtable_io.enriched_row writes; ``joined``
+    holds the copied dimension fields alone (what an entity profile keeps)."""
+    values = row.asDict()
+    joined, unmatched = joined_fields(values, spec)
+    enriched = dict(joined)
     for k, derived in enumerate(spec.derived):
         number, text = values[f"dv{k}_n"], values[f"dv{k}_s"]
         if number is not None:
             enriched[("d", derived.name)] = number
         elif text is not None:
             enriched[("s", derived.name)] = text
+    values["joined"] = joined
     values["enriched"] = enriched
     values["unmatched"] = unmatched
     return values
@@ -361,7 +378,7 @@ class SparkEngine:
         frames: dict[str, DataFrame] = {}
         broadcast: dict[str, bool] = {}
         target = self.target
-        for join in spec.joins:
+        for n, join in enumerate(spec.joins):
             name = join.dimension
 
             def read(_: Any, name: str = name) -> Iterator[tuple[Any, ...]]:
@@ -370,7 +387,8 @@ class SparkEngine:
             # One task per dimension: a version table is small next to events; large ones
             # are only hash-partitioned by the join below, not broadcast.
             rdd = self.spark.sparkContext.parallelize([0], 1).flatMap(read)
-            frame = self.spark.createDataFrame(rdd, DIMENSION_SCHEMA).cache()
+            raw = self.spark.createDataFrame(rdd, DIMENSION_SCHEMA)
+            frame = prepared_dimension(raw, n, list(join.fields)).cache()
             rows = frame.count()
             frames[name] = frame
             broadcast[name] = rows <= self.settings.broadcast_max_rows
@@ -473,25 +491,79 @@ class SparkEngine:
             inputs = []
             for row in rows:
                 newest_values = row["newest"].asDict()
-                fields: dict[tuple[str, str], Any] = {}
-                for n, join in enumerate(spec.joins):
-                    if not newest_values[f"j{n}_m"]:
-                        continue
-                    for kind, _ in _MAPS:
-                        for name, value in (newest_values[f"j{n}_{kind}"] or {}).items():
-                            if value is not None:
-                                fields[(kind, f"{join.dimension}.{name}")] = value
+                fields, _unmatched = joined_fields(newest_values, spec)
                 inputs.append(
                     ProfileInput(
                         row["tenant_id"], row["entity_id"], newest_values["event_time"], fields
                     )
                 )
-            for start in range(0, len(inputs), bigtable_io.MUTATION_BATCH):
-                yield from bigtable_io.refresh_profiles(
-                    target, inputs[start : start + bigtable_io.MUTATION_BATCH], update_time
-                )
+            yield from _refresh_profiles(target, inputs, update_time)
 
         return newest.rdd.mapPartitions(refresh).collect()
+
+
+def _refresh_profiles(
+    target: BigtableTarget, inputs: list[ProfileInput], update_time: int
+) -> Iterator[tuple[str, str]]:
+    for start in range(0, len(inputs), bigtable_io.MUTATION_BATCH):
+        yield from bigtable_io.refresh_profiles(
+            target, inputs[start : start + bigtable_io.MUTATION_BATCH], update_time
+        )
+
+
+def write_micro_batch(
+    rows: Iterable[Any], target: BigtableTarget, spec: CheckedSpec
+) -> Iterator[tuple[str, Any]]:
+    """Everything one micro-batch partition writes, in one pass: its enriched rows, then the
+    hour/day buckets they touch (recomputed from the stored enriched rows, so a re-delivered
+    event is not counted twice), then the touched entities' profiles.
+
+    Every event of an entity must be in this partition (_by_entity sees to it), or
+    two tasks could recompute one bucket from different states. Yields ("read", n),
+    ("unmatched", n) and ("entity", (tenant, entity)) for each profile written.
+    """
+    records = [output_record(row, spec) for row in rows]
+    if not records:
+        return
+    bigtable_io.write_rows(
+        target,
+        schema.ENRICHED_EVENTS_TABLE,
+        (bigtable_io.enriched_row(record, spec.version) for record in records),
+    )
+    days = sorted(
+        {
+            (r["tenant_id"], r["entity_id"], r["event_time"] // bigtable_io.DAY_MICROS)
+            for r in records
+        }
+    )
+    bigtable_io.write_rows(
+        target,
+        schema.ENTITY_METRICS_TABLE,
+        (
+            bigtable_io.metric_row(aggregate)
+            for tenant_id, entity_id, day in days
+            for aggregate in bigtable_io.aggregates_from_enriched(
+                target, tenant_id, entity_id, day * bigtable_io.DAY_MICROS, spec.metric_fields
+            )
+        ),
+    )
+    newest: dict[tuple[str, str], dict[str, Any]] = {}
+    for record in records:
+        entity = (record["tenant_id"], record["entity_id"])
+        current = newest.get(entity)
+        if current is None or (record["event_time"], record["event_id"]) > (
+            current["event_time"],
+            current["event_id"],
+        ):
+            newest[entity] = record
+    inputs = [
+        ProfileInput(tenant_id, entity_id, record["event_time"], record["joined"])
+        for (tenant_id, entity_id), record in sorted(newest.items())
+    ]
+    yield ("read", len(records))
+    yield ("unmatched", sum(1 for record in records if record["unmatched"]))
+    for entity in _refresh_profiles(target, inputs, time.time_ns() // 1000):
+        yield ("entity", entity)
 
 
 # ---------------------------------------------------------------- streaming
@@ -545,6 +617,7 @@ class StreamingRequest:
     trigger_seconds: float
     checkpoint_dir: str
     dimension_refresh_seconds: float = 30.0
+    max_events_per_batch: int = 200_000
     on_batch: Callable[[Counters], None] = lambda _c: None
     on_entities_changed: Callable[[list[tuple[str, str]]], None] = lambda _e: None
 
@@ -568,6 +641,23 @@ class StreamingHandle:
 
     def stop(self) -> None:
         self.query.stop()
+
+
+SINGLE_TASK_MAX_EVENTS = 5_000
+"""Micro-batches up to this size run in one task: no shuffle, the lowest latency."""
+
+
+def _by_entity(frame: DataFrame, query: Any, max_partitions: int = 64) -> DataFrame:
+    """Puts every event of an entity in one partition: a small micro-batch in one task
+    (coalesce, no shuffle), a large one hash-partitioned by entity. The previous batch's size
+    picks the way (the current one is not known without reading it twice); both are correct,
+    only the speed differs."""
+    progress = query.lastProgress if query is not None else None
+    rows = int(progress["numInputRows"]) if progress else 0
+    if rows <= SINGLE_TASK_MAX_EVENTS:
+        return frame.coalesce(1)
+    partitions = min(max_partitions, -(-rows // SINGLE_TASK_MAX_EVENTS))
+    return frame.repartition(partitions, "tenant_id", "entity_id")
 
 
 def _start_streaming(engine: SparkEngine, request: StreamingRequest) -> StreamingHandle:
@@ -602,60 +692,34 @@ def _start_streaming(engine: SparkEngine, request: StreamingRequest) -> Streamin
             batch.select("value").rdd.mapPartitions(decode), EVENT_SCHEMA
         )
         dims, broadcast = dimensions()
-        frame = enrich_frame(events, dims, spec, broadcast).persist()
-        try:
-            totals = read_and_unmatched(frame, spec)
-            if not totals["read"]:
-                return
-            spec_version = spec.version
+        # One Spark job per micro-batch: the joins, then the writes (see write_micro_batch)
+        # with each entity's events in one task.
+        frame = _by_entity(
+            enrich_frame(events, dims, spec, broadcast),
+            state.get("query"),
+            engine.settings.shuffle_partitions,
+        )
+        results = frame.rdd.mapPartitions(
+            lambda rows: write_micro_batch(rows, target, spec)
+        ).collect()
+        read = sum(n for kind, n in results if kind == "read")
+        if not read:
+            return
+        unmatched = sum(n for kind, n in results if kind == "unmatched")
+        request.on_entities_changed([entity for kind, entity in results if kind == "entity"])
+        request.on_batch(Counters(read, read - unmatched, unmatched, 0))
 
-            def write_enriched(rows: Iterator[Any]) -> None:
-                bigtable_io.write_rows(
-                    target,
-                    schema.ENRICHED_EVENTS_TABLE,
-                    (bigtable_io.enriched_row(output_record(r, spec), spec_version) for r in rows),
-                )
-
-            frame.foreachPartition(write_enriched)
-            metric_fields = spec.metric_fields
-            days = frame.select(
-                "tenant_id",
-                "entity_id",
-                (
-                    F.floor(F.col("event_time") / bigtable_io.DAY_MICROS).cast("long")
-                    * bigtable_io.DAY_MICROS
-                ).alias("day"),
-            ).distinct()
-
-            def write_metrics(rows: Iterator[Any]) -> None:
-                aggregates = (
-                    aggregate
-                    for row in rows
-                    for aggregate in bigtable_io.aggregates_from_enriched(
-                        target, row["tenant_id"], row["entity_id"], row["day"], metric_fields
-                    )
-                )
-                bigtable_io.write_rows(
-                    target,
-                    schema.ENTITY_METRICS_TABLE,
-                    (bigtable_io.metric_row(a) for a in aggregates),
-                )
-
-            days.foreachPartition(write_metrics)
-            changed = engine._write_profiles(frame, spec)
-            request.on_entities_changed(changed)
-            read = int(totals["read"])
-            unmatched = int(totals["unmatched"] or 0)
-            request.on_batch(Counters(read, read - unmatched, unmatched, 0))
-        finally:
-            frame.unpersist()
-
-    query = (
+    query: Any = (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", request.bootstrap_servers)
         .option("subscribe", request.topic)
         .option("startingOffsets", "latest")
         .option("failOnDataLoss", "false")
+        # A task reads a fixed offset range; the broker's default 500 ms fetch wait on each
+        # partition's last fetch was most of a small micro-batch's time.
+        .option("kafka.fetch.max.wait.ms", "20")
+        # Bounds a micro-batch after a pause or backlog, so one batch cannot exhaust memory.
+        .option("maxOffsetsPerTrigger", str(request.max_events_per_batch))
         .load()
         .writeStream.queryName(f"enrich-{request.job_id}")
         .option("checkpointLocation", request.checkpoint_dir)
@@ -663,4 +727,5 @@ def _start_streaming(engine: SparkEngine, request: StreamingRequest) -> Streamin
         .foreachBatch(process)
         .start()
     )
+    state["query"] = query
     return StreamingHandle(query)
