@@ -146,20 +146,6 @@ def versioned(dimension: DataFrame) -> DataFrame:
     return dimension.withColumn("valid_to", F.lead("valid_from").over(by_key))
 
 
-def read_and_unmatched(frame: DataFrame, spec: Any) -> Any:
-    """One row with ``read`` (events) and ``unmatched`` (events with an unmatched join)."""
-    unmatched_flag: Column = F.lit(False)
-    if spec.joins:
-        all_matched = F.col("j0_m")
-        for n in range(1, len(spec.joins)):
-            all_matched = all_matched & F.col(f"j{n}_m")
-        unmatched_flag = ~all_matched
-    return frame.agg(
-        F.count(F.lit(1)).alias("read"),
-        F.sum(F.when(unmatched_flag, 1).otherwise(0)).alias("unmatched"),
-    ).collect()[0]
-
-
 def prepared_dimension(dimension: DataFrame, n: int, fields: list[str]) -> DataFrame:
     """The versions of one dimension as join n reads them: key, valid_from, valid_to (the next
     version's valid_from, null for the current one), deleted, and maps of the copied fields,
@@ -225,6 +211,49 @@ def enrich_frame(
     return frame
 
 
+def map_items(value: Any) -> Iterable[tuple[str, Any]]:
+    """The entries of a map column: a dict from a Spark Row, a list of pairs from Arrow."""
+    if not value:
+        return ()
+    return value.items() if isinstance(value, dict) else value  # type: ignore[no-any-return]
+
+
+def arrow_rows(batches: Iterable[Any]) -> Iterator[dict[str, Any]]:
+    """The rows of mapInArrow's record batches as dicts (much cheaper than pickled Rows)."""
+    for batch in batches:
+        yield from batch.to_pylist()
+
+
+ARROW_BATCH_ROWS = 10_000
+
+
+def arrow_batches(
+    rows: Iterable[tuple[Any, ...]], spark_schema: T.StructType, size: int = ARROW_BATCH_ROWS
+) -> Iterator[Any]:
+    """Tuples in the column order of ``spark_schema`` as Arrow record batches (map columns
+    from dicts), for mapInArrow: far cheaper for Spark to take than pickled rows."""
+    import pyarrow as pa
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    arrow_schema = to_arrow_schema(spark_schema)
+    chunk: list[tuple[Any, ...]] = []
+
+    def batch() -> Any:
+        columns = list(zip(*chunk, strict=True))
+        return pa.RecordBatch.from_arrays(
+            [pa.array(c, type=f.type) for c, f in zip(columns, arrow_schema, strict=True)],
+            schema=arrow_schema,
+        )
+
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= size:
+            yield batch()
+            chunk = []
+    if chunk:
+        yield batch()
+
+
 def joined_fields(
     values: dict[str, Any], spec: CheckedSpec
 ) -> tuple[dict[tuple[str, str], Any], list[str]]:
@@ -237,16 +266,19 @@ def joined_fields(
             unmatched.append(join.dimension)
             continue
         for kind, _ in _MAPS:
-            for name, value in (values[f"j{n}_{kind}"] or {}).items():
+            for name, value in map_items(values[f"j{n}_{kind}"]):
                 if value is not None:
                     joined[(kind, f"{join.dimension}.{name}")] = value
     return joined, unmatched
 
 
-def output_record(row: Any, spec: CheckedSpec) -> dict[str, Any]:
-    """A Spark row of enrich_frame as the dict bigtable_io.enriched_row writes; ``joined``
-    holds the copied dimension fields alone (what an entity profile keeps)."""
-    values = row.asDict()
+def output_record(row: dict[str, Any], spec: CheckedSpec) -> dict[str, Any]:
+    """A row of enrich_frame (as Arrow's to_pylist gives it) as the dict
+    bigtable_io.enriched_row writes; ``joined`` holds the copied dimension fields alone (what
+    an entity profile keeps)."""
+    values = dict(row)
+    for kind, _ in _MAPS:
+        values[kind] = dict(map_items(values[kind]))
     joined, unmatched = joined_fields(values, spec)
     enriched = dict(joined)
     for k, derived in enumerate(spec.derived):
@@ -365,12 +397,16 @@ class SparkEngine:
         chunk = -(-len(ranges) // slices)
         groups = [ranges[i : i + chunk] for i in range(0, len(ranges), chunk)]
 
-        def read(groups_iter: Iterable[list[tuple[bytes, bytes]]]) -> Iterator[tuple[Any, ...]]:
-            for group in groups_iter:
-                yield from bigtable_io.read_events(target, group, start, end)
+        def read(batches: Iterable[Any]) -> Iterator[Any]:
+            for batch in batches:
+                for index in batch.column(0).to_pylist():
+                    yield from arrow_batches(
+                        bigtable_io.read_events(target, groups[index], start, end), EVENT_SCHEMA
+                    )
 
-        rdd = self.spark.sparkContext.parallelize(groups, len(groups)).mapPartitions(read)
-        return self.spark.createDataFrame(rdd, EVENT_SCHEMA)
+        # One task per group of ranges; rows reach Spark as Arrow batches.
+        tasks = self.spark.range(len(groups), numPartitions=len(groups))
+        return tasks.mapInArrow(read, EVENT_SCHEMA)
 
     def read_dimensions(
         self, tenant_id: str, spec: CheckedSpec
@@ -428,6 +464,7 @@ class SparkEngine:
         events = self.read_events(request.tenant_id, agg_start, agg_end)
         dimensions, broadcast = self.read_dimensions(request.tenant_id, spec)
         cached.extend(dimensions.values())
+        request.on_progress(0.1, counters)
         self._check(request)
         frame = enrich_frame(events, dimensions, spec, broadcast).persist()
         cached.append(frame)
@@ -435,36 +472,46 @@ class SparkEngine:
             (F.col("event_time") >= request.start_micros)
             & (F.col("event_time") < request.end_micros)
         )
-        totals = read_and_unmatched(in_window, spec)
-        counters.read = int(totals["read"] or 0)
-        counters.unmatched = int(totals["unmatched"] or 0)
-        request.on_progress(0.2, counters)
-        self._check(request)
-
         spec_version = spec.version
 
-        def write_enriched(rows: Iterator[Any]) -> None:
-            bigtable_io.write_rows(
-                target,
-                schema.ENRICHED_EVENTS_TABLE,
-                (bigtable_io.enriched_row(output_record(r, spec), spec_version) for r in rows),
-            )
+        def write_enriched(batches: Iterable[Any]) -> Iterator[Any]:
+            import pyarrow as pa
 
-        in_window.foreachPartition(write_enriched)
+            counts = {"read": 0, "unmatched": 0}
+
+            def rows() -> Iterator[Any]:
+                for values in arrow_rows(batches):
+                    record = output_record(values, spec)
+                    counts["read"] += 1
+                    counts["unmatched"] += bool(record["unmatched"])
+                    yield bigtable_io.enriched_row(record, spec_version)
+
+            bigtable_io.write_rows(target, schema.ENRICHED_EVENTS_TABLE, rows())
+            yield pa.RecordBatch.from_pydict({k: [v] for k, v in counts.items()})
+
+        totals = in_window.mapInArrow(write_enriched, "read long, unmatched long").collect()
+        counters.read = sum(int(t["read"]) for t in totals)
+        counters.unmatched = sum(int(t["unmatched"]) for t in totals)
         counters.enriched = counters.read - counters.unmatched
         request.on_progress(0.6, counters)
         self._check(request)
 
         metric_fields = spec.metric_fields
 
-        def write_metrics(rows: Iterator[Any]) -> None:
-            bigtable_io.write_rows(
+        def write_metrics(batches: Iterable[Any]) -> Iterator[Any]:
+            import pyarrow as pa
+
+            written = bigtable_io.write_rows(
                 target,
                 schema.ENTITY_METRICS_TABLE,
-                (bigtable_io.metric_row(_bucket_aggregate(r, metric_fields)) for r in rows),
+                (
+                    bigtable_io.metric_row(_bucket_aggregate(row, metric_fields))
+                    for row in arrow_rows(batches)
+                ),
             )
+            yield pa.RecordBatch.from_pydict({"written": [written]})
 
-        aggregate_frame(frame, spec).foreachPartition(write_metrics)
+        aggregate_frame(frame, spec).mapInArrow(write_metrics, "written long").collect()
         request.on_progress(0.8, counters)
         self._check(request)
 
@@ -512,15 +559,15 @@ def _refresh_profiles(
 
 
 def write_micro_batch(
-    rows: Iterable[Any], target: BigtableTarget, spec: CheckedSpec
-) -> Iterator[tuple[str, Any]]:
+    rows: Iterable[dict[str, Any]], target: BigtableTarget, spec: CheckedSpec
+) -> Iterator[dict[str, Any]]:
     """Everything one micro-batch partition writes, in one pass: its enriched rows, then the
     hour/day buckets they touch (recomputed from the stored enriched rows, so a re-delivered
     event is not counted twice), then the touched entities' profiles.
 
     Every event of an entity must be in this partition (_by_entity sees to it), or
-    two tasks could recompute one bucket from different states. Yields ("read", n),
-    ("unmatched", n) and ("entity", (tenant, entity)) for each profile written.
+    two tasks could recompute one bucket from different states. Yields result rows: kind
+    "read" and "unmatched" with n, and kind "entity" per profile written.
     """
     records = [output_record(row, spec) for row in rows]
     if not records:
@@ -560,10 +607,26 @@ def write_micro_batch(
         ProfileInput(tenant_id, entity_id, record["event_time"], record["joined"])
         for (tenant_id, entity_id), record in sorted(newest.items())
     ]
-    yield ("read", len(records))
-    yield ("unmatched", sum(1 for record in records if record["unmatched"]))
-    for entity in _refresh_profiles(target, inputs, time.time_ns() // 1000):
-        yield ("entity", entity)
+    yield {"kind": "read", "n": len(records)}
+    yield {"kind": "unmatched", "n": sum(1 for record in records if record["unmatched"])}
+    for tenant_id, entity_id in _refresh_profiles(target, inputs, time.time_ns() // 1000):
+        yield {"kind": "entity", "tenant_id": tenant_id, "entity_id": entity_id}
+
+
+_MICRO_BATCH_RESULT_DDL = "kind string, n long, tenant_id string, entity_id string"
+
+
+def _micro_batch_result_schema() -> Any:
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("kind", pa.string()),
+            ("n", pa.int64()),
+            ("tenant_id", pa.string()),
+            ("entity_id", pa.string()),
+        ]
+    )
 
 
 # ---------------------------------------------------------------- streaming
@@ -699,14 +762,21 @@ def _start_streaming(engine: SparkEngine, request: StreamingRequest) -> Streamin
             state.get("query"),
             engine.settings.shuffle_partitions,
         )
-        results = frame.rdd.mapPartitions(
-            lambda rows: write_micro_batch(rows, target, spec)
-        ).collect()
-        read = sum(n for kind, n in results if kind == "read")
+
+        def write(batches: Iterable[Any]) -> Iterator[Any]:
+            import pyarrow as pa
+
+            results = list(write_micro_batch(arrow_rows(batches), target, spec))
+            yield pa.RecordBatch.from_pylist(results, schema=_micro_batch_result_schema())
+
+        results = frame.mapInArrow(write, _MICRO_BATCH_RESULT_DDL).collect()
+        read = sum(r["n"] for r in results if r["kind"] == "read")
         if not read:
             return
-        unmatched = sum(n for kind, n in results if kind == "unmatched")
-        request.on_entities_changed([entity for kind, entity in results if kind == "entity"])
+        unmatched = sum(r["n"] for r in results if r["kind"] == "unmatched")
+        request.on_entities_changed(
+            [(r["tenant_id"], r["entity_id"]) for r in results if r["kind"] == "entity"]
+        )
         request.on_batch(Counters(read, read - unmatched, unmatched, 0))
 
     query: Any = (

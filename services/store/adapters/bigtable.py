@@ -1,47 +1,33 @@
 """Bigtable adapters: the fast row writer and the range reader.
 
-Writes go through the generated GAPIC client (``google.cloud.bigtable_v2``, part of
-google-cloud-bigtable) with requests built as plain protobuf messages. On the emulator that
-is ~4x faster than ``Table.bulk_mutate_rows`` of the data API for our 8-12-cell rows, because
-the data API builds proto-plus wrappers per cell (docs/store.md has the figures). Retries
-are ours: the consumer needs per-row control over them (backoff, pause, dead letters).
+Writes go through ``eventpipe.core.bigtable_rows`` (the GAPIC client with requests built as
+plain protobuf messages): on the emulator ~4x faster than ``Table.bulk_mutate_rows`` of the
+data API for our 8-12-cell rows (docs/store.md has the figures). Retries are ours: the
+consumer needs per-row control over them (backoff, pause, dead letters).
 
-Reads use the data API (``google.cloud.bigtable.data``): they are not on the hot path, and
-its row merging is not worth rewriting.
+Reads use the data API (``google.cloud.bigtable.data``): they are not on the hot path.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
+from eventpipe.core import bigtable_rows
 from eventpipe.core.config import CommonSettings
-from eventpipe.core.schema import Cells, EventRow, cell_timestamp_micros
+from eventpipe.core.schema import Cells, EventRow
 from google.cloud.bigtable.data import BigtableDataClient, ReadRowsQuery, RowRange
-from google.cloud.bigtable_v2 import BigtableClient
-from google.cloud.bigtable_v2.services.bigtable.transports import BigtableGrpcTransport
-from google.cloud.bigtable_v2.types import bigtable as bigtable_types
 
 from store.ports import RowFailure, StoredRow
 
 log = logging.getLogger(__name__)
 
-_MutateRowsRequest = bigtable_types.MutateRowsRequest
-_RawMutateRowsRequest: Any = _MutateRowsRequest.pb()
-_MutateRowsResponse = bigtable_types.MutateRowsResponse
+_MutateRowsRequest = bigtable_rows.MutateRowsRequest
+_MutateRowsResponse = bigtable_rows.MutateRowsResponse
 _GRPC_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
-
-
-def _gapic_client() -> BigtableClient:
-    emulator = os.environ.get("BIGTABLE_EMULATOR_HOST")
-    if emulator:
-        channel = grpc.insecure_channel(emulator, options=[("grpc.max_send_message_length", -1)])
-        return BigtableClient(transport=BigtableGrpcTransport(channel=channel))
-    return BigtableClient()  # application-default credentials
 
 
 def _code_name(exc: BaseException) -> str:
@@ -49,26 +35,6 @@ def _code_name(exc: BaseException) -> str:
     if code is None and isinstance(exc, grpc.RpcError):
         code = exc.code()
     return code.name if isinstance(code, grpc.StatusCode) else "UNAVAILABLE"
-
-
-def build_mutate_rows_request(table_name: str, rows: Sequence[EventRow], replace: bool) -> Any:
-    """A raw ``google.bigtable.v2.MutateRowsRequest``: one entry per row, cell ts = row time."""
-    request = _RawMutateRowsRequest(table_name=table_name)
-    entries = request.entries
-    for row in rows:
-        entry = entries.add()
-        entry.row_key = row.key
-        mutations = entry.mutations
-        if replace:
-            mutations.add().delete_from_row.SetInParent()
-        ts = cell_timestamp_micros(row.timestamp_micros)
-        for (family, qualifier), value in row.cells.items():
-            cell = mutations.add().set_cell
-            cell.family_name = family
-            cell.column_qualifier = qualifier
-            cell.timestamp_micros = ts
-            cell.value = value
-    return request
 
 
 class BigtableRowWriter:
@@ -83,7 +49,7 @@ class BigtableRowWriter:
         self._common = common
         self._attempt_timeout = attempt_timeout
         self._ensure_schema = ensure_schema
-        self._client = _gapic_client()
+        self._client = bigtable_rows.gapic_client()
         self._instance_path = (
             f"projects/{common.bigtable_project}/instances/{common.bigtable_instance}"
         )
@@ -96,7 +62,7 @@ class BigtableRowWriter:
     ) -> list[RowFailure]:
         if not rows:
             return []
-        request = build_mutate_rows_request(self.table_name(table), rows, replace)
+        request = bigtable_rows.build_mutate_rows_request(self.table_name(table), rows, replace)
         return self.send(request, len(rows))
 
     def send(self, request: Any, row_count: int) -> list[RowFailure]:
