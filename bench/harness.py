@@ -79,6 +79,20 @@ def _markdown(name: str, measurements: list[Measurement]) -> str:
     return "\n".join(lines) + "\n"
 
 
+BENCH_TABLE_PREFIX = "bench"
+"""Every scenario's tables start with this; the stack's own use the settings' prefix."""
+
+
+def drop_bench_tables(common: CommonSettings) -> None:
+    """The emulator keeps every table in memory (a 1M-event enrich run holds gigabytes), so
+    a scenario's tables are dropped when it ends."""
+    from eventpipe.core import bigtable as core_bigtable
+
+    for table in core_bigtable.instance(common, admin=True).list_tables():
+        if table.table_id.startswith(BENCH_TABLE_PREFIX):
+            table.delete()
+
+
 def run_scenarios(selected: list[str], quick: bool = False) -> int:
     import bench.scenarios as package
 
@@ -99,6 +113,8 @@ def run_scenarios(selected: list[str], quick: bool = False) -> int:
             failed += 1
             print(f"   FAILED: {exc!r}", flush=True)
             continue
+        finally:
+            drop_bench_tables(ctx.common)
         (RESULTS_DIR / f"{scenario}.json").write_text(
             json.dumps(
                 {
