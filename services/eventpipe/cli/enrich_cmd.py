@@ -26,6 +26,7 @@ from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 from tqdm import tqdm
 
+from eventpipe.cli import grpc_client
 from eventpipe.core.config import DEFAULT_PORTS
 from eventpipe.enrich.v1 import enrich_pb2, enrich_pb2_grpc
 
@@ -65,7 +66,7 @@ def parse_time(text: str) -> Timestamp:
 
 
 def _stub(args: argparse.Namespace) -> enrich_pb2_grpc.EnrichServiceStub:
-    return enrich_pb2_grpc.EnrichServiceStub(grpc.insecure_channel(args.address))
+    return enrich_pb2_grpc.EnrichServiceStub(grpc_client.channel(args.address, args.token))
 
 
 def _describe(job: enrich_pb2.EnrichmentJob) -> str:
@@ -185,6 +186,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     def common(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--tenant", required=True)
         sub.add_argument("--address", default=default_address, help="enrich gRPC host:port")
+        grpc_client.add_token_argument(sub)
 
     run_parser = commands.add_parser("run", help="start a job and follow it")
     common(run_parser)

@@ -21,6 +21,7 @@ import grpc
 from google.protobuf import json_format
 from tqdm import tqdm
 
+from eventpipe.cli import grpc_client
 from eventpipe.common.v1 import event_pb2, results_pb2
 from eventpipe.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
@@ -107,7 +108,12 @@ def read_events(path: Path, summary: Summary) -> Iterator[event_pb2.Event]:
 
 
 def stream_file(
-    path: Path, target: str, tenant_id: str, batch_size: int, progress: bool = True
+    path: Path,
+    target: str,
+    tenant_id: str,
+    batch_size: int,
+    progress: bool = True,
+    token: str | None = None,
 ) -> Summary:
     summary = Summary()
     total = None
@@ -132,7 +138,7 @@ def stream_file(
                 batch_id=str(number + 1), tenant_id=tenant_id, events=batch
             )
 
-    with grpc.insecure_channel(target) as channel:
+    with grpc_client.channel(target, token) as channel:
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
         for response in stub.StreamEvents(requests()):
             summary.add(response)
@@ -154,13 +160,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--batch-size", type=int, default=500, choices=range(1, 1001), metavar="1..1000"
     )
     parser.add_argument("--no-progress", action="store_true")
+    grpc_client.add_token_argument(parser)
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     try:
         summary = stream_file(
-            args.file, args.target, args.tenant, args.batch_size, not args.no_progress
+            args.file, args.target, args.tenant, args.batch_size, not args.no_progress, args.token
         )
     except grpc.RpcError as error:
         print(f"ingest failed: {error.code().name}: {error.details()}")  # type: ignore[attr-defined]
