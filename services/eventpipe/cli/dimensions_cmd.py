@@ -29,6 +29,8 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+from eventpipe.cli import grpc_client
+
 TYPES = ("string", "int", "double", "bool", "timestamp")
 INT_PATTERN = re.compile(r"[+-]?\d+")
 FLOAT_PATTERN = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?")
@@ -217,8 +219,6 @@ def _load(args: argparse.Namespace) -> int:
     file_format = _format_of(path, args.format)
     declared = _parse_types(args.types)
     default_valid_from = parse_time_micros(args.valid_from) if args.valid_from else None
-    token = args.token or os.environ.get("EVENTPIPE_TOKEN")
-    metadata = [("authorization", f"Bearer {token}")] if token else None
 
     counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
     reasons: list[str] = []
@@ -229,7 +229,6 @@ def _load(args: argparse.Namespace) -> int:
                 tenant_id=args.tenant, dimension=args.dimension, records=batch
             ),
             timeout=60,
-            metadata=metadata,
         )
         counts["accepted"] += response.summary.accepted_count
         counts["duplicate"] += response.summary.duplicate_count
@@ -240,7 +239,7 @@ def _load(args: argparse.Namespace) -> int:
                 reasons.append(f"record {file_indices[result.index]} ({result.id}): {details}")
 
     with (
-        grpc.insecure_channel(args.address) as channel,
+        grpc_client.channel(args.address, args.token) as channel,
         tqdm(total=_count(path, file_format), unit="rec", disable=args.quiet) as bar,
     ):
         stub = store_pb2_grpc.StoreServiceStub(channel)
@@ -307,6 +306,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     load.add_argument(
         "--batch-size", type=int, default=500, choices=range(1, 1001), metavar="1..1000"
     )
-    load.add_argument("--token", help="a bearer token when auth is on (or EVENTPIPE_TOKEN)")
+    grpc_client.add_token_argument(load)
     load.add_argument("--quiet", action="store_true", help="no progress bar")
     load.set_defaults(func=_load)
