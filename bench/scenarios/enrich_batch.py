@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import random
-import statistics
 import tempfile
 import threading
 import time
@@ -31,7 +30,7 @@ from google.cloud.bigtable.row import DirectRow
 from google.cloud.bigtable.row_filters import CellsColumnLimitFilter
 from google.cloud.bigtable.row_set import RowSet
 
-from bench.harness import BenchContext, Measurement
+from bench.harness import BenchContext, Measurement, median_of, timed
 
 NAME = "enrich_batch"
 DAY = 86_400_000_000
@@ -151,8 +150,7 @@ def run(ctx: BenchContext) -> list[Measurement]:
         for name, frame in dims.items():
             frame.write.mode("overwrite").parquet(f"{folder}/{name}")
 
-        def parquet_round() -> float:
-            started = time.perf_counter()
+        def parquet_job() -> None:
             parquet_events = spark.read.schema(EVENT_SCHEMA).parquet(f"{folder}/events")
             parquet_dims = {n: spark.read.parquet(f"{folder}/{n}").cache() for n in dims}
             for frame in parquet_dims.values():
@@ -161,30 +159,29 @@ def run(ctx: BenchContext) -> list[Measurement]:
             enriched.write.format("noop").mode("overwrite").save()
             aggregate_frame(enriched, spec).write.format("noop").mode("overwrite").save()
             enriched.unpersist()
-            return count / (time.perf_counter() - started)
 
-        def bigtable_round() -> float:
-            started = time.perf_counter()
+        def bigtable_job() -> None:
             engine.run_batch(BatchRequest(f"bench-{token}", tenant, spec, BASE, BASE + DAY))
-            return count / (time.perf_counter() - started)
 
-        def read_round() -> float:
-            started = time.perf_counter()
+        def bigtable_read() -> None:
             engine.read_events(tenant, BASE, BASE + DAY).write.format("noop").mode(
                 "overwrite"
             ).save()
-            return count / (time.perf_counter() - started)
 
-        parquet_rates = [parquet_round() for _ in range(ctx.rounds)]
-        read_rates = [read_round() for _ in range(ctx.rounds)]
-        bigtable_rates = [bigtable_round() for _ in range(ctx.rounds)]
+        def rate(job: Any) -> float:
+            """Median events/s of ``job`` over the context's rounds."""
+            return median_of(ctx.rounds, lambda: count / timed(job))
+
+        parquet_rate = rate(parquet_job)
+        read_rate = rate(bigtable_read)
+        bigtable_rate = rate(bigtable_job)
         measurements.append(
             Measurement(
                 name=f"batch enrichment, {count:,} events, 2 joins + aggregates + profiles",
-                value=statistics.median(bigtable_rates),
+                value=bigtable_rate,
                 unit="events/s",
                 baseline_name="same Spark joins + aggregates over Parquet (noop sink)",
-                baseline_value=statistics.median(parquet_rates),
+                baseline_value=parquet_rate,
                 note="Bigtable side: key-range partitioned reads in Spark tasks (raw GAPIC "
                 "ReadRows, rows to Spark as Arrow), MutateRows of enriched rows, hour/day "
                 "aggregates and profiles, on the emulator, local[2] on a 2-core machine.",
@@ -193,10 +190,10 @@ def run(ctx: BenchContext) -> list[Measurement]:
         measurements.append(
             Measurement(
                 name=f"batch enrichment vs its Bigtable read alone, {count:,} events",
-                value=statistics.median(bigtable_rates),
+                value=bigtable_rate,
                 unit="events/s",
                 baseline_name="the job's key-range read of the same events into Spark (noop sink)",
-                baseline_value=statistics.median(read_rates),
+                baseline_value=read_rate,
                 note="The read alone is the floor of the Bigtable side: Python tasks decoding "
                 "emulator rows share the 2 cores with the JVM and the emulator.",
             )

@@ -613,20 +613,15 @@ def write_micro_batch(
         yield {"kind": "entity", "tenant_id": tenant_id, "entity_id": entity_id}
 
 
-_MICRO_BATCH_RESULT_DDL = "kind string, n long, tenant_id string, entity_id string"
-
-
-def _micro_batch_result_schema() -> Any:
-    import pyarrow as pa
-
-    return pa.schema(
-        [
-            ("kind", pa.string()),
-            ("n", pa.int64()),
-            ("tenant_id", pa.string()),
-            ("entity_id", pa.string()),
-        ]
-    )
+MICRO_BATCH_RESULT = T.StructType(
+    [
+        T.StructField("kind", T.StringType()),
+        T.StructField("n", T.LongType()),
+        T.StructField("tenant_id", T.StringType()),
+        T.StructField("entity_id", T.StringType()),
+    ]
+)
+"""The rows write_micro_batch yields, as the schema of its mapInArrow."""
 
 
 # ---------------------------------------------------------------- streaming
@@ -765,11 +760,12 @@ def _start_streaming(engine: SparkEngine, request: StreamingRequest) -> Streamin
 
         def write(batches: Iterable[Any]) -> Iterator[Any]:
             import pyarrow as pa
+            from pyspark.sql.pandas.types import to_arrow_schema
 
             results = list(write_micro_batch(arrow_rows(batches), target, spec))
-            yield pa.RecordBatch.from_pylist(results, schema=_micro_batch_result_schema())
+            yield pa.RecordBatch.from_pylist(results, schema=to_arrow_schema(MICRO_BATCH_RESULT))
 
-        results = frame.mapInArrow(write, _MICRO_BATCH_RESULT_DDL).collect()
+        results = frame.mapInArrow(write, MICRO_BATCH_RESULT).collect()
         read = sum(r["n"] for r in results if r["kind"] == "read")
         if not read:
             return
