@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 
 
 .PHONY: bench-tools
-.PHONY: help setup tools protos up down status test test-unit test-integration test-e2e lint fmt bench clean
+.PHONY: help setup tools protos up down status test test-unit test-integration test-e2e test-abuse lint fmt bench clean
 
 help: ## Show this help.
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}'
@@ -60,6 +60,9 @@ test-integration: setup ## Integration tests against real Kafka, Bigtable emulat
 
 test-e2e: setup ## End-to-end tests through Envoy.
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+test-abuse: setup ## The fault-and-abuse suite only (poison input, hostile specs, faults, tenant isolation).
+	$(PY) -m pytest tests -m abuse $(PYTEST_ARGS)
 
 lint: setup ## ruff, ruff format --check, mypy, buf lint, buf format -d.
 	$(VENV)/bin/ruff check .

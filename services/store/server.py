@@ -116,6 +116,7 @@ def build(settings: StoreSettings, common: CommonSettings) -> ServiceDefinition:
         else os.urandom(32)
     )
     workers: list[BackgroundWorker] = []
+    liveness: list[Callable[[], None]] = []
     readiness: list[Callable[[], None]] = [
         partial(check_kafka, common),
         partial(check_bigtable, common),
@@ -128,7 +129,7 @@ def build(settings: StoreSettings, common: CommonSettings) -> ServiceDefinition:
     if settings.consumer_enabled:
         daemon = build_consumer(settings, common, writer)
         workers.append(daemon)
-        readiness.append(daemon.check_alive)
+        liveness.append(daemon.check_alive)
         status = daemon.status
 
     servicer = StoreServicer(
@@ -141,6 +142,7 @@ def build(settings: StoreSettings, common: CommonSettings) -> ServiceDefinition:
         grpc_service_names=[SERVICE_NAME],
         register=partial(store_pb2_grpc.add_StoreServiceServicer_to_server, servicer),
         readiness_checks=readiness,
+        liveness_checks=liveness,
         workers=workers,
         on_shutdown=[reader.close, writer.close],
     )

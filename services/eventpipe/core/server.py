@@ -39,6 +39,10 @@ LIVENESS_SERVICE = "liveness"
 ReadinessCheck = Callable[[], None]
 """Raises (any exception) when a dependency is not reachable."""
 
+LivenessCheck = Callable[[], None]
+"""Raises when the process can no longer do its work by itself (a background loop died):
+liveness then turns NOT_SERVING so Kubernetes restarts the pod."""
+
 
 class BackgroundWorker(Protocol):
     """Work a service runs beside its RPCs, such as the store's consumer daemon."""
@@ -58,6 +62,8 @@ class ServiceDefinition:
     grpc_service_names: Sequence[str]
     register: Callable[[grpc.Server], None]
     readiness_checks: Sequence[ReadinessCheck] = ()
+    # Failing liveness also fails readiness, with the same reason.
+    liveness_checks: Sequence[LivenessCheck] = ()
     workers: Sequence[BackgroundWorker] = ()
     interceptors: Sequence[grpc.ServerInterceptor] = ()
     on_shutdown: Sequence[Callable[[], None]] = ()
@@ -92,18 +98,23 @@ class RunningServer:
         for name in ("", *self.definition.grpc_service_names):
             self.health.set(name, status)
 
+    def check_alive(self) -> str | None:
+        """Runs the liveness checks; returns the first failure's description or None."""
+        return _first_failure(self.definition.liveness_checks)
+
     def check_ready(self) -> str | None:
-        """Runs the readiness checks; returns the first failure's description or None."""
-        for check in self.definition.readiness_checks:
-            try:
-                check()
-            except Exception as exc:
-                return f"{getattr(check, '__name__', 'check')}: {exc}"
-        return None
+        """Runs the liveness, then the readiness checks; returns the first failure or None."""
+        return self.check_alive() or _first_failure(self.definition.readiness_checks)
 
     def _monitor_readiness(self) -> None:
         was_ready: bool | None = None
+        was_alive = True
         while not self._stopped.is_set():
+            dead = self.check_alive()
+            if dead is not None and was_alive and not self._stopped.is_set():
+                self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+                log.error("not alive: liveness NOT_SERVING", extra={"reason": dead})
+                was_alive = False
             failure = self.check_ready()
             ready = failure is None
             if ready != was_ready and not self._stopped.is_set():
@@ -130,6 +141,15 @@ class RunningServer:
                 hook()
             except Exception:
                 log.exception("shutdown hook failed")
+
+
+def _first_failure(checks: Sequence[Callable[[], None]]) -> str | None:
+    for check in checks:
+        try:
+            check()
+        except Exception as exc:
+            return f"{getattr(check, '__name__', 'check')}: {exc}"
+    return None
 
 
 def create_server(
