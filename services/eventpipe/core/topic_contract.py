@@ -1,4 +1,4 @@
-"""The raw-events topic contract, shared by ingest, direct producers and the store consumer.
+"""The raw-events topic contract, shared by ingest, direct producers and every consumer.
 
 - key: ``<tenant_id>#<entity_id>`` (UTF-8), so one entity's events share a partition, in order;
 - value: the serialized ``eventpipe.common.v1.Event`` (protobuf binary);
@@ -6,15 +6,27 @@
   ``eventpipe-ingest-time`` (microseconds since the epoch, decimal), and ``traceparent``
   (W3C trace context) when the producer has one.
 
+``decode_raw_event`` is THE reading of a raw-topic message: the store consumer and streaming
+enrichment both call it, so a message one of them refuses the other refuses too.
+
 docs/kafka-topic-contract.md describes it for producers in other languages.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from eventpipe.common.v1 import event_pb2
+from eventpipe.core.validation import (
+    EventLimits,
+    check_timestamp,
+    timestamp_micros,
+    validate_event,
+)
 
 SCHEMA_NAME = "eventpipe.common.v1.Event"
 SCHEMA_VERSION = "1"
+SCHEMA_HEADER_VALUE = f"{SCHEMA_NAME};v={SCHEMA_VERSION}".encode()
 HEADER_TENANT = "eventpipe-tenant"
 HEADER_SCHEMA = "eventpipe-schema"
 HEADER_INGEST_TIME = "eventpipe-ingest-time"
@@ -22,6 +34,10 @@ HEADER_TRACEPARENT = "traceparent"
 # Dead-letter headers, added by the store consumer.
 HEADER_DLQ_ERROR = "eventpipe-dlq-error"
 HEADER_DLQ_SOURCE = "eventpipe-dlq-source"  # "<topic>/<partition>/<offset>"
+
+
+class PoisonMessage(Exception):
+    """The message breaks the topic contract and can never be stored; ``str(exc)`` is why."""
 
 
 def message_key(tenant_id: str, entity_id: str) -> bytes:
@@ -34,9 +50,124 @@ def message_headers(
     ingest_micros = event.ingest_time.seconds * 1_000_000 + event.ingest_time.nanos // 1000
     headers = [
         (HEADER_TENANT, event.tenant_id.encode()),
-        (HEADER_SCHEMA, f"{SCHEMA_NAME};v={SCHEMA_VERSION}".encode()),
+        (HEADER_SCHEMA, SCHEMA_HEADER_VALUE),
         (HEADER_INGEST_TIME, str(ingest_micros).encode()),
     ]
     if traceparent:
         headers.append((HEADER_TRACEPARENT, traceparent.encode()))
     return headers
+
+
+def _header(headers: Sequence[tuple[str, bytes]], name: str) -> bytes | None:
+    """The first value of header ``name``; a header present without a value reads as b""."""
+    for key, value in headers:
+        if key == name:
+            return value if value is not None else b""
+    return None
+
+
+def _ingest_micros(
+    event: event_pb2.Event,
+    headers: Sequence[tuple[str, bytes]],
+    timestamp_ms: int | None,
+    limits: EventLimits,
+    now_micros: int,
+) -> int:
+    """The instant the event was accepted: the reference of every time-relative rule.
+
+    Ingest stamps ``ingest_time`` (and the header, equal to it) and judged the event against
+    that same instant, so the store judges it against it again and reaches the same verdict.
+    A direct producer could write any ``ingest_time``, so it is trusted only within bounds of
+    the Kafka timestamp: not more than ``ingest_time_max_lead`` after it (or after this
+    consumer's clock), not more than ``ingest_time_max_lag`` before it. Without an
+    ``ingest_time`` the Kafka timestamp (capped at now) is the reference, and without that,
+    now.
+    """
+    header = _header(headers, HEADER_INGEST_TIME)
+    header_micros: int | None = None
+    if header is not None:
+        try:
+            header_micros = int(header.decode("ascii"))
+        except (ValueError, UnicodeDecodeError):
+            raise PoisonMessage(f"{HEADER_INGEST_TIME} header is not an integer") from None
+    kafka_micros = timestamp_ms * 1000 if timestamp_ms is not None and timestamp_ms > 0 else None
+    if event.HasField("ingest_time"):
+        problems = check_timestamp("ingest_time", event.ingest_time)
+        if problems:
+            raise PoisonMessage(f"invalid event: ingest_time: {problems[0].description}")
+        ingest = timestamp_micros(event.ingest_time)
+        if header_micros is not None and header_micros != ingest:
+            raise PoisonMessage(f"{HEADER_INGEST_TIME} header does not match ingest_time")
+    elif header_micros is not None:
+        ingest = header_micros
+    else:
+        return now_micros if kafka_micros is None else min(now_micros, kafka_micros)
+    lead = int(limits.ingest_time_max_lead.total_seconds() * 1_000_000)
+    lag = int(limits.ingest_time_max_lag.total_seconds() * 1_000_000)
+    if ingest > now_micros + lead:
+        raise PoisonMessage(
+            f"untrusted ingest_time: more than {lead // 1_000_000} s in the future "
+            "of the consumer's clock"
+        )
+    if kafka_micros is not None:
+        if ingest >= kafka_micros + 1000 + lead:
+            raise PoisonMessage(
+                f"untrusted ingest_time: more than {lead // 1_000_000} s after "
+                "the message's Kafka timestamp"
+            )
+        if ingest < kafka_micros - lag:
+            raise PoisonMessage(
+                f"untrusted ingest_time: more than {lag // 1_000_000} s before "
+                "the message's Kafka timestamp"
+            )
+    return ingest
+
+
+def decode_raw_event(
+    key: bytes | None,
+    value: bytes | None,
+    headers: Sequence[tuple[str, bytes]] | None,
+    timestamp_ms: int | None,
+    limits: EventLimits,
+    now_micros: int,
+) -> event_pb2.Event:
+    """The event in a raw-topic message, checked against the whole topic contract.
+
+    Args:
+        key, value, headers: the Kafka message's.
+        timestamp_ms: its Kafka timestamp, None when unavailable.
+        limits: the event_time bounds (and the ingest_time trust window).
+        now_micros: the caller's clock.
+
+    Returns the event with ``ingest_time`` filled in. Raises ``PoisonMessage`` (the reason in
+    ``str``) for anything that breaks the contract: an empty or undecodable value, a schema or
+    tenant header that disagrees, a key that is not ``<tenant_id>#<entity_id>``, an untrusted
+    ``ingest_time``, or a rule of ``validate_event``.
+    """
+    if not value:
+        raise PoisonMessage("empty message value: expected a serialized eventpipe.common.v1.Event")
+    try:
+        event = event_pb2.Event.FromString(value)
+    except Exception as exc:  # DecodeError, and whatever else a hostile payload provokes
+        raise PoisonMessage(f"value is not a serialized eventpipe.common.v1.Event: {exc}") from None
+    headers = headers or []
+    schema = _header(headers, HEADER_SCHEMA)
+    if schema is not None and schema != SCHEMA_HEADER_VALUE:
+        raise PoisonMessage(
+            f"unsupported {HEADER_SCHEMA} {schema!r}; expected {SCHEMA_HEADER_VALUE!r}"
+        )
+    tenant = _header(headers, HEADER_TENANT)
+    if tenant is not None and tenant != event.tenant_id.encode():
+        raise PoisonMessage(f"{HEADER_TENANT} header does not match tenant_id")
+    ingest_micros = _ingest_micros(event, headers, timestamp_ms, limits, now_micros)
+    violations = validate_event(event, ingest_micros, limits)
+    if violations:
+        raise PoisonMessage(
+            "invalid event: " + "; ".join(f"{v.field}: {v.description}" for v in violations)
+        )
+    if key != message_key(event.tenant_id, event.entity_id):
+        raise PoisonMessage("message key must be '<tenant_id>#<entity_id>' of the event")
+    if not event.HasField("ingest_time"):
+        event.ingest_time.seconds, remainder = divmod(ingest_micros, 1_000_000)
+        event.ingest_time.nanos = remainder * 1000
+    return event

@@ -1,7 +1,10 @@
 """The event rules documented in protos/eventpipe/common/v1/event.proto, checked in one place.
 
 Ingest checks them before producing; the store consumer checks them again on every message it
-reads, because direct Kafka producers bypass ingest.
+reads, because direct Kafka producers bypass ingest. Every Timestamp of every request (event
+times, attribute values, dimension ``valid_from``, read ranges) goes through
+``check_timestamp``, and every read range through ``check_time_range``: one rule for the store
+and the query service alike.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from eventpipe.common.v1 import event_pb2
 from eventpipe.core.errors import Violation
@@ -24,14 +29,27 @@ MAX_ATTRIBUTES = 64
 MAX_STRING_BYTES = 4096
 MAX_EVENT_BYTES = 32 * 1024
 MAX_BATCH_EVENTS = 1000
+# google.protobuf.Timestamp's own range: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999999999Z.
+MIN_TIMESTAMP_SECONDS = -62_135_596_800
+MAX_TIMESTAMP_SECONDS = 253_402_300_799
+TIMESTAMP_RANGE_TEXT = "must lie in 0001-01-01T00:00:00Z..9999-12-31T23:59:59Z"
+NANOS_RANGE_TEXT = "nanos must be in 0..999999999"
 
 
 @dataclass(frozen=True)
 class EventLimits:
-    """The configurable bounds on event_time."""
+    """The configurable bounds on event_time, and how far a raw-topic message's
+    ``ingest_time`` may stray from its Kafka timestamp and still be trusted as the reference
+    of those bounds (see ``eventpipe.core.topic_contract.decode_raw_event``)."""
 
     max_future: timedelta = timedelta(minutes=5)
     max_age: timedelta = timedelta(days=30)
+    # ingest_time may be at most this much later than the Kafka timestamp and the
+    # consumer's clock: clock skew between hosts, and the timestamp's millisecond grain.
+    ingest_time_max_lead: timedelta = timedelta(seconds=60)
+    # ingest_time may be at most this much earlier than the Kafka timestamp: the time a
+    # message may wait in a producer before it is stamped (broker LogAppendTime).
+    ingest_time_max_lag: timedelta = timedelta(minutes=15)
 
     @property
     def max_future_micros(self) -> int:
@@ -53,6 +71,64 @@ def check_id(field: str, value: str) -> list[Violation]:
     if not ID_PATTERN.fullmatch(value):
         return [Violation(field, "must be 1-128 characters of A-Z a-z 0-9 . _ : -")]
     return []
+
+
+def check_timestamp(field: str, value: Timestamp) -> list[Violation]:
+    """A Timestamp outside the range protobuf defines (or with bad nanos) names its field.
+
+    Such a value cannot be formatted as RFC 3339, encoded in a row key or cell, or compared
+    sensibly, so it is refused wherever a request carries one.
+    """
+    seconds, nanos = value.seconds, value.nanos
+    if not 0 <= nanos < 1_000_000_000:
+        return [Violation(field, NANOS_RANGE_TEXT)]
+    if not MIN_TIMESTAMP_SECONDS <= seconds <= MAX_TIMESTAMP_SECONDS:
+        return [Violation(field, TIMESTAMP_RANGE_TEXT)]
+    return []
+
+
+def timestamp_micros(value: Timestamp) -> int:
+    """Microseconds since the epoch (call after ``check_timestamp``)."""
+    return value.seconds * 1_000_000 + value.nanos // 1000
+
+
+@dataclass(frozen=True)
+class TimeBounds:
+    """A validated [start, end) range in microseconds; None is an open bound."""
+
+    start_micros: int | None
+    end_micros: int | None
+
+
+def check_time_range(
+    time_range: event_pb2.TimeRange,
+    field: str = "time_range",
+    *,
+    start_required: bool = False,
+    end_required: bool = False,
+) -> tuple[TimeBounds, list[Violation]]:
+    """The one rule for every read range: each bound a valid Timestamp, start before end.
+
+    Open bounds (an unset field) are allowed unless ``*_required``. Returns the bounds (only
+    meaningful when the violation list is empty) and the violations.
+    """
+    violations: list[Violation] = []
+    bounds: list[int | None] = []
+    for name, required in (("start_time", start_required), ("end_time", end_required)):
+        path = f"{field}.{name}"
+        if not time_range.HasField(name):
+            if required:
+                violations.append(Violation(path, "is required"))
+            bounds.append(None)
+            continue
+        value = getattr(time_range, name)
+        problems = check_timestamp(path, value)
+        violations += problems
+        bounds.append(None if problems else timestamp_micros(value))
+    start, end = bounds
+    if start is not None and end is not None and start >= end:
+        violations.append(Violation(field, "start_time must be before end_time"))
+    return TimeBounds(start, end), violations
 
 
 def check_attributes(
@@ -83,6 +159,8 @@ def check_attributes(
                 )
         elif kind == "double_value" and not math.isfinite(value.double_value):
             violations.append(Violation(f"{prefix}[{key}]", "double value must be finite"))
+        elif kind == "timestamp_value":
+            violations += check_timestamp(f"{prefix}[{key}]", value.timestamp_value)
         if not ATTRIBUTE_KEY_PATTERN.fullmatch(key):
             violations.append(
                 Violation(
@@ -98,6 +176,9 @@ def validate_event(
 ) -> list[Violation]:
     """Returns every rule the event breaks (empty when it is valid).
 
+    ``now_micros`` is the one reference of the time-relative rules: ingest passes the instant
+    it stamps as ``ingest_time``, the store consumer the event's (trusted) ``ingest_time``, so
+    an event is judged against the same instant wherever it is checked.
     This runs once per event on ingest's hot path: field paths are only built for violations.
     """
     violations: list[Violation] = []
@@ -117,9 +198,10 @@ def validate_event(
         )
     if not event.HasField("event_time"):
         violations.append(Violation(f"{prefix}event_time", "is required"))
+    elif time_problems := check_timestamp(f"{prefix}event_time", event.event_time):
+        violations += time_problems
     else:
-        event_time = event.event_time
-        event_micros = event_time.seconds * 1_000_000 + event_time.nanos // 1000
+        event_micros = timestamp_micros(event.event_time)
         if event_micros > now_micros + limits.max_future_micros:
             violations.append(
                 Violation(

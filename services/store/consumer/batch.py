@@ -1,12 +1,15 @@
 """Turning raw-topic messages into rows or dead letters: the consumer's pure logic.
 
-Every message is re-validated because direct Kafka producers bypass ingest. A message that
-cannot be stored is a *dead letter*: it goes to the dead-letter topic unchanged, with the
-reason and its source offset in headers, and never blocks its partition.
+Every message is re-validated because direct Kafka producers bypass ingest, through the one
+reading of the topic contract (``eventpipe.core.topic_contract.decode_raw_event``) that
+streaming enrichment uses too. A message that cannot be stored is a *dead letter*: it goes to
+the dead-letter topic unchanged, with the reason and its source offset in headers, and never
+blocks its partition. Whatever exception turning a message into a row raises makes it a dead
+letter; only infrastructure failures (Kafka, Bigtable) pause the consumer, in the daemon.
 
-``event_time`` is checked against the message's produce time (its Kafka timestamp, capped at
-now), with the same bounds ingest uses: a consumer replaying a week-old backlog must not
-dead-letter events that were valid when they were acknowledged.
+``event_time`` is judged against the event's ``ingest_time``, the instant ingest judged it
+against: an acknowledged event is never dead-lettered for a rule ingest already applied, and
+a consumer replaying a week-old backlog does not dead-letter events that were valid then.
 """
 
 from __future__ import annotations
@@ -16,13 +19,12 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
-from eventpipe.common.v1 import event_pb2
 from eventpipe.core import topic_contract
-from eventpipe.core.schema import EventRow, event_to_row, timestamp_from_micros
-from eventpipe.core.validation import EventLimits, validate_event
-from google.protobuf.message import DecodeError
+from eventpipe.core.schema import EventRow, event_to_row
+from eventpipe.core.validation import EventLimits
 
-EXPECTED_SCHEMA = f"{topic_contract.SCHEMA_NAME};v={topic_contract.SCHEMA_VERSION}".encode()
+from store.consumer import metrics
+
 MAX_ERROR_HEADER_CHARS = 1000
 
 
@@ -37,10 +39,6 @@ class MessageLike(Protocol):
     def headers(self) -> list[tuple[str, bytes]] | None: ...
     def timestamp(self) -> tuple[int, int]: ...
     def error(self) -> object | None: ...
-
-
-class PoisonMessage(Exception):
-    """The message can never be stored; ``str(exc)`` is the reason."""
 
 
 @dataclass(frozen=True)
@@ -63,56 +61,32 @@ def dead_letter_for(message: MessageLike, reason: str) -> DeadLetter:
     return DeadLetter(message.key(), message.value(), headers)
 
 
-def _header(headers: Sequence[tuple[str, bytes]], name: str) -> bytes | None:
-    for key, value in headers:
-        if key == name:
-            return value
-    return None
-
-
-def decode_event(message: MessageLike, limits: EventLimits, now_micros: int) -> event_pb2.Event:
-    """The event in ``message``, checked against the topic contract; raises PoisonMessage."""
-    value = message.value()
-    if not value:
-        raise PoisonMessage("empty message value: expected a serialized eventpipe.common.v1.Event")
-    try:
-        event = event_pb2.Event.FromString(value)
-    except DecodeError as exc:
-        raise PoisonMessage(f"value is not a serialized eventpipe.common.v1.Event: {exc}") from None
-    headers = message.headers() or []
-    schema = _header(headers, topic_contract.HEADER_SCHEMA)
-    if schema is not None and schema != EXPECTED_SCHEMA:
-        raise PoisonMessage(
-            f"unsupported {topic_contract.HEADER_SCHEMA} {schema!r}; expected {EXPECTED_SCHEMA!r}"
-        )
-    tenant = _header(headers, topic_contract.HEADER_TENANT)
-    if tenant is not None and tenant != event.tenant_id.encode():
-        raise PoisonMessage(f"{topic_contract.HEADER_TENANT} header does not match tenant_id")
-
+def message_timestamp_ms(message: MessageLike) -> int | None:
+    """The message's Kafka timestamp, None when the broker gave none."""
     timestamp_type, timestamp_ms = message.timestamp()
-    produced_micros = now_micros
-    if timestamp_type != TIMESTAMP_NOT_AVAILABLE and timestamp_ms > 0:
-        produced_micros = min(now_micros, timestamp_ms * 1000)
-    violations = validate_event(event, produced_micros, limits)
-    if violations:
-        raise PoisonMessage(
-            "invalid event: " + "; ".join(f"{v.field}: {v.description}" for v in violations)
-        )
-    if message.key() != topic_contract.message_key(event.tenant_id, event.entity_id):
-        raise PoisonMessage("message key must be '<tenant_id>#<entity_id>' of the event")
-    if not event.HasField("ingest_time"):
-        # Direct producers may leave it to the header (or to the broker's timestamp).
-        raw = _header(headers, topic_contract.HEADER_INGEST_TIME)
-        ingest_micros = produced_micros
-        if raw is not None:
-            try:
-                ingest_micros = int(raw)
-            except ValueError:
-                raise PoisonMessage(
-                    f"{topic_contract.HEADER_INGEST_TIME} header is not an integer"
-                ) from None
-        event.ingest_time.CopyFrom(timestamp_from_micros(ingest_micros))
-    return event
+    if timestamp_type == TIMESTAMP_NOT_AVAILABLE or timestamp_ms <= 0:
+        return None
+    return timestamp_ms
+
+
+def row_for_message(message: MessageLike, limits: EventLimits, now_micros: int) -> EventRow:
+    """The row of one message; raises (PoisonMessage or anything else) when there is none."""
+    event = topic_contract.decode_raw_event(
+        message.key(),
+        message.value(),
+        message.headers(),
+        message_timestamp_ms(message),
+        limits,
+        now_micros,
+    )
+    return event_to_row(event)
+
+
+def reason_for(exc: BaseException) -> str:
+    """The dead-letter reason: the contract's own words, or the unexpected error's type."""
+    if isinstance(exc, topic_contract.PoisonMessage):
+        return str(exc)
+    return f"cannot turn the message into a row: {type(exc).__name__}: {exc}"
 
 
 @dataclass
@@ -140,10 +114,13 @@ def prepare_batch(
         batch.message_count += 1
         batch.next_offsets[(topic, partition)] = offset + 1
         try:
-            event = decode_event(message, limits, now_micros)
-        except PoisonMessage as exc:
-            batch.dead_letters.append(dead_letter_for(message, str(exc)))
+            row = row_for_message(message, limits, now_micros)
+        except Exception as exc:
+            # Whatever the content provokes stays with this message: it is dead-lettered,
+            # its offset committed past, and the partition moves on.
+            metrics.POISON.labels(type(exc).__name__).inc()
+            batch.dead_letters.append(dead_letter_for(message, reason_for(exc)))
             continue
-        batch.rows.append(event_to_row(event))
+        batch.rows.append(row)
         batch.row_messages.append(message)
     return batch

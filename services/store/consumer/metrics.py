@@ -24,3 +24,9 @@ WRITE_RETRIES = Counter(
     ["code"],
 )
 PAUSED = Gauge("eventpipe_store_consumer_paused", "1 while consumption is paused (Bigtable down).")
+POISON = Counter(
+    "eventpipe_store_poison_messages_total",
+    "Messages dead-lettered because their content cannot become a row, by exception type "
+    "(PoisonMessage: the topic contract refused it).",
+    ["error"],
+)

@@ -25,6 +25,9 @@ def event(index: int = 0, event_micros: int = NOW) -> event_pb2.Event:
 def message(
     e: event_pb2.Event, offset: int = 0, produced_micros: int = NOW, **overrides: object
 ) -> FakeMessage:
+    if not e.HasField("ingest_time"):  # as ingest stamps it
+        e = event_pb2.Event.FromString(e.SerializeToString())
+        e.ingest_time.CopyFrom(timestamp_from_micros(produced_micros))
     fields: dict[str, object] = {
         "_key": topic_contract.message_key(e.tenant_id, e.entity_id),
         "_value": e.SerializeToString(),
@@ -94,7 +97,10 @@ def test_a_key_or_tenant_header_that_breaks_the_contract_is_a_dead_letter() -> N
 
 def test_a_missing_ingest_time_is_taken_from_the_header() -> None:
     e = event()
+    e.ClearField("ingest_time")
     headers = [(topic_contract.HEADER_INGEST_TIME, str(NOW - 5).encode())]
-    batch = prepare_batch([message(e, _headers=headers)], EventLimits(), NOW)
+    batch = prepare_batch(
+        [message(e, _headers=headers, _value=e.SerializeToString())], EventLimits(), NOW
+    )
     assert decode_int(batch.rows[0].cells[("m", b"ingest_time")]) == NOW - 5
     assert micros(e.event_time) == batch.rows[0].timestamp_micros
