@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from eventpipe.core import schema
 from eventpipe.core.errors import InvalidArgument, Violation
-from eventpipe.core.validation import EVENT_TYPE_PATTERN, check_id
+from eventpipe.core.validation import EVENT_TYPE_PATTERN, TimeBounds, check_id
 
 from query.store import EventView
 
@@ -21,9 +21,6 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 MAX_EVENT_TYPES = 50
 MAX_METRIC_BUCKETS = 10_000
-# Timestamps outside [1970, 10000) cannot be placed in a row key (and are not real events).
-MIN_MICROS = 0
-MAX_MICROS = 253_402_300_800_000_000
 GRANULARITIES = {"hour": schema.GRANULARITY_HOUR, "day": schema.GRANULARITY_DAY}
 _BUCKET_MICROS = {"hour": 3_600_000_000, "day": 86_400_000_000}
 
@@ -37,21 +34,6 @@ def _raise_if(violations: list[Violation]) -> None:
 
 def _check_ids(tenant_id: str, entity_id: str) -> list[Violation]:
     return check_id("tenant_id", tenant_id) + check_id("entity_id", entity_id)
-
-
-def _check_time(field: str, value: int | None) -> list[Violation]:
-    if value is not None and not MIN_MICROS <= value < MAX_MICROS:
-        return [Violation(field, "must be between 1970-01-01 and 9999-12-31")]
-    return []
-
-
-def _check_range(start: int | None, end: int | None) -> list[Violation]:
-    violations = _check_time("time_range.start_time", start) + _check_time(
-        "time_range.end_time", end
-    )
-    if not violations and start is not None and end is not None and start >= end:
-        violations.append(Violation("time_range", "start_time must be before end_time"))
-    return violations
 
 
 def _check_event_types(event_types: Sequence[str]) -> list[Violation]:
@@ -96,15 +78,14 @@ class EventsQuery:
         *,
         tenant_id: str,
         entity_id: str,
-        start_micros: int | None,
-        end_micros: int | None,
+        time_range: TimeBounds,
         event_types: Sequence[str],
         view: EventView,
         page_size: int,
         page_token: str,
     ) -> EventsQuery:
         violations = _check_ids(tenant_id, entity_id)
-        violations += _check_range(start_micros, end_micros)
+        violations += time_range.violations
         violations += _check_event_types(event_types)
         if page_size < 0 or page_size > MAX_PAGE_SIZE:
             violations.append(Violation("page_size", f"must be between 0 and {MAX_PAGE_SIZE}"))
@@ -112,8 +93,8 @@ class EventsQuery:
         return cls(
             tenant_id=tenant_id,
             entity_id=entity_id,
-            start_micros=start_micros,
-            end_micros=end_micros,
+            start_micros=time_range.start_micros,
+            end_micros=time_range.end_micros,
             # Order and repeats do not change the answer, so they do not change the key.
             event_types=tuple(sorted(set(event_types))),
             view=view,
@@ -153,17 +134,14 @@ class MetricsQuery:
         *,
         tenant_id: str,
         entity_id: str,
-        start_micros: int | None,
-        end_micros: int | None,
+        time_range: TimeBounds,
         granularity: str,
         event_types: Sequence[str],
     ) -> MetricsQuery:
+        """``time_range`` comes from ``check_time_range`` with both bounds required."""
+        start_micros, end_micros = time_range.start_micros, time_range.end_micros
         violations = _check_ids(tenant_id, entity_id)
-        if start_micros is None:
-            violations.append(Violation("time_range.start_time", "is required"))
-        if end_micros is None:
-            violations.append(Violation("time_range.end_time", "is required"))
-        violations += _check_range(start_micros, end_micros)
+        violations += time_range.violations
         violations += _check_event_types(event_types)
         if granularity not in GRANULARITIES:
             violations.append(Violation("granularity", "must be hour or day"))

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from eventpipe.common.v1 import event_pb2
-from eventpipe.core.schema import micros
+from eventpipe.core.validation import check_time_range
 from eventpipe.query.v1 import query_pb2, query_pb2_grpc
 
 from query.queries import EntityRef, EventsQuery, MetricsQuery
@@ -24,13 +23,6 @@ _GRANULARITIES = {
 }
 
 
-def _bounds(request: Any) -> tuple[int | None, int | None]:
-    time_range: event_pb2.TimeRange = request.time_range
-    start = micros(time_range.start_time) if time_range.HasField("start_time") else None
-    end = micros(time_range.end_time) if time_range.HasField("end_time") else None
-    return start, end
-
-
 class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     """Thin adapter between the wire contract and the query domain logic."""
 
@@ -45,12 +37,10 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     def ListEntityEvents(
         self, request: query_pb2.ListEntityEventsRequest, context: Any
     ) -> query_pb2.ListEntityEventsResponse:
-        start, end = _bounds(request)
         query = EventsQuery.parse(
             tenant_id=request.tenant_id,
             entity_id=request.entity_id,
-            start_micros=start,
-            end_micros=end,
+            time_range=check_time_range(request.time_range),
             event_types=list(request.event_types),
             # An unknown enum number reads as the default view rather than failing.
             view=_VIEWS.get(request.view, EventView.ENRICHED),
@@ -62,12 +52,10 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     def GetEntityMetrics(
         self, request: query_pb2.GetEntityMetricsRequest, context: Any
     ) -> query_pb2.GetEntityMetricsResponse:
-        start, end = _bounds(request)
         query = MetricsQuery.parse(
             tenant_id=request.tenant_id,
             entity_id=request.entity_id,
-            start_micros=start,
-            end_micros=end,
+            time_range=check_time_range(request.time_range, start_required=True, end_required=True),
             granularity=_GRANULARITIES.get(request.granularity, ""),
             event_types=list(request.event_types),
         )

@@ -40,6 +40,8 @@ class DimensionRecordInput:
     key: str
     valid_from_micros: int | None
     attributes: Mapping[str, event_pb2.AttributeValue]
+    # What the servicer found wrong with the wire value of valid_from (out of range).
+    valid_from_violations: tuple[Violation, ...] = ()
 
 
 class ItemStatus(enum.Enum):
@@ -68,7 +70,9 @@ def check_dimension_name(value: str, field_path: str = "dimension") -> list[Viol
 def check_record(record: DimensionRecordInput, index: int) -> list[Violation]:
     prefix = f"records[{index}]"
     violations = check_id(f"{prefix}.key", record.key)
-    if record.valid_from_micros is None:
+    if record.valid_from_violations:
+        violations += record.valid_from_violations
+    elif record.valid_from_micros is None:
         violations.append(Violation(f"{prefix}.valid_from", "is required"))
     elif not 0 <= record.valid_from_micros < REVERSED_TIME_MAX:
         violations.append(Violation(f"{prefix}.valid_from", "must be at or after 1970-01-01"))
@@ -165,10 +169,16 @@ class DimensionStore:
         return failed
 
     def get(
-        self, tenant_id: str, dimension: str, key: str, as_of_micros: int | None
+        self,
+        tenant_id: str,
+        dimension: str,
+        key: str,
+        as_of_micros: int | None,
+        as_of_violations: Sequence[Violation] = (),
     ) -> DimensionVersion:
         """The version valid at ``as_of`` (the latest ``valid_from`` when None)."""
         violations = _check_scope(tenant_id, dimension) + check_id("key", key)
+        violations += as_of_violations
         if violations:
             raise InvalidArgument("invalid request", violations=violations)
         prefix = dimension_prefix(tenant_id, dimension, key)

@@ -6,7 +6,7 @@ from eventpipe.common.v1 import event_pb2
 from eventpipe.core.errors import InvalidArgument, Unavailable, Violation
 from eventpipe.core.page_tokens import PageTokenCodec
 from eventpipe.core.schema import RAW_EVENTS_TABLE, event_from_cells, event_key_range
-from eventpipe.core.validation import check_id
+from eventpipe.core.validation import TimeBounds, check_id
 
 from store.ports import RowReader
 
@@ -23,8 +23,7 @@ class RawEventBrowser:
         self,
         tenant_id: str,
         entity_id: str,
-        start_micros: int | None,
-        end_micros: int | None,
+        time_range: TimeBounds,
         page_size: int,
         page_token: str,
     ) -> tuple[list[event_pb2.Event], str]:
@@ -33,11 +32,11 @@ class RawEventBrowser:
         violations = check_id("tenant_id", tenant_id) + check_id("entity_id", entity_id)
         if not 0 <= page_size <= MAX_PAGE_SIZE:
             violations.append(Violation("page_size", f"must be 0..{MAX_PAGE_SIZE}"))
-        if start_micros is not None and end_micros is not None and start_micros >= end_micros:
-            violations.append(Violation("time_range", "start_time must be before end_time"))
+        violations += time_range.violations
         if violations:
             raise InvalidArgument("invalid request", violations=violations)
         size = page_size or DEFAULT_PAGE_SIZE
+        start_micros, end_micros = time_range.start_micros, time_range.end_micros
 
         start_key, end_key = event_key_range(tenant_id, entity_id, start_micros, end_micros)
         binding = f"{tenant_id}#{entity_id}#{start_micros}#{end_micros}".encode()

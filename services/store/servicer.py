@@ -6,7 +6,8 @@ from collections.abc import Callable
 
 import grpc
 from eventpipe.common.v1 import results_pb2
-from eventpipe.core.schema import micros, timestamp_from_micros
+from eventpipe.core.schema import timestamp_from_micros
+from eventpipe.core.validation import check_time_range, checked_micros
 from eventpipe.store.v1 import store_pb2, store_pb2_grpc
 
 from store.consumer.status import ConsumerState, ConsumerStatus
@@ -41,16 +42,21 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
     def UpsertDimensionRecords(
         self, request: store_pb2.UpsertDimensionRecordsRequest, context: grpc.ServicerContext
     ) -> store_pb2.UpsertDimensionRecordsResponse:
-        records = [
-            DimensionRecordInput(
-                key=record.key,
-                valid_from_micros=(
-                    micros(record.valid_from) if record.HasField("valid_from") else None
-                ),
-                attributes=record.attributes,
+        records = []
+        for index, record in enumerate(request.records):
+            valid_from, problems = (
+                checked_micros(f"records[{index}].valid_from", record.valid_from)
+                if record.HasField("valid_from")
+                else (None, [])
             )
-            for record in request.records
-        ]
+            records.append(
+                DimensionRecordInput(
+                    key=record.key,
+                    valid_from_micros=valid_from,
+                    attributes=record.attributes,
+                    valid_from_violations=tuple(problems),
+                )
+            )
         outcomes = self._dimensions.upsert(request.tenant_id, request.dimension, records)
         response = store_pb2.UpsertDimensionRecordsResponse()
         for outcome in outcomes:
@@ -71,8 +77,14 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
     def GetDimensionRecord(
         self, request: store_pb2.GetDimensionRecordRequest, context: grpc.ServicerContext
     ) -> store_pb2.GetDimensionRecordResponse:
-        as_of = micros(request.as_of_time) if request.HasField("as_of_time") else None
-        version = self._dimensions.get(request.tenant_id, request.dimension, request.key, as_of)
+        as_of, problems = (
+            checked_micros("as_of_time", request.as_of_time)
+            if request.HasField("as_of_time")
+            else (None, [])
+        )
+        version = self._dimensions.get(
+            request.tenant_id, request.dimension, request.key, as_of, problems
+        )
         record = store_pb2.DimensionRecord(key=version.key)
         record.valid_from.CopyFrom(timestamp_from_micros(version.valid_from_micros))
         for name, value in version.attributes.items():
@@ -82,12 +94,10 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
     def ListRawEvents(
         self, request: store_pb2.ListRawEventsRequest, context: grpc.ServicerContext
     ) -> store_pb2.ListRawEventsResponse:
-        time_range = request.time_range
         events, next_token = self._raw_events.list(
             request.tenant_id,
             request.entity_id,
-            micros(time_range.start_time) if time_range.HasField("start_time") else None,
-            micros(time_range.end_time) if time_range.HasField("end_time") else None,
+            check_time_range(request.time_range),
             request.page_size,
             request.page_token,
         )

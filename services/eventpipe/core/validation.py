@@ -92,12 +92,21 @@ def timestamp_micros(value: Timestamp) -> int:
     return value.seconds * 1_000_000 + value.nanos // 1000
 
 
+def checked_micros(field: str, value: Timestamp) -> tuple[int | None, list[Violation]]:
+    """A request's Timestamp as microseconds, or None with the violation naming ``field``."""
+    problems = check_timestamp(field, value)
+    return (None if problems else timestamp_micros(value)), problems
+
+
 @dataclass(frozen=True)
 class TimeBounds:
-    """A validated [start, end) range in microseconds; None is an open bound."""
+    """A request's [start, end) range in microseconds (None: an open bound), and what was
+    wrong with it: the servicer translates the wire range, the domain refuses the request
+    together with its other violations."""
 
-    start_micros: int | None
-    end_micros: int | None
+    start_micros: int | None = None
+    end_micros: int | None = None
+    violations: tuple[Violation, ...] = ()
 
 
 def check_time_range(
@@ -106,12 +115,10 @@ def check_time_range(
     *,
     start_required: bool = False,
     end_required: bool = False,
-) -> tuple[TimeBounds, list[Violation]]:
-    """The one rule for every read range: each bound a valid Timestamp, start before end.
-
-    Open bounds (an unset field) are allowed unless ``*_required``. Returns the bounds (only
-    meaningful when the violation list is empty) and the violations.
-    """
+) -> TimeBounds:
+    """The one rule for every read range (store and query alike): each bound a valid
+    Timestamp (``check_timestamp``), start before end. An unset bound is open unless
+    ``*_required``."""
     violations: list[Violation] = []
     bounds: list[int | None] = []
     for name, required in (("start_time", start_required), ("end_time", end_required)):
@@ -121,14 +128,13 @@ def check_time_range(
                 violations.append(Violation(path, "is required"))
             bounds.append(None)
             continue
-        value = getattr(time_range, name)
-        problems = check_timestamp(path, value)
+        value, problems = checked_micros(path, getattr(time_range, name))
         violations += problems
-        bounds.append(None if problems else timestamp_micros(value))
+        bounds.append(value)
     start, end = bounds
     if start is not None and end is not None and start >= end:
         violations.append(Violation(field, "start_time must be before end_time"))
-    return TimeBounds(start, end), violations
+    return TimeBounds(start, end, tuple(violations))
 
 
 def check_attributes(

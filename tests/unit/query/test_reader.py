@@ -6,6 +6,7 @@ import pytest
 from eventpipe.core import schema
 from eventpipe.core.errors import InvalidArgument, NotFound
 from eventpipe.core.page_tokens import PageTokenCodec
+from eventpipe.core.validation import TimeBounds
 from query.cache import AnswerCache
 from query.queries import EntityRef, EventsQuery, MetricsQuery
 from query.reader import EntityReader, estimated_size
@@ -58,14 +59,15 @@ def events_query(**overrides: object) -> EventsQuery:
     params: dict[str, object] = {
         "tenant_id": TENANT,
         "entity_id": "user-1",
-        "start_micros": None,
-        "end_micros": None,
         "event_types": (),
         "view": EventView.ENRICHED,
         "page_size": 0,
         "page_token": "",
     }
     params.update(overrides)
+    params["time_range"] = TimeBounds(
+        params.pop("start_micros", None), params.pop("end_micros", None)
+    )  # type: ignore[arg-type]
     return EventsQuery.parse(**params)  # type: ignore[arg-type]
 
 
@@ -264,8 +266,7 @@ def test_metrics_come_back_per_bucket_in_time_order_with_the_type_filter() -> No
         MetricsQuery.parse(
             tenant_id=TENANT,
             entity_id="user-1",
-            start_micros=BASE_MICROS + HOUR,
-            end_micros=BASE_MICROS + 4 * HOUR,
+            time_range=TimeBounds(BASE_MICROS + HOUR, BASE_MICROS + 4 * HOUR),
             granularity="hour",
             event_types=["purchase"],
         )
@@ -290,8 +291,7 @@ def test_metrics_come_back_per_bucket_in_time_order_with_the_type_filter() -> No
         MetricsQuery.parse(
             tenant_id=TENANT,
             entity_id="user-1",
-            start_micros=BASE_MICROS,
-            end_micros=BASE_MICROS + DAY,
+            time_range=TimeBounds(BASE_MICROS, BASE_MICROS + DAY),
             granularity="day",
             event_types=[],
         )
