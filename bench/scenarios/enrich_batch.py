@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import tempfile
 import threading
 import time
@@ -116,7 +117,6 @@ def run(ctx: BenchContext) -> list[Measurement]:
     )
     from enrich.domain.spec import validate_spec
 
-    os.environ.setdefault("BIGTABLE_EMULATOR_HOST", "127.0.0.1:8086")
     token = uuid.uuid4().hex[:8]
     settings = _settings(ctx, token)
     tenant = f"bench-{token}"
@@ -140,11 +140,14 @@ def run(ctx: BenchContext) -> list[Measurement]:
     ensure_topology(settings)
     _load(settings, tenant, count)
     measurements: list[Measurement] = []
+    # Parquet copies and streaming checkpoints (a 1M-event run writes hundreds of MB): removed
+    # at the end like the scenario's tables.
+    scratch = tempfile.mkdtemp(prefix="enrich-bench-")
     try:
         # The ceiling: the same events and dimension versions as Parquet, the same joins and
         # aggregates, written to Spark's no-op sink.
         events = engine.read_events(tenant, BASE, BASE + DAY)
-        folder = tempfile.mkdtemp(prefix="enrich-bench-")
+        folder = f"{scratch}/parquet"
         events.write.mode("overwrite").parquet(f"{folder}/events")
         dims, broadcast = engine.read_dimensions(tenant, spec)
         for name, frame in dims.items():
@@ -198,9 +201,12 @@ def run(ctx: BenchContext) -> list[Measurement]:
                 "emulator rows share the 2 cores with the JVM and the emulator.",
             )
         )
-        measurements += _freshness(ctx, settings, engine, spec, tenant, StreamingRequest)
+        measurements += _freshness(
+            ctx, settings, engine, spec, tenant, StreamingRequest, f"{scratch}/checkpoints"
+        )
     finally:
         engine.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
     return measurements
 
 
@@ -211,10 +217,11 @@ def _freshness(
     spec: Any,
     tenant: str,
     request_type: Any,
+    folder: str,
 ) -> list[Measurement]:
     from confluent_kafka import Consumer, Producer
 
-    folder = tempfile.mkdtemp(prefix="enrich-bench-ckpt-")
+    os.makedirs(folder, exist_ok=True)
     handle = engine.start_streaming(
         request_type(
             f"bench-stream-{tenant}",

@@ -34,7 +34,6 @@ from eventpipe.core.topology import ensure_topology
 from eventpipe.stack import install
 from eventpipe.stack.components import DESCRIPTOR_SET, SERVICE_NAMES, Envoy, GrpcService
 from eventpipe.stack.probes import free_port
-from eventpipe.stack.stack import StackConfig
 from google.cloud.bigtable.data import BigtableDataClient, ReadRowsQuery, RowRange
 from google.cloud.bigtable.data import row_filters as rf
 
@@ -263,8 +262,6 @@ def _wait_cache_on(address: str, tenant: str) -> None:
 
 
 def run(ctx: BenchContext) -> list[Measurement]:
-    if "BIGTABLE_EMULATOR_HOST" not in os.environ:
-        os.environ["BIGTABLE_EMULATOR_HOST"] = StackConfig.from_env().emulator_host
     if shutil.which("hey") is None:
         raise RuntimeError("hey is not installed: apt-get install -y hey")
     total = 1000 if ctx.quick else 5000

@@ -4,6 +4,10 @@
 (found by pidfile and health, so running it twice restarts nothing), creates topics and tables,
 loads demo data and prints the endpoints. ``Stack.down`` stops exactly what ``up`` started:
 the processes named by the pidfiles under ``<run_dir>/pids``.
+
+``up`` also writes its configuration to ``<run_dir>/stack.json``, so tools that work against the
+running stack (``make bench``) find its ports without the variables ``up`` was started with:
+``StackConfig.of_running_stack``.
 """
 
 from __future__ import annotations
@@ -11,7 +15,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
+import json
 import os
+import shlex
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -33,6 +40,8 @@ from eventpipe.stack.components import (
 from eventpipe.stack.edge import EdgeAuth, EdgeSettings
 
 DEFAULT_RUN_DIR = REPO_ROOT / ".run"
+STACK_FILE = "stack.json"
+"""Written by ``Stack.up`` into the run folder: the configuration the stack runs with."""
 DEFAULT_SERVICE_PORTS = {"ingest": 50051, "store": 50052, "enrich": 50053, "query": 50054}
 DEFAULT_METRICS_PORTS = {"ingest": 9101, "store": 9102, "enrich": 9103, "query": 9104}
 
@@ -107,6 +116,53 @@ class StackConfig:
             table_prefix=environ.get("EVENTPIPE_TABLE_PREFIX"),
             auth=_flag(environ, "EVENTPIPE_STACK_AUTH", True),
         )
+
+    @classmethod
+    def of_running_stack(cls, environ: Mapping[str, str] = os.environ) -> StackConfig:
+        """The configuration ``eventpipe stack up`` saved in the run folder (``EVENTPIPE_RUN_DIR``
+        or ``.run``); ``from_env`` when nothing was saved there (a stack never started)."""
+        run_dir = Path(environ.get("EVENTPIPE_RUN_DIR") or DEFAULT_RUN_DIR)
+        saved = run_dir / STACK_FILE
+        if not saved.exists():
+            return cls.from_env(environ, run_dir=run_dir)
+        try:
+            data = json.loads(saved.read_text())
+        except ValueError as exc:
+            raise ValueError(f"{saved} is not valid JSON ({exc}); `make up` rewrites it") from None
+        return cls.from_saved(data, run_dir=run_dir)
+
+    @classmethod
+    def from_saved(cls, data: Mapping[str, object], run_dir: Path) -> StackConfig:
+        """The inverse of ``saved_form``; keys this version does not know are ignored."""
+        known = {f for f in cls.__dataclass_fields__ if f not in {"run_dir", "edge"}}
+        values = {key: value for key, value in data.items() if key in known}
+        return cls(run_dir=run_dir, **values)  # type: ignore[arg-type]
+
+    def saved_form(self) -> dict[str, object]:
+        """What ``save`` writes: every setting but Envoy's limits (read again at each start)."""
+        return {
+            "envoy_port": self.envoy_port,
+            "envoy_admin_port": self.envoy_admin_port,
+            "kafka_port": self.kafka_port,
+            "kafka_controller_port": self.kafka_controller_port,
+            "emulator_port": self.emulator_port,
+            "service_ports": dict(self.service_ports),
+            "metrics_ports": dict(self.metrics_ports),
+            "bigtable_project": self.bigtable_project,
+            "bigtable_instance": self.bigtable_instance,
+            "topic_prefix": self.topic_prefix,
+            "table_prefix": self.table_prefix,
+            "auth": self.auth,
+        }
+
+    def save(self) -> Path:
+        """Writes ``<run_dir>/stack.json`` (atomically: a reader never sees half a file)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path = self.run_dir / STACK_FILE
+        partial = path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(self.saved_form(), indent=2) + "\n")
+        partial.replace(path)
+        return path
 
     @property
     def auth_dir(self) -> Path:
@@ -234,6 +290,7 @@ class Stack:
         session's Kafka and emulator ports in the config and start only services and Envoy).
         """
         wanted = set(only) if only is not None else {c.name for c in self.components()}
+        self.config.save()
         needed = [tool for tool in install.STACK_TOOLS if tool != "envoy"]
         install.install(needed, progress=self.progress)
         if not DESCRIPTOR_SET.exists():
@@ -335,35 +392,84 @@ class Stack:
         with contextlib.suppress(install.InstallError):
             grpcurl = str(install.tool_path("grpcurl"))
         ingest = f"127.0.0.1:{c.service_ports['ingest']}"
-        event = '{"event_id":"e-1","event_type":"page_view","entity_id":"user-1"}'
-        # With auth on, each curl carries the token the help below shows how to get.
-        bearer = ' -H "Authorization: Bearer $TOKEN"' if c.auth else ""
         if c.auth:
             lines += ["", *self._auth_help()]
         lines += [
             "",
-            "Try:",
+            TRY_HEADER,
+            *(f"  {command}" for command in self.try_commands()),
+            "They ingest one event for user-00001 (the answer is the acknowledgement: Kafka has",
+            "it), read it back as stored in Bigtable (the store writes it within about a second;",
+            "run that line again if it is not there yet), then read user-00001's profile, which",
+            "enrichment built from the demo data at `make up` (new events join it when",
+            "enrichment runs again: `eventpipe enrich run`, see the README).",
+            "",
+            "Health and reflection (no token needed):",
             f"  {grpcurl} -plaintext {ingest} list",
             f"  {grpcurl} -plaintext {ingest} grpc.health.v1.Health/Check",
-            f"  curl -s -X POST {envoy}/v1/tenants/demo/events{bearer} "
-            f"-H 'content-type: application/json' -d '{event}'",
-            f"  curl -s{bearer} {envoy}/v1/tenants/demo/entities/user-00001",
             f"  curl -s {envoy}/healthz",
             f"Logs: {c.run_dir / 'logs'} (Envoy access log: envoy-access.log)    "
             "Stop: eventpipe stack down",
         ]
         return "\n".join(lines)
 
-    def _auth_help(self) -> list[str]:
+    def try_commands(self, tenant: str = "demo", entity: str = "user-00001") -> list[str]:
+        """Shell lines that take one event through the whole path, to paste as they are:
+        ingest it through Envoy, read it back raw, then read the entity's profile."""
         c = self.config
-        keys = "" if c.auth_dir == DEFAULT_RUN_DIR / "auth" else f" --keys-dir {c.auth_dir}"
+        base = f"http://127.0.0.1:{c.envoy_port}/v1/tenants/{tenant}"
+        # With auth on, each curl carries the token the first line mints.
+        bearer = ' -H "Authorization: Bearer $TOKEN"' if c.auth else ""
+        commands = []
+        if c.auth:
+            keys = (
+                ""
+                if c.auth_dir == DEFAULT_RUN_DIR / "auth"
+                else f" --keys-dir {shlex.quote(str(c.auth_dir))}"
+            )
+            commands.append(
+                f"export TOKEN=$({shlex.quote(str(_eventpipe_command()))} auth token "
+                f"--tenant {tenant} --scope ingest,query{keys})"
+            )
+        # A new id each time (event ids are the caller's: the same id at another time would be
+        # a second event), and an event_time, which every event needs. Double quotes, so the
+        # shell fills in $EVENT_TIME.
+        body = json.dumps(
+            {
+                "event_id": "try-$EVENT_TIME",
+                "event_type": "page_view",
+                "entity_id": entity,
+                "event_time": "$EVENT_TIME",
+            },
+            separators=(",", ":"),
+        )
+        event = body.replace('"', '\\"')
+        commands += [
+            "export EVENT_TIME=$(date -u +%Y-%m-%dT%H:%M:%SZ)",
+            f"curl -sS -X POST {base}/events{bearer} -H 'content-type: application/json' "
+            f'-d "{event}"',
+            f"curl -sS{bearer} '{base}/entities/{entity}/events?view=EVENT_VIEW_RAW&page_size=3'",
+            f"curl -sS{bearer} {base}/entities/{entity}",
+        ]
+        return commands
+
+    def _auth_help(self) -> list[str]:
         return [
             "Auth is on: every API call, through Envoy or straight to a service, needs a JWT",
             "(health and reflection stay open; EVENTPIPE_STACK_AUTH=0 starts the stack without).",
-            f"  export TOKEN=$(eventpipe auth token --tenant demo --scope ingest,query{keys})",
-            "  Scopes: ingest, query, admin (store, enrich); the token's tenant must be the "
-            "request's.",
+            "The first line below mints one for the demo tenant. Scopes: ingest, query, admin",
+            "(store, enrich); the token's tenant must be the request's.",
         ]
+
+
+TRY_HEADER = "Try the whole path, ingest -> Bigtable -> query (paste the lines as they are):"
+
+
+def _eventpipe_command() -> Path | str:
+    """The ``eventpipe`` next to this interpreter (the venv's), so the line works without
+    activating the venv; the bare name when it is not there."""
+    beside = Path(sys.executable).parent / "eventpipe"
+    return beside if beside.exists() else "eventpipe"
 
 
 def dev_token(
