@@ -70,6 +70,14 @@ class IngestSettings(ServiceSettings):
         description="How long a stream waits for in-flight capacity before RESOURCE_EXHAUSTED.",
     )
 
+    stream_idle_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=86400,
+        description="A StreamEvents call that sent no batch for this long, with every batch "
+        "answered, is closed with UNAVAILABLE, which frees its slot and its threads.",
+    )
+
     @model_validator(mode="after")
     def _batch_fits_in_a_message(self) -> IngestSettings:
         if self.max_batch_bytes > self.max_message_bytes:

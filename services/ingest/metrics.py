@@ -25,3 +25,7 @@ IN_FLIGHT_EVENTS = Gauge(
 IN_FLIGHT_BYTES = Gauge(
     "eventpipe_ingest_in_flight_bytes", "Serialized bytes produced and not yet confirmed."
 )
+STREAMS_IDLE_CLOSED = Counter(
+    "eventpipe_ingest_streams_idle_closed_total",
+    "StreamEvents calls closed because they sent no batch within the idle timeout.",
+)

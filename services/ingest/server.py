@@ -47,6 +47,7 @@ def build(
         pipeline,
         stream_window=settings.stream_window_batches,
         stream_capacity_wait=settings.stream_capacity_wait_seconds,
+        stream_idle_timeout=settings.stream_idle_timeout_seconds,
     )
     return ServiceDefinition(
         name="ingest",

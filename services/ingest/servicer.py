@@ -49,11 +49,17 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     """Thin adapter between the wire contract and ``IngestPipeline``."""
 
     def __init__(
-        self, pipeline: IngestPipeline, *, stream_window: int, stream_capacity_wait: float
+        self,
+        pipeline: IngestPipeline,
+        *,
+        stream_window: int,
+        stream_capacity_wait: float,
+        stream_idle_timeout: float | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.stream_window = stream_window
         self.stream_capacity_wait = stream_capacity_wait
+        self.stream_idle_timeout = stream_idle_timeout
 
     def IngestEvent(
         self, request: ingest_pb2.IngestEventRequest, context: grpc.ServicerContext
@@ -108,6 +114,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             batches,
             window=self.stream_window,
             capacity_wait_seconds=self.stream_capacity_wait,
+            idle_timeout_seconds=self.stream_idle_timeout,
             traceparent=_traceparent(context),
         ):
             yield ingest_pb2.StreamEventsResponse(

@@ -7,19 +7,24 @@ transport's own flow control (HTTP/2 windows) slows the client down instead of i
 without bound. A batch that is invalid as a whole is answered with every event rejected, and the
 stream goes on; UNAVAILABLE or RESOURCE_EXHAUSTED end the stream, and every batch answered
 before that stands.
+
+A stream that sent no batch for ``idle_timeout_seconds`` while every batch it sent was
+answered is idle: it ends with UNAVAILABLE, so an idle client cannot hold threads forever.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import cast
 
 from eventpipe.common.v1 import event_pb2
-from eventpipe.core.errors import EventPipeError, InvalidArgument
+from eventpipe.core.errors import EventPipeError, InvalidArgument, Unavailable
 
+from ingest import metrics
 from ingest.outcome import INVALID_ARGUMENT, BatchOutcome, ItemOutcome, ItemStatus
 from ingest.pipeline import IngestPipeline, PendingBatch
 
@@ -52,17 +57,51 @@ def _rejected_batch(batch: StreamBatch, error: InvalidArgument) -> BatchOutcome:
     )
 
 
+class _Activity:
+    """When the stream last did something, and whether the reader holds a batch right now."""
+
+    __slots__ = ("busy", "last")
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.last = time.monotonic()
+
+    def touch(self, busy: bool) -> None:
+        self.busy = busy
+        self.last = time.monotonic()
+
+    def answered(self) -> None:
+        self.last = time.monotonic()
+
+    def idle_for(self) -> float:
+        return 0.0 if self.busy else time.monotonic() - self.last
+
+
+def _idle_error(idle_timeout_seconds: float) -> Unavailable:
+    metrics.STREAMS_IDLE_CLOSED.inc()
+    return Unavailable(
+        f"stream closed after {idle_timeout_seconds:g} s without a batch; every batch sent was "
+        "answered; open a new stream to send more"
+    )
+
+
 def ingest_stream(
     pipeline: IngestPipeline,
     batches: Iterator[StreamBatch],
     *,
     window: int,
     capacity_wait_seconds: float,
+    idle_timeout_seconds: float | None = None,
     traceparent: str | None = None,
 ) -> Iterator[tuple[str, BatchOutcome]]:
-    """Yields ``(batch_id, outcome)`` per batch, in the order the batches came in."""
+    """Yields ``(batch_id, outcome)`` per batch, in the order the batches came in.
+
+    Raises:
+        Unavailable: the stream stayed idle for ``idle_timeout_seconds`` (None: never).
+    """
     in_flight: queue.Queue[object] = queue.Queue(maxsize=window)
     stopped = threading.Event()
+    activity = _Activity()
 
     def put(item: object) -> bool:
         while not stopped.is_set():
@@ -78,6 +117,7 @@ def ingest_stream(
             for batch in batches:
                 if stopped.is_set():
                     return
+                activity.touch(busy=True)
                 try:
                     item: object = (
                         batch.batch_id,
@@ -93,6 +133,7 @@ def ingest_stream(
                     item = (batch.batch_id, _rejected_batch(batch, error))
                 if not put(item):
                     return
+                activity.touch(busy=False)
         except EventPipeError as error:
             put(error)
             return
@@ -101,11 +142,22 @@ def ingest_stream(
             return
         put(_END)
 
+    def next_item() -> object:
+        if idle_timeout_seconds is None:
+            return in_flight.get()
+        while True:
+            try:
+                return in_flight.get(timeout=max(0.05, idle_timeout_seconds - activity.idle_for()))
+            except queue.Empty:
+                # Nothing queued: idle unless the reader is busy with a batch right now.
+                if activity.idle_for() >= idle_timeout_seconds:
+                    raise _idle_error(idle_timeout_seconds) from None
+
     reader = threading.Thread(target=read, name="ingest-stream-reader", daemon=True)
     reader.start()
     try:
         while True:
-            item = in_flight.get()
+            item = next_item()
             if item is _END:
                 return
             if isinstance(item, BaseException):
@@ -113,5 +165,6 @@ def ingest_stream(
             batch_id, pending = cast(tuple[str, PendingBatch | BatchOutcome], item)
             outcome = pending.result() if isinstance(pending, PendingBatch) else pending
             yield batch_id, outcome
+            activity.answered()
     finally:
         stopped.set()

@@ -103,6 +103,27 @@ class ServiceSettings(BaseSettings):
     max_message_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted."
     )
+    max_streams: int = Field(
+        64,
+        ge=1,
+        le=4096,
+        description="Streaming RPCs open at once; each holds a thread of the streams' own pool "
+        "(apart from the max_workers unary threads) for its life. Beyond it RESOURCE_EXHAUSTED.",
+    )
+    max_streams_per_tenant: int = Field(
+        16,
+        ge=1,
+        le=4096,
+        description="Streaming RPCs one tenant (the token's, else the first message's) may hold "
+        "open; beyond it RESOURCE_EXHAUSTED.",
+    )
+    max_streams_per_connection: int = Field(
+        32,
+        ge=1,
+        le=4096,
+        description="Streaming RPCs one client connection may hold open; beyond it "
+        "RESOURCE_EXHAUSTED.",
+    )
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)

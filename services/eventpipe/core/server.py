@@ -5,13 +5,19 @@ returns it with its bound port; ``serve`` runs it until SIGTERM/SIGINT and shuts
 gracefully: health turns NOT_SERVING, background workers stop taking work, in-flight RPCs
 get ``shutdown_grace_seconds`` to finish, then the process exits 0.
 
-Health is SERVING only while every readiness check passes (Kafka, Bigtable, ... reachable);
-a monitor thread re-checks them, so a dependency outage turns the service NOT_SERVING and
-its return turns it SERVING again.
+Health is SERVING only while every readiness check passes (Kafka, Bigtable, ... reachable;
+with auth on, a JWKS fetched at least once); a monitor thread re-checks them, so a dependency
+outage turns the service NOT_SERVING and its return turns it SERVING again.
+
+Unary RPCs run on ``max_workers`` threads; streaming RPCs run on a pool of their own, sized
+``max_streams`` plus a few threads that only answer refusals, so open streams can never take
+the threads unary calls (and health checks) need. ``StreamLimitInterceptor`` caps open streams
+per server, tenant and connection (see docs/ingest.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import sys
@@ -19,19 +25,29 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from eventpipe.core.auth import AuthInterceptor, AuthSettings, TokenVerifier
+from eventpipe.core.auth import AuthInterceptor, AuthSettings, TokenVerifier, current_tenant
 from eventpipe.core.config import CommonSettings, ConfigError, ServiceSettings, load_settings
-from eventpipe.core.interceptors import ErrorMappingInterceptor
+from eventpipe.core.interceptors import (
+    ErrorMappingInterceptor,
+    StreamLimitInterceptor,
+    StreamLimits,
+    has_own_thread_pool,
+    rebuild_handler,
+)
 from eventpipe.core.logging import configure_logging
 from eventpipe.core.metrics import start_metrics_server
 
 log = logging.getLogger(__name__)
+
+STREAM_REFUSAL_THREADS = 8
+"""Threads of the streams' pool beyond ``max_streams``: a stream over a limit still needs a
+thread for the moment it takes to refuse it."""
 
 LIVENESS_SERVICE = "liveness"
 """Health name that is SERVING while the process runs (Kubernetes liveness probes use it)."""
@@ -152,6 +168,30 @@ def _first_failure(checks: Sequence[Callable[[], None]]) -> str | None:
     return None
 
 
+class StreamPoolInterceptor(grpc.ServerInterceptor):
+    """Puts every streaming RPC on ``pool`` (grpcio's per-method ``experimental_thread_pool``),
+    apart from the unary workers. Must be the first interceptor: grpcio reads the pool off the
+    outermost handler."""
+
+    def __init__(self, pool: futures.ThreadPoolExecutor) -> None:
+        self.pool = pool
+
+    def intercept_service(self, continuation: Callable[..., Any], handler_call_details: Any) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None or has_own_thread_pool(handler):
+            return handler
+        if not (handler.request_streaming or handler.response_streaming):
+            return handler
+        return rebuild_handler(handler, self._on_pool)
+
+    def _on_pool(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        def on_pool(request: Any, context: grpc.ServicerContext) -> Any:
+            return behavior(request, context)
+
+        on_pool.experimental_thread_pool = self.pool  # type: ignore[attr-defined]
+        return on_pool
+
+
 def create_server(
     definition: ServiceDefinition,
     settings: ServiceSettings,
@@ -164,15 +204,42 @@ def create_server(
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
+    stream_threads = settings.max_streams + STREAM_REFUSAL_THREADS
+    stream_pool = futures.ThreadPoolExecutor(
+        max_workers=stream_threads, thread_name_prefix=f"{definition.name}-stream"
+    )
     auth = load_settings(AuthSettings)
-    auth_interceptors = [AuthInterceptor(TokenVerifier(auth))] if auth.enabled else []
+    auth_interceptors: list[grpc.ServerInterceptor] = []
+    if auth.enabled:
+        verifier = TokenVerifier(auth)
+        auth_interceptors.append(AuthInterceptor(verifier))
+        verifier.start()
+        definition = dataclasses.replace(
+            definition,
+            readiness_checks=[*definition.readiness_checks, verifier.keys.check_ready],
+            on_shutdown=[*definition.on_shutdown, verifier.stop],
+        )
+    stream_limits = StreamLimits(
+        settings.max_streams, settings.max_streams_per_tenant, settings.max_streams_per_connection
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(
             max_workers=settings.max_workers, thread_name_prefix=definition.name
         ),
-        interceptors=[*auth_interceptors, *definition.interceptors, ErrorMappingInterceptor()],
+        # Outermost first. Limits sit inside the error mapping, so refusals get RetryInfo.
+        interceptors=[
+            StreamPoolInterceptor(stream_pool),
+            *auth_interceptors,
+            *definition.interceptors,
+            ErrorMappingInterceptor(),
+            StreamLimitInterceptor(stream_limits, current_tenant),
+        ],
         options=options,
-        maximum_concurrent_rpcs=settings.max_workers * 8,
+        maximum_concurrent_rpcs=settings.max_workers * 8 + stream_threads,
+    )
+    definition = dataclasses.replace(
+        definition,
+        on_shutdown=[*definition.on_shutdown, lambda: stream_pool.shutdown(wait=False)],
     )
     definition.register(server)
 
