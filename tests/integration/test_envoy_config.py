@@ -25,6 +25,8 @@ PORTS = {"ingest": 50051, "store": 50052, "enrich": 50053, "query": 50054}
 IMAGE_DESCRIPTOR_SET = "/etc/envoy/descriptors/eventpipe.pb"
 JWT = "envoy.filters.http.jwt_authn"
 RATE_LIMIT = "envoy.filters.http.local_ratelimit"
+BUFFER = "envoy.filters.http.buffer"
+STREAM_EVENTS = "/eventpipe.ingest.v1.IngestService/StreamEvents"
 
 
 def local_config(tmp_path: Path, *, auth: bool, **edge: Any) -> str:
@@ -66,6 +68,18 @@ def manager(config: dict[str, Any]) -> dict[str, Any]:
         item for item in config["static_resources"]["listeners"] if item["name"] == "eventpipe"
     )
     return listener["filter_chains"][0]["filters"][0]["typed_config"]  # type: ignore[no-any-return]
+
+
+def routes(config: dict[str, Any]) -> list[dict[str, Any]]:
+    return manager(config)["route_config"]["virtual_hosts"][0]["routes"]  # type: ignore[no-any-return]
+
+
+def rest_route(config: dict[str, Any]) -> dict[str, Any]:
+    return next(r for r in routes(config) if r["match"].get("prefix") == "/v1/")
+
+
+def cluster(config: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(c for c in config["static_resources"]["clusters"] if c["name"] == name)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -135,6 +149,7 @@ def test_the_filters_run_in_the_order_the_edge_needs(tmp_path: Path, auth: bool)
         RATE_LIMIT,  # flood backstop, before signature checks
         *([JWT] if auth else []),
         RATE_LIMIT,  # per tenant, keyed by jwt_authn's claim header
+        "envoy.filters.http.buffer",  # the whole REST body, up to its limit, for the check below
         "envoy.filters.http.lua",  # refuses unknown JSON body fields
         "envoy.filters.http.grpc_json_transcoder",
         "envoy.filters.http.router",
@@ -172,6 +187,9 @@ def test_edge_limits_come_from_the_environment(
     assert (bucket["tokens_per_fill"], bucket["max_tokens"]) == (7, 11)
     transcoder = http_filters(config)[-2]["typed_config"]
     assert transcoder["max_request_body_size"] == 2048
+    assert rest_route(config)["typed_per_filter_config"][BUFFER]["buffer"] == {
+        "max_request_bytes": 2048
+    }
     cors = manager(config)["route_config"]["virtual_hosts"][0]["typed_per_filter_config"]
     origins = cors["envoy.filters.http.cors"]["allow_origin_string_match"]
     assert origins == [{"exact": "https://a.example"}, {"exact": "https://b.example"}]
@@ -233,3 +251,63 @@ def test_stack_up_runs_with_auth_unless_switched_off() -> None:
     assert StackConfig.from_env({"EVENTPIPE_STACK_AUTH": "0"}).auth is False
     with pytest.raises(ValueError, match="EVENTPIPE_STACK_AUTH"):
         StackConfig.from_env({"EVENTPIPE_STACK_AUTH": "maybe"})
+
+
+def test_only_rest_requests_are_buffered_and_only_up_to_the_rest_body_limit(
+    tmp_path: Path,
+) -> None:
+    config = yaml.safe_load(local_config(tmp_path, auth=True, max_request_bytes=5000))
+
+    (buffer,) = [f for f in http_filters(config) if f["name"] == BUFFER]
+    assert buffer["disabled"] is True, "gRPC streams must never be buffered"
+    assert buffer["typed_config"]["max_request_bytes"] == 5000
+    enabled = [r for r in routes(config) if BUFFER in r.get("typed_per_filter_config", {})]
+    assert enabled == [rest_route(config)]
+    assert enabled[0]["typed_per_filter_config"][BUFFER]["buffer"]["max_request_bytes"] == 5000
+
+
+def test_streams_have_an_idle_timeout_a_maximum_duration_and_a_cap_from_the_settings(
+    tmp_path: Path,
+) -> None:
+    config = yaml.safe_load(
+        local_config(
+            tmp_path,
+            auth=False,
+            stream_idle_timeout="7s",
+            stream_max_duration="90s",
+            max_open_streams=3,
+            max_streams_per_connection=17,
+            max_header_kb=33,
+        )
+    )
+
+    (stream_route,) = [r for r in routes(config) if r["match"].get("prefix") == STREAM_EVENTS]
+    assert stream_route["route"]["idle_timeout"] == "7s"
+    assert stream_route["route"]["max_stream_duration"] == {"max_stream_duration": "90s"}
+    streams = cluster(config, stream_route["route"]["cluster"])
+    assert streams["circuit_breakers"]["thresholds"][0]["max_requests"] == 3
+    assert (
+        streams["load_assignment"]["endpoints"]
+        == cluster(config, "ingest")["load_assignment"]["endpoints"]
+    ), "the same ingest, on connections of its own"
+    hcm = manager(config)
+    assert hcm["stream_idle_timeout"] == "7s"
+    assert hcm["http2_protocol_options"]["max_concurrent_streams"] == 17
+    assert hcm["max_request_headers_kb"] == 33
+
+
+def test_every_error_status_envoy_answers_a_rest_caller_with_is_mapped_to_json(
+    tmp_path: Path,
+) -> None:
+    mappers = manager(yaml.safe_load(local_config(tmp_path, auth=True)))["local_reply_config"][
+        "mappers"
+    ]
+
+    last = mappers[-1]
+    assert last["filter"]["status_code_filter"]["comparison"]["op"] == "GE"
+    assert last["filter"]["status_code_filter"]["comparison"]["value"]["default_value"] == 400
+    assert last["body_format_override"]["content_type"] == "application/json"
+    for mapper in mappers:
+        override = mapper.get("body_format_override", {})
+        if "json_format" in override:
+            assert set(override["json_format"]) == {"code", "message", "details"}, mapper

@@ -460,6 +460,26 @@ def http_filters(config: Manifest) -> list[Manifest]:
     return manager["http_filters"]
 
 
+def test_the_committed_envoy_configs_are_the_rendering_of_the_one_edge_template():
+    # kustomize cannot run the renderer, so its output is committed: it must never drift.
+    from eventpipe.stack.edge_k8s import rendered_files
+
+    for path, text in rendered_files().items():
+        assert path.read_text() == text, (
+            f"{path.relative_to(REPO_ROOT)} is stale: run `python -m eventpipe.stack.edge_k8s`"
+        )
+
+
+def test_the_kubernetes_envoy_config_ignores_the_renderers_environment(monkeypatch):
+    from eventpipe.stack.edge_k8s import rendered_files
+
+    before = rendered_files()
+    monkeypatch.setenv("EVENTPIPE_EDGE_TENANT_RATE", "3")
+    monkeypatch.setenv("EVENTPIPE_EDGE_MAX_OPEN_STREAMS", "1")
+
+    assert rendered_files() == before
+
+
 def test_envoy_serves_one_public_listener_with_admin_on_loopback(rendered):
     for overlay, objects in rendered.items():
         config = envoy_config(objects)
@@ -496,13 +516,16 @@ def test_envoy_routes_each_grpc_service_to_its_kubernetes_service(rendered):
             targets = {
                 r["route"]["cluster"] for r in routes if r["match"]["prefix"].startswith(prefix)
             }
-            assert targets == {service}, f"{overlay}: {prefix} routes to {targets}"
-            endpoint = clusters[service]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
-            address = endpoint["endpoint"]["address"]["socket_address"]
-            kube_service = named(objects, "Service", address["address"])
-            assert kube_service["spec"]["selector"] == {"app.kubernetes.io/name": service}
-            assert address["port_value"] == grpc_port
-            assert clusters[service]["health_checks"][0]["grpc_health_check"] == {}
+            # Ingest's streams have a cluster of their own (capped), on the same pods.
+            expected = {service, "ingest_streams"} if service == "ingest" else {service}
+            assert targets == expected, f"{overlay}: {prefix} routes to {targets}"
+            for target in targets:
+                endpoint = clusters[target]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+                address = endpoint["endpoint"]["address"]["socket_address"]
+                kube_service = named(objects, "Service", address["address"])
+                assert kube_service["spec"]["selector"] == {"app.kubernetes.io/name": service}
+                assert address["port_value"] == grpc_port
+                assert clusters[target]["health_checks"][0]["grpc_health_check"] == {}
 
 
 def test_prod_envoy_requires_a_jwt_from_a_remote_jwks_and_dev_envoy_does_not(rendered):

@@ -31,6 +31,7 @@ TENANT_HEADER = "x-eventpipe-tenant"
 SERVICE_NAMES = ("ingest", "store", "enrich", "query")
 HOST = "127.0.0.1"
 MiB = 1024 * 1024
+DURATION = r"^\d+s$"
 
 
 class EdgeSettings(BaseSettings):
@@ -54,7 +55,27 @@ class EdgeSettings(BaseSettings):
     cors_origins: str = Field(
         "*", description="Comma-separated allowed CORS origins; `*` allows any origin."
     )
-    route_timeout: str = Field("60s", pattern=r"^\d+s$", description="Unary RPC timeout.")
+    route_timeout: str = Field("60s", pattern=DURATION, description="Unary RPC timeout.")
+    max_header_kb: int = Field(
+        60, ge=1, le=8192, description="Largest request head (URL and headers), KiB (431 past it)."
+    )
+    stream_idle_timeout: str = Field(
+        "60s",
+        pattern=DURATION,
+        description="A stream with no bytes either way for this long is closed (every route).",
+    )
+    stream_max_duration: str = Field(
+        "3600s", pattern=DURATION, description="Longest a StreamEvents stream may stay open."
+    )
+    max_open_streams: int = Field(
+        8,
+        ge=1,
+        description="StreamEvents streams this Envoy holds open to ingest at once (past it "
+        "RESOURCE_EXHAUSTED); keep it below ingest's handler threads so unary calls keep some.",
+    )
+    max_streams_per_connection: int = Field(
+        100, ge=1, le=2_147_483_647, description="Concurrent HTTP/2 streams per client connection."
+    )
 
     @field_validator("tenant_burst")
     @classmethod
@@ -81,6 +102,51 @@ class EdgeAuth:
     leeway_seconds: int = 30
 
 
+def template_values(edge: EdgeSettings) -> dict[str, str]:
+    """The template's values that come from the edge's settings, the same in every deployment."""
+    return {
+        "ROUTE_TIMEOUT": edge.route_timeout,
+        "CORS_ORIGINS": json.dumps(edge.cors_origin_matchers()),
+        "GLOBAL_RATE": str(edge.global_rate),
+        "GLOBAL_BURST": str(edge.global_burst),
+        "TENANT_RATE": str(edge.tenant_rate),
+        "TENANT_BURST": str(edge.tenant_burst),
+        "TENANT_BUCKETS": str(edge.tenant_buckets),
+        "MAX_REQUEST_BYTES": str(edge.max_request_bytes),
+        "MAX_RESPONSE_BYTES": str(edge.max_response_bytes),
+        "MAX_HEADER_KB": str(edge.max_header_kb),
+        "STREAM_IDLE_TIMEOUT": edge.stream_idle_timeout,
+        "STREAM_MAX_DURATION": edge.stream_max_duration,
+        "MAX_OPEN_STREAMS": str(edge.max_open_streams),
+        "MAX_STREAMS_PER_CONNECTION": str(edge.max_streams_per_connection),
+    }
+
+
+def fill_template(template: Path, values: Mapping[str, str]) -> Any:
+    """The YAML of ``template`` with its ``${VAR}`` placeholders filled (KeyError if one lacks)."""
+    return yaml.safe_load(Template(template.read_text()).substitute(values))
+
+
+def set_body_filter_source(config: Mapping[str, Any], source: Mapping[str, str]) -> None:
+    """Gives the Lua body check its code: ``inline_string`` or ``filename``."""
+    lua = next(f for f in http_filters(config) if f["name"] == "envoy.filters.http.lua")
+    lua["typed_config"]["default_source_code"] = dict(source)
+
+
+def place_jwt_authn(config: Mapping[str, Any], jwt_authn: Mapping[str, Any] | None) -> None:
+    """Puts ``jwt_authn`` where the template's marker filter stands, or drops the marker."""
+    filters = http_filters(config)
+    marker = next(i for i, f in enumerate(filters) if f["name"] == JWT_AUTHN_MARKER)
+    if jwt_authn is None:
+        del filters[marker]
+    else:
+        filters[marker] = dict(jwt_authn)
+
+
+def dump_config(config: Mapping[str, Any], header: str) -> str:
+    return header + yaml.safe_dump(dict(config), sort_keys=False, width=120)
+
+
 def render_envoy_config(
     *,
     listen_port: int,
@@ -95,59 +161,55 @@ def render_envoy_config(
     template: Path = ENVOY_TEMPLATE,
     body_filter: Path = BODY_FILTER,
 ) -> str:
-    """Fills envoy/envoy.yaml; inserts jwt_authn when ``auth`` is given, else drops its marker.
+    """The local stack's Envoy: envoy/envoy.yaml filled in, every service on this host, the body
+    check inlined, and jwt_authn on the local JWKS when ``auth`` is given.
 
     A missing template value raises KeyError.
     """
     edge = edge or load_settings(EdgeSettings)
     values = {
+        **template_values(edge),
         "LISTEN_ADDRESS": listen_address,
         "LISTEN_PORT": str(listen_port),
         "ADMIN_PORT": str(admin_port),
         "DESCRIPTOR_SET": str(descriptor_set),
-        "ROUTE_TIMEOUT": route_timeout or edge.route_timeout,
-        "UPSTREAM_HOST": HOST,
         "ACCESS_LOG_PATH": str(access_log_path),
-        "CORS_ORIGINS": json.dumps(edge.cors_origin_matchers()),
-        "GLOBAL_RATE": str(edge.global_rate),
-        "GLOBAL_BURST": str(edge.global_burst),
-        "TENANT_RATE": str(edge.tenant_rate),
-        "TENANT_BURST": str(edge.tenant_burst),
-        "TENANT_BUCKETS": str(edge.tenant_buckets),
-        "MAX_REQUEST_BYTES": str(edge.max_request_bytes),
-        "MAX_RESPONSE_BYTES": str(edge.max_response_bytes),
+        **{f"{name.upper()}_HOST": HOST for name in SERVICE_NAMES},
         **{f"{name.upper()}_PORT": str(upstream_ports[name]) for name in SERVICE_NAMES},
     }
-    config = yaml.safe_load(Template(template.read_text()).substitute(values))
-    filters = http_filters(config)
-    lua = next(f for f in filters if f["name"] == "envoy.filters.http.lua")
-    lua["typed_config"]["default_source_code"] = {
-        "inline_string": body_filter.read_text().replace(
-            "@MAX_BODY_BYTES@", str(edge.max_request_bytes)
-        )
-    }
-    marker = next(i for i, f in enumerate(filters) if f["name"] == JWT_AUTHN_MARKER)
-    if auth is None:
-        del filters[marker]
-    else:
-        filters[marker] = jwt_authn_filter(auth)
+    if route_timeout:
+        values["ROUTE_TIMEOUT"] = route_timeout
+    config = fill_template(template, values)
+    set_body_filter_source(config, {"inline_string": body_filter.read_text()})
+    place_jwt_authn(config, jwt_authn_filter(auth) if auth else None)
     header = (
         f"# Rendered from {template.name} by eventpipe.stack.edge "
         f"({'with' if auth else 'without'} JWT authentication): do not edit.\n"
     )
-    return header + yaml.safe_dump(config, sort_keys=False, width=120)
+    return dump_config(config, header)
 
 
-def jwt_authn_filter(auth: EdgeAuth, template: Path = JWT_AUTHN_TEMPLATE) -> dict[str, Any]:
-    values = {
-        "JWKS_FILE": str(auth.jwks_file),
-        "ISSUER": auth.issuer,
-        "AUDIENCE": auth.audience,
-        "LEEWAY_SECONDS": str(auth.leeway_seconds),
-    }
-    filter_config: dict[str, Any] = yaml.safe_load(
-        Template(template.read_text()).substitute(values)
+def jwt_authn_filter(
+    auth: EdgeAuth | None = None,
+    *,
+    issuer: str | None = None,
+    audience: str | None = None,
+    jwks_source: Mapping[str, Any] | None = None,
+    template: Path = JWT_AUTHN_TEMPLATE,
+) -> dict[str, Any]:
+    """envoy/jwt_authn.yaml filled in: on the local JWKS file of ``auth``, or (Kubernetes) with
+    ``issuer``, ``audience`` and a ``remote_jwks`` source."""
+    if auth is not None:
+        issuer, audience = auth.issuer, auth.audience
+        jwks_source = {"local_jwks": {"filename": str(auth.jwks_file)}}
+    if issuer is None or audience is None or jwks_source is None:
+        raise ValueError("jwt_authn needs an issuer, an audience and a JWKS source")
+    leeway = auth.leeway_seconds if auth is not None else EdgeAuth.leeway_seconds
+    filter_config: dict[str, Any] = fill_template(
+        template, {"ISSUER": issuer, "AUDIENCE": audience, "LEEWAY_SECONDS": str(leeway)}
     )
+    (provider,) = filter_config["typed_config"]["providers"].values()
+    provider.update(jwks_source)
     return filter_config
 
 
