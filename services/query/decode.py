@@ -1,53 +1,132 @@
-"""Rows of the enrichment tables (layout in eventpipe.core.schema) to the query protos."""
+"""Rows of the enrichment tables (layout in eventpipe.core.schema) to the query protos.
+
+Decoding is defensive: a stored cell that cannot be decoded (wrong length, bad UTF-8, a
+timestamp outside 0001..9999) is left out of the answer and counted in
+``eventpipe_query_unreadable_cells_total``; the rest of the entity is served. A row whose
+envelope cannot be decoded (an event without its ids or event time) raises
+``schema.BadCell``; the reader skips that row and counts it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+import logging
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
 
 from eventpipe.core import schema
 from eventpipe.core.schema import COUNTS_FAMILY, META_FAMILY, VALUES_FAMILY
 from eventpipe.query.v1 import query_pb2
+from prometheus_client import Counter
 
+log = logging.getLogger(__name__)
 CellMap = Mapping[tuple[str, bytes], bytes]
 
+# Here rather than in query.metrics: only the decoding knows a cell is unreadable.
+UNREADABLE_CELLS = Counter(
+    "eventpipe_query_unreadable_cells_total",
+    "Stored cells (skipped=cell) or whole rows (skipped=row) left out of an answer because "
+    "they could not be decoded, by answer kind.",
+    ["kind", "skipped"],
+)
 
-def _set_time(target: object, cells: CellMap, qualifier: bytes) -> None:
+
+def skipped_cell(kind: str) -> schema.OnBadCell:
+    """An ``on_bad_cell`` callback that logs and counts the cell left out."""
+
+    def report(bad: schema.BadCell) -> None:
+        UNREADABLE_CELLS.labels(kind, "cell").inc()
+        log.warning("skipping an unreadable cell", extra={"kind": kind, "cell": str(bad)})
+
+    return report
+
+
+def skipped_row(kind: str, key: bytes, error: Exception) -> None:
+    UNREADABLE_CELLS.labels(kind, "row").inc()
+    log.warning(
+        "skipping an unreadable row",
+        extra={"kind": kind, "row_key": key.hex(), "error": str(error)},
+    )
+
+
+def _decoded(
+    on_bad: schema.OnBadCell,
+    family: str,
+    qualifier: bytes,
+    decode: Callable[[bytes], Any],
+    raw: bytes,
+) -> Any:
+    """``decode(raw)``, or None after reporting the cell."""
+    try:
+        return decode(raw)
+    except ValueError as exc:
+        on_bad(schema.BadCell(family, qualifier, str(exc)))
+        return None
+
+
+def _set_time(target: Any, cells: CellMap, qualifier: bytes, on_bad: schema.OnBadCell) -> None:
     raw = cells.get((META_FAMILY, qualifier))
     if raw is not None:
-        target.CopyFrom(schema.timestamp_from_micros(schema.decode_int(raw)))  # type: ignore[attr-defined]
+        value = _decoded(on_bad, META_FAMILY, qualifier, schema.decode_timestamp, raw)
+        if value is not None:
+            target.CopyFrom(value)
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode()
 
 
 def profile_from_cells(tenant_id: str, entity_id: str, cells: CellMap) -> query_pb2.EntityProfile:
+    on_bad = skipped_cell("profile")
     profile = query_pb2.EntityProfile(tenant_id=tenant_id, entity_id=entity_id)
-    for name, value in schema.enriched_fields_from_cells(cells).items():
+    for name, value in schema.enriched_fields_from_cells(cells, on_bad).items():
         profile.dimension_fields[name].CopyFrom(value)
-    _set_time(profile.first_seen_time, cells, schema.PROFILE_FIRST_SEEN_QUALIFIER)
-    _set_time(profile.last_seen_time, cells, schema.PROFILE_LAST_SEEN_QUALIFIER)
-    _set_time(profile.update_time, cells, schema.PROFILE_UPDATE_TIME_QUALIFIER)
-    count = cells.get((META_FAMILY, schema.PROFILE_EVENT_COUNT_QUALIFIER))
+    _set_time(profile.first_seen_time, cells, schema.PROFILE_FIRST_SEEN_QUALIFIER, on_bad)
+    _set_time(profile.last_seen_time, cells, schema.PROFILE_LAST_SEEN_QUALIFIER, on_bad)
+    _set_time(profile.update_time, cells, schema.PROFILE_UPDATE_TIME_QUALIFIER, on_bad)
+    count_qualifier = schema.PROFILE_EVENT_COUNT_QUALIFIER
+    count = cells.get((META_FAMILY, count_qualifier))
     if count is not None:
-        profile.event_count = schema.decode_int(count)
+        value = _decoded(on_bad, META_FAMILY, count_qualifier, schema.decode_int, count)
+        if value is not None:
+            profile.event_count = value
     for (family, qualifier), raw in cells.items():
+        if family not in (COUNTS_FAMILY, VALUES_FAMILY):
+            continue
+        name = _decoded(on_bad, family, qualifier, _text, qualifier)
+        decode = schema.decode_int if family == COUNTS_FAMILY else schema.decode_double
+        value = _decoded(on_bad, family, qualifier, decode, raw)
+        if name is None or value is None:
+            continue
         if family == COUNTS_FAMILY:
-            profile.event_type_counts[qualifier.decode()] = schema.decode_int(raw)
-        elif family == VALUES_FAMILY:
-            profile.totals[qualifier.decode()] = schema.decode_double(raw)
+            profile.event_type_counts[name] = value
+        else:
+            profile.totals[name] = value
     return profile
 
 
 def entity_event_from_cells(cells: CellMap, *, enriched: bool) -> query_pb2.EntityEvent:
-    """An enriched-events row (``enriched``) or a raw-events row (not yet enriched)."""
-    result = query_pb2.EntityEvent(event=schema.event_from_cells(cells), enriched=enriched)
+    """An enriched-events row (``enriched``) or a raw-events row (not yet enriched).
+
+    Raises ``schema.BadCell`` when the event's envelope cannot be decoded.
+    """
+    on_bad = skipped_cell("event")
+    result = query_pb2.EntityEvent(event=schema.event_from_cells(cells, on_bad), enriched=enriched)
     if not enriched:
         return result
-    for name, value in schema.enriched_fields_from_cells(cells).items():
+    for name, value in schema.enriched_fields_from_cells(cells, on_bad).items():
         result.enriched_fields[name].CopyFrom(value)
     unmatched = cells.get((META_FAMILY, schema.UNMATCHED_QUALIFIER))
     if unmatched:
-        result.unmatched_joins.extend(d for d in unmatched.decode().split(",") if d)
+        text = _decoded(on_bad, META_FAMILY, schema.UNMATCHED_QUALIFIER, _text, unmatched)
+        if text is not None:
+            result.unmatched_joins.extend(d for d in text.split(",") if d)
     version = cells.get((META_FAMILY, schema.SPEC_VERSION_QUALIFIER))
     if version is not None:
-        result.spec_version = schema.decode_int(version)
+        value = _decoded(
+            on_bad, META_FAMILY, schema.SPEC_VERSION_QUALIFIER, schema.decode_int, version
+        )
+        if value is not None:
+            result.spec_version = value
     return result
 
 
@@ -59,17 +138,27 @@ def bucket_start_from_key(key: bytes) -> int:
 def metric_bucket_from_cells(
     key: bytes, cells: CellMap, event_types: Collection[str]
 ) -> query_pb2.MetricBucket | None:
-    """One bucket; None when the event-type filter leaves it empty."""
+    """One bucket; None when the event-type filter leaves it empty. Raises ValueError when
+    the bucket's own key cannot be read."""
+    on_bad = skipped_cell("metrics")
     bucket = query_pb2.MetricBucket()
     bucket.start_time.CopyFrom(schema.timestamp_from_micros(bucket_start_from_key(key)))
     stats: dict[str, dict[str, bytes]] = {}
     for (family, qualifier), raw in cells.items():
         if family == COUNTS_FAMILY:
-            event_type = qualifier.decode()
+            event_type = _decoded(on_bad, family, qualifier, _text, qualifier)
+            count = _decoded(on_bad, family, qualifier, schema.decode_int, raw)
+            if event_type is None or count is None:
+                continue
             if not event_types or event_type in event_types:
-                bucket.event_type_counts[event_type] = schema.decode_int(raw)
+                bucket.event_type_counts[event_type] = count
         elif family == VALUES_FAMILY:
-            field, stat = schema.split_metric_value_qualifier(qualifier)
+            split = _decoded(
+                on_bad, family, qualifier, schema.split_metric_value_qualifier, qualifier
+            )
+            if split is None:
+                continue
+            field, stat = split
             if field and stat in schema.METRIC_STATS:
                 stats.setdefault(field, {})[stat] = raw
     if event_types and not bucket.event_type_counts:
@@ -79,9 +168,16 @@ def metric_bucket_from_cells(
     for field in sorted(stats):
         values = stats[field]
         metric = bucket.metrics.add(field=field)
+        qualifier = field.encode()
         if "count" in values:
-            metric.count = schema.decode_int(values["count"])
+            count = _decoded(on_bad, VALUES_FAMILY, qualifier, schema.decode_int, values["count"])
+            if count is not None:
+                metric.count = count
         for stat in ("sum", "min", "max"):
             if stat in values:
-                setattr(metric, stat, schema.decode_double(values[stat]))
+                value = _decoded(
+                    on_bad, VALUES_FAMILY, qualifier, schema.decode_double, values[stat]
+                )
+                if value is not None:
+                    setattr(metric, stat, value)
     return bucket

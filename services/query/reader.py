@@ -115,8 +115,8 @@ class EntityReader:
         for row in page:
             try:
                 response.events.append(decode.entity_event_from_cells(row.cells, enriched=enriched))
-            except (KeyError, ValueError, UnicodeDecodeError):
-                log.warning("skipping a malformed event row", extra={"row_key": row.key.hex()})
+            except ValueError as exc:  # its envelope is unreadable (schema.BadCell)
+                decode.skipped_row("event", row.key, exc)
         if len(rows) > query.page_size:
             # Continue strictly after the last row returned: keys are unique and stable, so
             # every row of the range is returned exactly once, whatever is written meanwhile.
@@ -153,8 +153,8 @@ class EntityReader:
         for row in self._store.scan_metrics(start_key, end_key):
             try:
                 bucket = decode.metric_bucket_from_cells(row.key, row.cells, query.event_types)
-            except (KeyError, ValueError, UnicodeDecodeError):
-                log.warning("skipping a malformed metric row", extra={"row_key": row.key.hex()})
+            except ValueError as exc:  # its bucket key is unreadable
+                decode.skipped_row("metrics", row.key, exc)
                 continue
             if bucket is not None:
                 response.buckets.append(bucket)

@@ -19,16 +19,20 @@ from eventpipe.core.errors import InvalidArgument, NotFound, Unavailable, Violat
 from eventpipe.core.schema import (
     DIMENSIONS_TABLE,
     REVERSED_TIME_MAX,
+    BadCell,
     DimensionVersion,
     EventRow,
+    attributes_from_cells,
     dimension_as_of_start,
     dimension_prefix,
     dimension_record_to_row,
     dimension_version_from_cells,
     prefix_end,
+    valid_from_of_dimension_key,
 )
 from eventpipe.core.validation import DIMENSION_NAME_PATTERN, check_attributes, check_id
 
+from store import metrics
 from store.ports import RowFailure, RowReader, RowWriter
 
 MAX_BATCH_RECORDS = 1000
@@ -194,4 +198,15 @@ class DimensionStore:
         if not rows:
             when = " as of the requested time" if as_of_micros is not None else ""
             raise NotFound(f"no {dimension} record {key!r}{when}")
-        return dimension_version_from_cells(rows[0].cells)
+        row = rows[0]
+        try:
+            return dimension_version_from_cells(row.cells, metrics.skipped_cell(DIMENSIONS_TABLE))
+        except BadCell as bad:
+            # Key and valid_from are in the row key too: answer from it, with the
+            # attributes that can be read, rather than fail the record.
+            metrics.skipped_cell(DIMENSIONS_TABLE)(bad)
+            return DimensionVersion(
+                key=key,
+                valid_from_micros=valid_from_of_dimension_key(row.key),
+                attributes=attributes_from_cells(row.cells, metrics.skipped_cell(DIMENSIONS_TABLE)),
+            )

@@ -75,3 +75,7 @@ class RowReader(Protocol):
     ) -> list[StoredRow]:
         """Rows with start_key <= key < end_key, at most ``limit``; raises on failure."""
         ...
+
+    def read_keys(self, table: str, keys: Sequence[bytes]) -> list[StoredRow]:
+        """The rows of ``keys`` that exist, in key order; raises on failure."""
+        ...

@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from eventpipe.common.v1 import event_pb2
 from eventpipe.core.bigtable import FamilySpec, TableSpec
+from eventpipe.core.validation import MAX_TIMESTAMP_SECONDS, MIN_TIMESTAMP_SECONDS
 
 # Table names, without the configurable table prefix.
 RAW_EVENTS_TABLE = "events"
@@ -33,6 +35,7 @@ DIMENSIONS_TABLE = "dimensions"
 ENRICHED_EVENTS_TABLE = "enriched_events"
 ENTITY_METRICS_TABLE = "entity_metrics"
 ENTITY_PROFILES_TABLE = "entity_profiles"
+EVENT_IDS_TABLE = "event_ids"  # the store's idempotency index: (tenant_id, event_id) -> claim
 
 META_FAMILY = "m"
 # One family per attribute value type; the qualifier is the attribute name.
@@ -70,6 +73,7 @@ def table_specs(
         TableSpec(
             RAW_EVENTS_TABLE, _family_specs([META_FAMILY, *attribute_families], raw_retention)
         ),
+        TableSpec(EVENT_IDS_TABLE, _family_specs([META_FAMILY], raw_retention)),
         TableSpec(DIMENSIONS_TABLE, _family_specs([META_FAMILY, *attribute_families], None)),
         TableSpec(
             ENRICHED_EVENTS_TABLE,
@@ -151,6 +155,28 @@ def prefix_end(prefix: bytes) -> bytes:
     return prefix[:-1] + bytes([prefix[-1] + 1])
 
 
+def row_key_for_event_id(tenant_id: str, event_id: str) -> bytes:
+    """The idempotency index row of (tenant, event_id), salted like the event rows."""
+    return f"{salt(tenant_id, event_id)}#{tenant_id}#{event_id}".encode()
+
+
+EVENT_ID_CLAIM_QUALIFIER = b"claim"
+"""Event ids, META_FAMILY: ``<event row key>`` + b"\n" + ``<topic>/<partition>/<offset>``
+of the message that first stored the event id; cell timestamp = its event time."""
+
+
+def event_id_claim_row(event_row: EventRow, source: str) -> EventRow:
+    """The index row claiming the event id of ``event_row`` for the message at ``source``."""
+    cells = event_row.cells
+    key = row_key_for_event_id(
+        cells[(META_FAMILY, b"tenant_id")].decode(), cells[(META_FAMILY, b"event_id")].decode()
+    )
+    claim = event_row.key + b"\n" + source.encode()
+    return EventRow(
+        key, {(META_FAMILY, EVENT_ID_CLAIM_QUALIFIER): claim}, event_row.timestamp_micros
+    )
+
+
 def row_key_for_profile(tenant_id: str, entity_id: str) -> bytes:
     return f"{salt(tenant_id, entity_id)}#{tenant_id}#{entity_id}".encode()
 
@@ -176,6 +202,11 @@ def row_key_for_dimension(
     return dimension_prefix(tenant_id, dimension, key) + _reversed(valid_from_micros).encode()
 
 
+def valid_from_of_dimension_key(row_key: bytes) -> int:
+    """Inverse of ``row_key_for_dimension`` for valid_from; ValueError on a foreign key."""
+    return REVERSED_TIME_MAX - int(row_key.rsplit(b"#", 1)[1])
+
+
 def dimension_as_of_start(tenant_id: str, dimension: str, key: str, as_of_micros: int) -> bytes:
     return dimension_prefix(tenant_id, dimension, key) + _reversed(as_of_micros).encode()
 
@@ -186,11 +217,32 @@ _INT64 = struct.Struct(">q")
 _DOUBLE = struct.Struct(">d")
 
 
+_MIN_TIMESTAMP_MICROS = MIN_TIMESTAMP_SECONDS * 1_000_000
+_MAX_TIMESTAMP_MICROS = (MAX_TIMESTAMP_SECONDS + 1) * 1_000_000 - 1
+
+
+class BadCell(ValueError):
+    """A stored cell that cannot be decoded into its field (readers skip it and count it)."""
+
+    def __init__(self, family: str, qualifier: bytes, reason: str) -> None:
+        super().__init__(f"cell {family}:{qualifier.decode(errors='replace')}: {reason}")
+        self.family = family
+        self.qualifier = qualifier
+        self.reason = reason
+
+
+OnBadCell = Callable[[BadCell], None]
+"""Called for each undecodable attribute cell that a lenient reader skips."""
+
+
 def encode_int(value: int) -> bytes:
     return _INT64.pack(value)
 
 
 def decode_int(raw: bytes) -> int:
+    """Raises ValueError (not struct.error) for a cell that is not 8 bytes."""
+    if len(raw) != 8:
+        raise ValueError(f"an int64 cell holds 8 bytes, not {len(raw)}")
     return int(_INT64.unpack(raw)[0])
 
 
@@ -199,7 +251,17 @@ def encode_double(value: float) -> bytes:
 
 
 def decode_double(raw: bytes) -> float:
+    if len(raw) != 8:
+        raise ValueError(f"a double cell holds 8 bytes, not {len(raw)}")
     return float(_DOUBLE.unpack(raw)[0])
+
+
+def decode_timestamp(raw: bytes) -> Timestamp:
+    """An int64-micros cell as a Timestamp; ValueError outside 0001-01-01..9999-12-31."""
+    value = decode_int(raw)
+    if not _MIN_TIMESTAMP_MICROS <= value <= _MAX_TIMESTAMP_MICROS:
+        raise ValueError("timestamp outside 0001-01-01..9999-12-31")
+    return timestamp_from_micros(value)
 
 
 def encode_attribute(value: event_pb2.AttributeValue) -> tuple[str, bytes]:
@@ -219,6 +281,7 @@ def encode_attribute(value: event_pb2.AttributeValue) -> tuple[str, bytes]:
 
 
 def decode_attribute(kind: str, raw: bytes) -> event_pb2.AttributeValue:
+    """Raises ValueError (UnicodeDecodeError included) for a cell its kind cannot hold."""
     if kind == "string_value":
         return event_pb2.AttributeValue(string_value=raw.decode())
     if kind == "int_value":
@@ -226,10 +289,47 @@ def decode_attribute(kind: str, raw: bytes) -> event_pb2.AttributeValue:
     if kind == "double_value":
         return event_pb2.AttributeValue(double_value=decode_double(raw))
     if kind == "bool_value":
+        if len(raw) != 1:
+            raise ValueError(f"a bool cell holds 1 byte, not {len(raw)}")
         return event_pb2.AttributeValue(bool_value=raw != b"\x00")
     if kind == "timestamp_value":
-        return event_pb2.AttributeValue(timestamp_value=timestamp_from_micros(decode_int(raw)))
+        return event_pb2.AttributeValue(timestamp_value=decode_timestamp(raw))
     raise ValueError(f"unknown attribute kind {kind!r}")
+
+
+def _decode_columns(
+    cells: Mapping[tuple[str, bytes], bytes],
+    kinds: Mapping[str, str],
+    on_bad_cell: OnBadCell | None,
+) -> dict[str, event_pb2.AttributeValue]:
+    """Typed columns of the families in ``kinds``; a bad cell is skipped through
+    ``on_bad_cell`` or, without one, raised as BadCell."""
+    result: dict[str, event_pb2.AttributeValue] = {}
+    for (family, qualifier), raw in cells.items():
+        kind = kinds.get(family)
+        if kind is None:
+            continue
+        try:
+            result[qualifier.decode()] = decode_attribute(kind, raw)
+        except ValueError as exc:
+            bad = BadCell(family, qualifier, str(exc))
+            if on_bad_cell is None:
+                raise bad from None
+            on_bad_cell(bad)
+    return result
+
+
+def _meta(
+    cells: Mapping[tuple[str, bytes], bytes], qualifier: bytes, decode: Callable[[bytes], Any]
+) -> Any:
+    """A required META_FAMILY cell, decoded; BadCell when missing or undecodable."""
+    raw = cells.get((META_FAMILY, qualifier))
+    if raw is None:
+        raise BadCell(META_FAMILY, qualifier, "missing")
+    try:
+        return decode(raw)
+    except ValueError as exc:
+        raise BadCell(META_FAMILY, qualifier, str(exc)) from None
 
 
 _KIND_BY_FAMILY = {family: kind for kind, family in ATTRIBUTE_FAMILIES.items()}
@@ -269,37 +369,47 @@ def event_to_row(event: event_pb2.Event) -> EventRow:
     )
 
 
-def event_from_cells(cells: Mapping[tuple[str, bytes], bytes]) -> event_pb2.Event:
-    """Rebuilds the Event from a stored row's cells (inverse of ``event_to_row``)."""
+def _text(raw: bytes) -> str:
+    return raw.decode()
+
+
+def event_from_cells(
+    cells: Mapping[tuple[str, bytes], bytes], on_bad_cell: OnBadCell | None = None
+) -> event_pb2.Event:
+    """Rebuilds the Event from a stored row's cells (inverse of ``event_to_row``).
+
+    A missing or undecodable envelope cell (ids, type, times) raises BadCell: there is no
+    event without it. An undecodable attribute cell raises too, unless ``on_bad_cell`` is
+    given: then it is reported there and the attribute left out.
+    """
     event = event_pb2.Event(
-        tenant_id=cells[(META_FAMILY, b"tenant_id")].decode(),
-        event_id=cells[(META_FAMILY, b"event_id")].decode(),
-        event_type=cells[(META_FAMILY, b"event_type")].decode(),
-        entity_id=cells[(META_FAMILY, b"entity_id")].decode(),
+        tenant_id=_meta(cells, b"tenant_id", _text),
+        event_id=_meta(cells, b"event_id", _text),
+        event_type=_meta(cells, b"event_type", _text),
+        entity_id=_meta(cells, b"entity_id", _text),
     )
-    event.event_time.CopyFrom(
-        timestamp_from_micros(decode_int(cells[(META_FAMILY, b"event_time")]))
-    )
-    ingest = cells.get((META_FAMILY, b"ingest_time"))
-    if ingest is not None and decode_int(ingest):
-        event.ingest_time.CopyFrom(timestamp_from_micros(decode_int(ingest)))
-    for (family, qualifier), raw in cells.items():
-        kind = _KIND_BY_FAMILY.get(family)
-        if kind is not None:
-            event.attributes[qualifier.decode()].CopyFrom(decode_attribute(kind, raw))
+    event.event_time.CopyFrom(_meta(cells, b"event_time", decode_timestamp))
+    if (META_FAMILY, b"ingest_time") in cells:
+        ingest = _meta(cells, b"ingest_time", decode_timestamp)
+        if ingest.seconds or ingest.nanos:
+            event.ingest_time.CopyFrom(ingest)
+    for name, value in attributes_from_cells(cells, on_bad_cell).items():
+        event.attributes[name].CopyFrom(value)
     return event
 
 
+def attributes_from_cells(
+    cells: Mapping[tuple[str, bytes], bytes], on_bad_cell: OnBadCell | None = None
+) -> dict[str, event_pb2.AttributeValue]:
+    """The attribute columns of an event or dimension row."""
+    return _decode_columns(cells, _KIND_BY_FAMILY, on_bad_cell)
+
+
 def enriched_fields_from_cells(
-    cells: Mapping[tuple[str, bytes], bytes],
+    cells: Mapping[tuple[str, bytes], bytes], on_bad_cell: OnBadCell | None = None
 ) -> dict[str, event_pb2.AttributeValue]:
     """The fields enrichment added, from an enriched-events or profile row."""
-    fields: dict[str, event_pb2.AttributeValue] = {}
-    for (family, qualifier), raw in cells.items():
-        kind = _KIND_BY_ENRICHED_FAMILY.get(family)
-        if kind is not None:
-            fields[qualifier.decode()] = decode_attribute(kind, raw)
-    return fields
+    return _decode_columns(cells, _KIND_BY_ENRICHED_FAMILY, on_bad_cell)
 
 
 def cells_from_row_data(row: object) -> Cells:
@@ -358,17 +468,14 @@ class DimensionVersion:
     attributes: dict[str, event_pb2.AttributeValue]
 
 
-def dimension_version_from_cells(cells: Mapping[tuple[str, bytes], bytes]) -> DimensionVersion:
-    """Inverse of ``dimension_record_to_row``."""
-    attributes: dict[str, event_pb2.AttributeValue] = {}
-    for (family, qualifier), raw in cells.items():
-        kind = _KIND_BY_FAMILY.get(family)
-        if kind is not None:
-            attributes[qualifier.decode()] = decode_attribute(kind, raw)
+def dimension_version_from_cells(
+    cells: Mapping[tuple[str, bytes], bytes], on_bad_cell: OnBadCell | None = None
+) -> DimensionVersion:
+    """Inverse of ``dimension_record_to_row`` (bad cells as in ``event_from_cells``)."""
     return DimensionVersion(
-        key=cells[(META_FAMILY, b"key")].decode(),
-        valid_from_micros=decode_int(cells[(META_FAMILY, b"valid_from")]),
-        attributes=attributes,
+        key=_meta(cells, b"key", _text),
+        valid_from_micros=_meta(cells, b"valid_from", decode_int),
+        attributes=attributes_from_cells(cells, on_bad_cell),
     )
 
 

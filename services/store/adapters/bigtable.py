@@ -129,7 +129,16 @@ class BigtableRowReader:
     def read_range(
         self, table: str, start_key: bytes, end_key: bytes, limit: int
     ) -> list[StoredRow]:
-        query = ReadRowsQuery(row_ranges=[RowRange(start_key, end_key)], limit=limit)
+        return self._read(
+            table, ReadRowsQuery(row_ranges=[RowRange(start_key, end_key)], limit=limit)
+        )
+
+    def read_keys(self, table: str, keys: Sequence[bytes]) -> list[StoredRow]:
+        if not keys:
+            return []
+        return self._read(table, ReadRowsQuery(row_keys=list(keys)))
+
+    def _read(self, table: str, query: ReadRowsQuery) -> list[StoredRow]:
         rows = self._table(table).read_rows(
             query, operation_timeout=self._timeout, attempt_timeout=self._timeout
         )

@@ -99,6 +99,8 @@ class PreparedBatch:
     # (topic, partition) -> the next offset to read: committed once everything is durable.
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     message_count: int = 0
+    # Indices into rows dropped as re-sent event ids (store.consumer.idempotency).
+    duplicates: set[int] = field(default_factory=set)
 
 
 def prepare_batch(

@@ -5,7 +5,9 @@ hands the rows to a writer thread, so the next batch is decoded while the previo
 ``mutate_rows``. A batch's offsets are committed only after all its rows are confirmed by
 Bigtable and all its dead letters by Kafka. Row keys contain the event_id and the cell
 timestamp is the event time, so writing a row twice (after a crash, a rebalance, a retry)
-rewrites the same cells: at-least-once delivery gives exactly-once rows.
+rewrites the same cells: at-least-once delivery gives exactly-once rows. A re-sent event id
+(another message, whatever its event time) is dropped by the idempotency index
+(``store.consumer.idempotency``).
 
 Bigtable down: the failed rows are retried with capped exponential backoff, every assigned
 partition is paused (the loop keeps polling, so the member stays in the group, but fetches
@@ -27,7 +29,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 from confluent_kafka import KafkaException, TopicPartition
-from eventpipe.core.schema import RAW_EVENTS_TABLE
 from eventpipe.core.validation import EventLimits
 
 from store.consumer import metrics
@@ -37,9 +38,11 @@ from store.consumer.batch import (
     PreparedBatch,
     dead_letter_for,
     prepare_batch,
+    source_of,
 )
+from store.consumer.idempotency import store_once
 from store.consumer.status import ConsumerState, ConsumerStatus, PartitionPosition
-from store.ports import RowFailure, RowWriter
+from store.ports import RowFailure, RowReader, RowWriter
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,7 @@ class ConsumerDaemon:
         topic: str,
         consumer_factory: Callable[[], KafkaConsumerLike],
         writer: RowWriter,
+        index_reader: RowReader,
         dead_letters: DeadLetterSink,
         limits: EventLimits,
         backoff: Backoff,
@@ -95,6 +99,7 @@ class ConsumerDaemon:
         self._topic = topic
         self._consumer_factory = consumer_factory
         self._writer = writer
+        self._index_reader = index_reader
         self._dead_letters = dead_letters
         self._limits = limits
         self._backoff = backoff
@@ -197,7 +202,7 @@ class ConsumerDaemon:
                     in_flight = None
                 if batch is not None:
                     future = self._executor.submit(
-                        self._writer.write_rows, RAW_EVENTS_TABLE, batch.rows
+                        self._store_rows, batch, list(range(len(batch.rows)))
                     )
                     in_flight = (batch, future, started)
                 self._refresh_status(consumer)
@@ -229,6 +234,18 @@ class ConsumerDaemon:
     def _prepare(self, messages: list[Any]) -> PreparedBatch:
         return prepare_batch(messages, self._limits, int(self._clock() * 1_000_000))
 
+    def _store_rows(self, batch: PreparedBatch, indices: list[int]) -> list[RowFailure]:
+        """Stores ``batch.rows[i]`` for ``indices`` once per event id (store.consumer.
+        idempotency); failures index into ``indices``, as RowWriter.write_rows's do."""
+        outcome = store_once(
+            self._writer,
+            self._index_reader,
+            [batch.rows[i] for i in indices],
+            [source_of(batch.row_messages[i]) for i in indices],
+        )
+        batch.duplicates.update(indices[p] for p in outcome.duplicates)
+        return outcome.failures
+
     def _complete(
         self,
         consumer: KafkaConsumerLike,
@@ -246,6 +263,7 @@ class ConsumerDaemon:
             self._rows_written += rows_written
             self._dead_lettered += len(batch.dead_letters)
         metrics.ROWS_WRITTEN.inc(rows_written)
+        metrics.DUPLICATES.inc(len(batch.duplicates))
         metrics.DEAD_LETTERED.inc(len(batch.dead_letters))
         metrics.BATCH_LATENCY.observe(time.perf_counter() - started)
 
@@ -285,10 +303,10 @@ class ConsumerDaemon:
                 except Exception as exc:
                     self._note_error(f"ensure schema: {exc}")
             pending = retry
-            failures = self._writer.write_rows(RAW_EVENTS_TABLE, [batch.rows[i] for i in retry])
+            failures = self._store_rows(batch, retry)
         if attempt:
             log.info("batch written after %d retries", attempt)
-        return len(batch.rows) - len(dead)
+        return len(batch.rows) - len(dead) - len(batch.duplicates)
 
     def _send_dead_letters(self, consumer: KafkaConsumerLike, letters: list[DeadLetter]) -> None:
         attempt = 0

@@ -30,3 +30,7 @@ POISON = Counter(
     "(PoisonMessage: the topic contract refused it).",
     ["error"],
 )
+DUPLICATES = Counter(
+    "eventpipe_store_duplicate_events_total",
+    "Messages dropped because their (tenant_id, event_id) was already stored by another message.",
+)

@@ -7,7 +7,16 @@ from datetime import timedelta
 import pytest
 from eventpipe.common.v1 import event_pb2
 from eventpipe.core.schema import timestamp_from_micros
-from eventpipe.core.validation import EventLimits, validate_event
+from eventpipe.core.validation import (
+    MAX_TIMESTAMP_SECONDS,
+    MIN_TIMESTAMP_SECONDS,
+    EventLimits,
+    TimeBounds,
+    check_time_range,
+    check_timestamp,
+    validate_event,
+)
+from google.protobuf.timestamp_pb2 import Timestamp
 
 NOW = 1_700_000_000_000_000
 LIMITS = EventLimits(max_future=timedelta(minutes=5), max_age=timedelta(days=30))
@@ -91,3 +100,65 @@ def test_the_time_bounds_are_configurable() -> None:
     event = _valid()
     event.event_time.CopyFrom(timestamp_from_micros(NOW - 40 * 86400 * 10**6))
     assert validate_event(event, NOW, EventLimits(max_age=timedelta(days=60))) == []
+
+
+# The four out-of-range Timestamps of issue 11: seconds 10^13, -10^13, 253402300800, nanos -5.
+OUT_OF_RANGE = [(10**13, 0), (-(10**13), 0), (253_402_300_800, 0), (NOW // 10**6, -5)]
+
+
+@pytest.mark.parametrize(("seconds", "nanos"), OUT_OF_RANGE)
+def test_an_attribute_timestamp_outside_protobufs_range_names_the_attribute(
+    seconds: int, nanos: int
+) -> None:
+    event = _valid()
+    event.attributes["when"].timestamp_value.seconds = seconds
+    event.attributes["when"].timestamp_value.nanos = nanos
+    violations = validate_event(event, NOW, LIMITS)
+    assert [v.field for v in violations] == ["attributes[when]"]
+    assert "0001-01-01" in violations[0].description or "nanos" in violations[0].description
+
+
+@pytest.mark.parametrize(("seconds", "nanos"), OUT_OF_RANGE)
+def test_an_event_time_outside_protobufs_range_is_refused_before_any_arithmetic(
+    seconds: int, nanos: int
+) -> None:
+    event = _valid()
+    event.event_time.seconds = seconds
+    event.event_time.nanos = nanos
+    # A huge "now" would let 10^13 through the relative bounds: the range rule comes first.
+    assert [v.field for v in validate_event(event, seconds * 10**6, LIMITS)] == ["event_time"]
+
+
+def test_the_extreme_valid_timestamps_pass_the_range_rule() -> None:
+    for seconds, nanos in ((MIN_TIMESTAMP_SECONDS, 0), (MAX_TIMESTAMP_SECONDS, 999_999_999)):
+        assert check_timestamp("t", Timestamp(seconds=seconds, nanos=nanos)) == []
+    assert check_timestamp("t", Timestamp(seconds=MAX_TIMESTAMP_SECONDS + 1)) != []
+    assert check_timestamp("t", Timestamp(seconds=MIN_TIMESTAMP_SECONDS - 1)) != []
+    assert check_timestamp("t", Timestamp(nanos=1_000_000_000)) != []
+
+
+def _range(start: Timestamp | None, end: Timestamp | None) -> event_pb2.TimeRange:
+    result = event_pb2.TimeRange()
+    if start is not None:
+        result.start_time.CopyFrom(start)
+    if end is not None:
+        result.end_time.CopyFrom(end)
+    return result
+
+
+def test_the_time_range_rule_allows_open_bounds_unless_required() -> None:
+    assert check_time_range(_range(None, None)) == TimeBounds(None, None, ())
+    required = check_time_range(_range(None, None), start_required=True, end_required=True)
+    assert [v.field for v in required.violations] == [
+        "time_range.start_time",
+        "time_range.end_time",
+    ]
+
+
+def test_the_time_range_rule_wants_start_before_end_and_valid_bounds() -> None:
+    bounds = check_time_range(_range(Timestamp(seconds=10), Timestamp(seconds=10)))
+    assert [v.field for v in bounds.violations] == ["time_range"]
+    bad_end = check_time_range(_range(None, Timestamp(seconds=-(10**13))), "range")
+    assert [v.field for v in bad_end.violations] == ["range.end_time"]
+    good = check_time_range(_range(Timestamp(seconds=1), Timestamp(seconds=2, nanos=5000)))
+    assert good == TimeBounds(1_000_000, 2_000_005, ())

@@ -136,6 +136,14 @@ class FakeTable:
             for k in keys[:limit]
         ]
 
+    def read_keys(self, table: str, keys: Sequence[bytes]) -> list[StoredRow]:
+        stored = self.tables.get(table, {})
+        return [
+            StoredRow(k, {c: v[0][1] for c, v in stored[k].items()})
+            for k in sorted(keys)
+            if k in stored
+        ]
+
 
 class FakeDeadLetters:
     def __init__(self) -> None:

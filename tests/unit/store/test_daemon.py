@@ -27,6 +27,7 @@ class Harness:
             topic="raw",
             consumer_factory=lambda: self.consumer,
             writer=self.table,
+            index_reader=self.table,
             dead_letters=self.dead,
             limits=EventLimits(),
             backoff=Backoff(0.001, 0.01),
