@@ -23,6 +23,7 @@ from pathlib import Path
 
 import grpc
 
+from eventpipe.core.auth import OPERATOR_SCOPE
 from eventpipe.demo.generator import DemoSpec, batches, generate
 from eventpipe.enrich.v1 import enrich_pb2, enrich_pb2_grpc
 from eventpipe.ingest.v1 import ingest_pb2, ingest_pb2_grpc
@@ -44,6 +45,12 @@ def _warn(message: str) -> None:
 
 
 Metadata = list[tuple[str, str]] | None
+
+
+def _bearer(config: object, tenant: str | None, scopes: list[str]) -> Metadata:
+    """The authorization metadata of a dev token; None when auth is off (or no stack config)."""
+    token = dev_token(config, tenant, scopes) if isinstance(config, StackConfig) else None
+    return [("authorization", f"Bearer {token}")] if token else None
 
 
 def _describe(error: grpc.RpcError) -> str:
@@ -100,10 +107,9 @@ def load_demo_data(
     The same events every time for one emulator (see the module docstring).
     """
     ports = getattr(config, "service_ports", {"ingest": 50051, "store": 50052, "enrich": 50053})
-    token = (
-        dev_token(config, tenant, ["ingest", "admin"]) if isinstance(config, StackConfig) else None
-    )
-    metadata = [("authorization", f"Bearer {token}")] if token else None
+    metadata = _bearer(config, tenant, ["ingest", "admin"])
+    # The store's consumer status spans tenants: only an operator token may read it.
+    operator_metadata = _bearer(config, None, [OPERATOR_SCOPE])
     data = generate(dataclasses.replace(spec, now_micros=_anchor_for(config)))
 
     with grpc.insecure_channel(f"127.0.0.1:{ports['store']}") as channel:
@@ -140,7 +146,7 @@ def load_demo_data(
         except grpc.RpcError as error:
             _warn(f"events not ingested, ingest answered {_describe(error)}")
             return
-    _enrich_demo(ports, metadata, tenant)
+    _enrich_demo(ports, metadata, operator_metadata, tenant)
 
 
 DEMO_ENRICHMENT_SPEC = enrich_pb2.EnrichmentSpec(
@@ -158,13 +164,19 @@ DEMO_ENRICHMENT_SPEC = enrich_pb2.EnrichmentSpec(
 
 
 def _wait_until_stored(ports: dict[str, int], metadata: Metadata, timeout: float) -> bool:
+    """True once the store consumer has no lag; False at the deadline or when the store does
+    not answer (then enrichment runs on what is stored)."""
     with grpc.insecure_channel(f"127.0.0.1:{ports['store']}") as channel:
         store = store_pb2_grpc.StoreServiceStub(channel)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            status = store.GetConsumerStatus(
-                store_pb2.GetConsumerStatusRequest(), timeout=10, metadata=metadata
-            )
+            try:
+                status = store.GetConsumerStatus(
+                    store_pb2.GetConsumerStatusRequest(), timeout=10, metadata=metadata
+                )
+            except grpc.RpcError as error:
+                _warn(f"the store's consumer status answered {_describe(error)}")
+                return False
             if status.partitions and all(p.lag == 0 for p in status.partitions):
                 return True
             time.sleep(0.5)
@@ -172,12 +184,16 @@ def _wait_until_stored(ports: dict[str, int], metadata: Metadata, timeout: float
 
 
 def _enrich_demo(
-    ports: dict[str, int], metadata: Metadata, tenant: str, timeout: float = 240
+    ports: dict[str, int],
+    metadata: Metadata,
+    operator_metadata: Metadata,
+    tenant: str,
+    timeout: float = 240,
 ) -> None:
     """Stores the demo enrichment spec and runs one batch job over the demo events."""
     try:
-        if not _wait_until_stored(ports, metadata, timeout=60):
-            _warn("the store consumer did not catch up within 60 s; enriching what is stored")
+        if not _wait_until_stored(ports, operator_metadata, timeout=60):
+            _warn("the store consumer did not catch up (60 s at most); enriching what is stored")
         with grpc.insecure_channel(f"127.0.0.1:{ports['enrich']}") as channel:
             enrich = enrich_pb2_grpc.EnrichServiceStub(channel)
             enrich.PutEnrichmentSpec(

@@ -473,9 +473,10 @@ def _eventpipe_command() -> Path | str:
 
 
 def dev_token(
-    config: StackConfig, tenant: str, scopes: Iterable[str], ttl_seconds: int = 3600
+    config: StackConfig, tenant: str | None, scopes: Iterable[str], ttl_seconds: int = 3600
 ) -> str | None:
     """A token the running stack accepts for ``tenant`` and ``scopes``; None when auth is off.
+    ``tenant`` None (with the operator scope) is an operator's token, for cross-tenant RPCs.
 
     For in-process steps such as the demo loader: send it as ``authorization: Bearer <token>``.
     """
