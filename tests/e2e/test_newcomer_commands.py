@@ -179,17 +179,21 @@ def test_loading_the_demo_data_a_second_time_changes_no_event_dimension_or_profi
 # ---------------------------------------------------------------- `make bench`
 
 
+def _settings(stack: Stack) -> CommonSettings:
+    return CommonSettings(
+        kafka_bootstrap_servers=stack.config.kafka_bootstrap_servers,
+        bigtable_project=stack.config.bigtable_project,
+        bigtable_instance=stack.config.bigtable_instance,
+    )
+
+
 @pytest.fixture
 def leftovers(auth_stack: Stack) -> Iterator[tuple[str, str]]:
     """A bench table and topic as a killed bench run leaves them."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
     token = uuid.uuid4().hex[:8]
-    settings = CommonSettings(
-        kafka_bootstrap_servers=auth_stack.config.kafka_bootstrap_servers,
-        bigtable_project=auth_stack.config.bigtable_project,
-        bigtable_instance=auth_stack.config.bigtable_instance,
-    )
+    settings = _settings(auth_stack)
     table = core_bigtable.instance(settings, admin=True).table(f"bench{token}_leftover")
     table.create()
     topic = f"bench{token}.leftover"
@@ -235,11 +239,7 @@ def test_make_bench_quick_measures_the_running_stack_with_nothing_set_and_cleans
     document = json.loads((tmp_path / "kafka_producer_ceiling.json").read_text())
     assert document["measurements"][0]["value"] > 0
     table_id, topic = leftovers
-    settings = CommonSettings(
-        kafka_bootstrap_servers=auth_stack.config.kafka_bootstrap_servers,
-        bigtable_project=auth_stack.config.bigtable_project,
-        bigtable_instance=auth_stack.config.bigtable_instance,
-    )
+    settings = _settings(auth_stack)
     tables = {t.table_id for t in core_bigtable.instance(settings, admin=True).list_tables()}
     assert table_id not in tables
     assert not any(t.startswith("bench") for t in tables)

@@ -219,3 +219,16 @@ def test_stack_down_stops_only_what_its_own_run_folder_started(
     assert other.envoy.pid is None
     assert e2e_stack.envoy.safe_is_healthy()
     assert kafka_broker.safe_is_healthy()
+
+
+def test_stack_up_saves_the_config_that_tools_find_the_running_stack_by(e2e_stack: Stack) -> None:
+    found = StackConfig.of_running_stack({"EVENTPIPE_RUN_DIR": str(e2e_stack.config.run_dir)})
+
+    assert found == e2e_stack.config
+
+
+def test_the_try_lines_make_up_prints_give_every_event_an_event_time(e2e_stack: Stack) -> None:
+    ingest = [line for line in e2e_stack.try_commands() if "-X POST" in line]
+
+    assert len(ingest) == 1 and '\\"event_time\\":\\"$EVENT_TIME\\"' in ingest[0]
+    assert "Authorization" not in ingest[0]  # this stack runs without auth

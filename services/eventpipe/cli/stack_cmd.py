@@ -1,7 +1,8 @@
 """``eventpipe stack up|down|status|install``: the local stack as real processes.
 
 Ports come from EVENTPIPE_*_PORT variables (see ``eventpipe.stack.stack.StackConfig``); logs,
-data and pidfiles live under the repo's ``.run/`` folder.
+data and pidfiles live under the repo's ``.run/`` folder, and ``up`` saves the configuration it
+runs with in ``.run/stack.json`` for the tools that work against the running stack (``make bench``).
 """
 
 from __future__ import annotations
