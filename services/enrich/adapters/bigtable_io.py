@@ -13,13 +13,22 @@ rewritten whole (delete-row then set, atomic per row) under a deterministic key,
 and re-runs give identical rows.
 
 Everything here is a module-level function of picklable arguments so Spark can ship it.
+
+Finite numbers out. Every double enrichment writes is encoded here, and one that is not finite
+(a sum past 1.8e308, a derived field's overflow) is not written: the cell is absent, which the
+query service serves as absent, never as "Infinity" or "NaN". Each one is counted by ``where``
+(NON_FINITE_WHERE) in ``eventpipe_enrich_non_finite_values_total``. The encoding runs in Spark's
+Python workers, other processes than the service's: they tally (``note_non_finite``), their
+tasks hand the tally back with their results (``take_non_finite_counts``), and the driver adds
+it to its counter (``count_non_finite``).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +36,7 @@ from eventpipe.core import bigtable_rows, schema
 from eventpipe.core.bigtable_rows import RowCells
 from eventpipe.core.schema import Cells, EventRow
 from google.cloud.bigtable_v2 import BigtableClient
+from prometheus_client import Counter as PrometheusCounter
 
 MUTATION_BATCH = 500
 HOUR_MICROS = 3_600_000_000
@@ -43,6 +53,52 @@ Q_EVENT_COUNT = schema.PROFILE_EVENT_COUNT_QUALIFIER
 METRIC_STATS = ("sum", "min", "max", "count")
 
 _FAMILY_BY_TYPE = {"s": "s", "i": "i", "d": "d", "b": "b", "t": "t"}
+
+# ---------------------------------------------------------------- finite numbers out
+
+NON_FINITE_VALUES = PrometheusCounter(
+    "eventpipe_enrich_non_finite_values_total",
+    "Numbers enrichment left absent because they were not finite (overflow), by where.",
+    ["where"],
+)
+DERIVED_FIELD = "derived_field"
+EVENT_FIELD = "event_field"
+METRIC = "metric"
+PROFILE_TOTAL = "profile_total"
+NON_FINITE_WHERE = (DERIVED_FIELD, EVENT_FIELD, METRIC, PROFILE_TOTAL)
+"""derived_field: a derived field's result; event_field: any other double of an enriched
+event or profile (attributes, joined dimension fields: finite when validated, checked anyway);
+metric: a bucket's sum, min or max; profile_total: a profile's running total."""
+
+_NON_FINITE_TALLY: Counter[str] = Counter()
+
+
+def note_non_finite(where: str, count: int = 1) -> None:
+    """Tallies non-finite values in this process (a Spark worker, usually)."""
+    _NON_FINITE_TALLY[where] += count
+
+
+def take_non_finite_counts() -> dict[str, int]:
+    """This process's tally since the last call, and resets it: a Spark task returns it with
+    its results."""
+    counts = dict(_NON_FINITE_TALLY)
+    _NON_FINITE_TALLY.clear()
+    return counts
+
+
+def count_non_finite(counts: Mapping[str, int]) -> None:
+    """Adds tallies that tasks returned to this process's Prometheus counter (the driver's)."""
+    for where, count in counts.items():
+        if count:
+            NON_FINITE_VALUES.labels(where).inc(count)
+
+
+def finite_double(value: float, where: str) -> bytes | None:
+    """The cell of a double, or None (write nothing, tally ``where``) when it is not finite."""
+    if math.isfinite(value):
+        return schema.encode_double(value)
+    note_non_finite(where)
+    return None
 
 
 @dataclass(frozen=True)
@@ -203,18 +259,21 @@ def read_dimension(target: BigtableTarget, tenant_id: str, dimension: str) -> li
 # ---------------------------------------------------------------- writing
 
 
-def _typed_cell(
-    family_prefix: str, kind: str, name: str, value: Any
-) -> tuple[tuple[str, bytes], bytes]:
+def _set_typed_cell(
+    cells: Cells, family_prefix: str, kind: str, name: str, value: Any, where: str
+) -> None:
+    """Sets one typed cell; a double that is not finite is left out (and tallied)."""
+    raw: bytes | None
     if kind == "s":
         raw = str(value).encode()
     elif kind == "d":
-        raw = schema.encode_double(float(value))
+        raw = finite_double(float(value), where)
     elif kind == "b":
         raw = b"\x01" if value else b"\x00"
     else:
         raw = schema.encode_int(int(value))
-    return (family_prefix + kind, name.encode()), raw
+    if raw is not None:
+        cells[(family_prefix + kind, name.encode())] = raw
 
 
 def enriched_row(record: dict[str, Any], spec_version: int) -> EventRow:
@@ -233,11 +292,11 @@ def enriched_row(record: dict[str, Any], spec_version: int) -> EventRow:
     }
     for kind in "sidbt":
         for name, value in (record[kind] or {}).items():
-            column, raw = _typed_cell("", kind, name, value)
-            cells[column] = raw
+            _set_typed_cell(cells, "", kind, name, value, EVENT_FIELD)
     for (kind, name), value in record["enriched"].items():
-        column, raw = _typed_cell("x", kind, name, value)
-        cells[column] = raw
+        # Joined fields are named "dimension.field"; derived fields have no dot.
+        where = EVENT_FIELD if "." in name else DERIVED_FIELD
+        _set_typed_cell(cells, "x", kind, name, value, where)
     return EventRow(record["row_key"], cells, event_time)
 
 
@@ -277,9 +336,10 @@ def metric_row(agg: BucketAggregate) -> EventRow:
     for event_type, count in sorted(agg.counts.items()):
         cells[(schema.COUNTS_FAMILY, event_type.encode())] = schema.encode_int(count)
     for name, (total, low, high, count) in sorted(agg.values.items()):
-        cells[(schema.VALUES_FAMILY, f"{name}.sum".encode())] = schema.encode_double(total)
-        cells[(schema.VALUES_FAMILY, f"{name}.min".encode())] = schema.encode_double(low)
-        cells[(schema.VALUES_FAMILY, f"{name}.max".encode())] = schema.encode_double(high)
+        for stat, value in (("sum", total), ("min", low), ("max", high)):
+            raw = finite_double(value, METRIC)
+            if raw is not None:
+                cells[(schema.VALUES_FAMILY, f"{name}.{stat}".encode())] = raw
         cells[(schema.VALUES_FAMILY, f"{name}.count".encode())] = schema.encode_int(count)
     # Not read by the query service: they let a profile be rebuilt from day rows alone.
     cells[(schema.META_FAMILY, Q_FIRST_SEEN)] = schema.encode_int(agg.first_seen)
@@ -289,7 +349,11 @@ def metric_row(agg: BucketAggregate) -> EventRow:
 
 
 def decode_metric_cells(cells: RowCells) -> BucketAggregate | None:
-    """The inverse of metric_row, minus the key parts (tenant, entity, bucket left blank)."""
+    """The inverse of metric_row, minus the key parts (tenant, entity, bucket left blank).
+
+    A statistic metric_row left out because it was not finite reads as NaN, so what is
+    computed from it (a profile total) is not finite either, and left out in its turn.
+    """
     meta = cells.get(schema.META_FAMILY, {})
     if Q_FIRST_SEEN not in meta:
         return None
@@ -297,15 +361,20 @@ def decode_metric_cells(cells: RowCells) -> BucketAggregate | None:
         q.decode(): schema.decode_int(v) for q, v in cells.get(schema.COUNTS_FAMILY, {}).items()
     }
     raw_values = {q.decode(): v for q, v in cells.get(schema.VALUES_FAMILY, {}).items()}
+
+    def stat(name: str, which: str) -> float:
+        raw = raw_values.get(f"{name}.{which}")
+        return math.nan if raw is None else schema.decode_double(raw)
+
     values: dict[str, tuple[float, float, float, int]] = {}
     for qualifier in raw_values:
-        name, _, stat = qualifier.rpartition(".")
-        if stat == "sum":
+        name, _, which = qualifier.rpartition(".")
+        if which == "count":
             values[name] = (
-                schema.decode_double(raw_values[qualifier]),
-                schema.decode_double(raw_values[f"{name}.min"]),
-                schema.decode_double(raw_values[f"{name}.max"]),
-                schema.decode_int(raw_values[f"{name}.count"]),
+                stat(name, "sum"),
+                stat(name, "min"),
+                stat(name, "max"),
+                schema.decode_int(raw_values[qualifier]),
             )
     return BucketAggregate(
         "",
@@ -391,10 +460,11 @@ def refresh_profiles(
         for event_type, count in sorted(counts.items()):
             profile[(schema.COUNTS_FAMILY, event_type.encode())] = schema.encode_int(count)
         for name, total in sorted(totals.items()):
-            profile[(schema.VALUES_FAMILY, name.encode())] = schema.encode_double(total)
+            raw = finite_double(total, PROFILE_TOTAL)
+            if raw is not None:
+                profile[(schema.VALUES_FAMILY, name.encode())] = raw
         for (kind, name), value in sorted(fields.items()):
-            column, raw = _typed_cell("x", kind, name, value)
-            profile[column] = raw
+            _set_typed_cell(profile, "x", kind, name, value, EVENT_FIELD)
         out.append(EventRow(key, profile, last_seen))
         written.append((item.tenant_id, item.entity_id))
     write_rows(target, schema.ENTITY_PROFILES_TABLE, out)

@@ -10,7 +10,10 @@ Grammar (whitespace between tokens is ignored)::
     FIELD  := NAME | NAME '.' NAME        NAME := [A-Za-z][A-Za-z0-9_]{0,63}
 
 Anything else (function calls, backticks, semicolons, double quotes, comparison operators)
-is a syntax error at a stated position. The AST is compiled to Spark ``Column`` objects by
+is a syntax error at a stated position. Limits, each a refusal with a reason, never a crash:
+at most MAX_EXPRESSION_LENGTH characters, MAX_NODES elements (numbers, strings, fields and
+operators), parentheses and unary minus nested at most MAX_DEPTH deep, and number literals
+must be finite doubles (``1e999`` is refused). The AST is compiled to Spark ``Column`` objects by
 ``enrich.adapters.spark_expressions`` and evaluated in plain Python by ``evaluate`` (the
 independent reference the tests use, and the streaming fallback); both follow the same rules:
 
@@ -19,12 +22,15 @@ independent reference the tests use, and the streaming fallback); both follow th
 - ``+`` adds two numbers, or concatenates when either side is a string (numbers print as
   ``3`` or ``2.5``);
 - ``- * /`` need numbers, otherwise the result is null; division by zero gives null;
-- null (a missing field) makes the whole result null.
+- null (a missing field) makes the whole result null;
+- a step whose result is not a finite number (overflow past +-1.8e308) makes the whole result
+  null too: the value is absent from the output and counted (see docs/enrich.md, "Overflow").
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -32,6 +38,7 @@ from enum import Enum
 
 MAX_EXPRESSION_LENGTH = 1024
 MAX_NODES = 64
+MAX_DEPTH = 32
 NAME_PATTERN = r"[A-Za-z][A-Za-z0-9_]{0,63}"
 _TOKEN = re.compile(
     rf"""(?P<ws>\s+)
@@ -123,6 +130,7 @@ class _Parser:
         self.index = 0
         self.source = source
         self.nodes = 0
+        self.depth = 0
 
     def _peek(self) -> _Token | None:
         return self.tokens[self.index] if self.index < len(self.tokens) else None
@@ -154,10 +162,23 @@ class _Parser:
             node = self._count(BinaryOp(token.text, node, self.factor()))
         return node
 
+    def _nest(self, token: _Token) -> None:
+        """Bounds the recursion: each '(' and unary '-' goes one level deeper."""
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise ExpressionError(
+                f"nesting deeper than {MAX_DEPTH} levels at position {token.position}"
+            )
+
     def factor(self) -> Node:
         token = self._take()
         if token.kind == "number":
-            return self._count(Number(float(token.text)))
+            value = float(token.text)
+            if not math.isfinite(value):
+                raise ExpressionError(
+                    f"number {token.text[:32]!r} at position {token.position} is out of range"
+                )
+            return self._count(Number(value))
         if token.kind == "string":
             return self._count(String(token.text[1:-1].replace("''", "'")))
         if token.kind == "field":
@@ -168,13 +189,18 @@ class _Parser:
                 )
             return self._count(FieldRef(token.text))
         if token.text == "(":
+            self._nest(token)
             node = self.expression()
             closing = self._take()
             if closing.text != ")":
                 raise ExpressionError(f"expected ')' at position {closing.position}")
+            self.depth -= 1
             return node
         if token.text == "-":
-            return self._count(Negate(self.factor()))
+            self._nest(token)
+            node = self._count(Negate(self.factor()))
+            self.depth -= 1
+            return node
         raise ExpressionError(f"unexpected {token.text!r} at position {token.position}")
 
 
@@ -243,7 +269,10 @@ def format_number(value: float) -> str:
 
 
 def evaluate(node: Node, lookup: Callable[[str], Value]) -> Value:
-    """Evaluates in plain Python; numeric fields must already be floats."""
+    """Evaluates in plain Python; numeric fields must already be (finite) floats.
+
+    Python's float arithmetic gives inf and nan where Spark's does, and a non-finite step
+    gives None here, as the compiled Spark columns do."""
     if isinstance(node, Number):
         return node.value
     if isinstance(node, String):
@@ -252,7 +281,7 @@ def evaluate(node: Node, lookup: Callable[[str], Value]) -> Value:
         return lookup(node.name)
     if isinstance(node, Negate):
         operand = evaluate(node.operand, lookup)
-        return None if operand is None else -float(operand)
+        return -operand if isinstance(operand, float) else None
     left = evaluate(node.left, lookup)
     right = evaluate(node.right, lookup)
     if left is None or right is None:
@@ -263,9 +292,13 @@ def evaluate(node: Node, lookup: Callable[[str], Value]) -> Value:
     if isinstance(left, str) or isinstance(right, str):
         return None
     if node.op == "+":
-        return left + right
-    if node.op == "-":
-        return left - right
-    if node.op == "*":
-        return left * right
-    return None if right == 0 else left / right
+        result = left + right
+    elif node.op == "-":
+        result = left - right
+    elif node.op == "*":
+        result = left * right
+    elif right == 0:
+        return None
+    else:
+        result = left / right
+    return result if math.isfinite(result) else None

@@ -7,10 +7,10 @@ InvalidArgument naming every bad field, for example ``spec.derived_fields[0].exp
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from eventpipe.core.errors import InvalidArgument, Violation
+from eventpipe.core.validation import ATTRIBUTE_KEY_PATTERN, DIMENSION_NAME_PATTERN
 from eventpipe.enrich.v1 import enrich_pb2
 
 from enrich.domain import expressions
@@ -20,9 +20,12 @@ MAX_JOINS = 8
 MAX_DERIVED = 32
 MAX_METRIC_FIELDS = 16
 MAX_JOIN_FIELDS = 64
-_DIMENSION = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-_FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
-_DERIVED_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+# Every name rule is a whole-string match (fullmatch): with match() and "$", "users\n" passed.
+_DIMENSION = DIMENSION_NAME_PATTERN
+_FIELD = ATTRIBUTE_KEY_PATTERN
+_DERIVED_NAME = DIMENSION_NAME_PATTERN
+_DIMENSION_RULE = "must match [a-z][a-z0-9_]{0,63}"
+_FIELD_RULE = "must match [A-Za-z][A-Za-z0-9_]{0,63}"
 ENTITY_ID = "entity_id"
 ATTRIBUTE_PREFIX = "attributes."
 RESERVED_NAMES = frozenset({"entity_id", "event_type", "event_id", "event_time", "tenant_id"})
@@ -65,8 +68,8 @@ def _check_joins(spec: enrich_pb2.EnrichmentSpec, violations: list[Violation]) -
     for index, join in enumerate(spec.joins):
         path = f"spec.joins[{index}]"
         ok = True
-        if not _DIMENSION.match(join.dimension):
-            violations.append(Violation(f"{path}.dimension", "must match [a-z][a-z0-9_]{0,63}"))
+        if not _DIMENSION.fullmatch(join.dimension):
+            violations.append(Violation(f"{path}.dimension", _DIMENSION_RULE))
             ok = False
         elif join.dimension in seen:
             violations.append(Violation(f"{path}.dimension", "dimension joined twice"))
@@ -75,7 +78,7 @@ def _check_joins(spec: enrich_pb2.EnrichmentSpec, violations: list[Violation]) -
         key_attribute: str | None = None
         if join.key_field == ENTITY_ID:
             key_attribute = None
-        elif join.key_field.startswith(ATTRIBUTE_PREFIX) and _FIELD.match(
+        elif join.key_field.startswith(ATTRIBUTE_PREFIX) and _FIELD.fullmatch(
             join.key_field[len(ATTRIBUTE_PREFIX) :]
         ):
             key_attribute = join.key_field[len(ATTRIBUTE_PREFIX) :]
@@ -91,10 +94,8 @@ def _check_joins(spec: enrich_pb2.EnrichmentSpec, violations: list[Violation]) -
             violations.append(Violation(f"{path}.fields", f"at most {MAX_JOIN_FIELDS} fields"))
             ok = False
         for field_index, name in enumerate(join.fields):
-            if not _FIELD.match(name):
-                violations.append(
-                    Violation(f"{path}.fields[{field_index}]", "must match [A-Za-z][A-Za-z0-9_]*")
-                )
+            if not _FIELD.fullmatch(name):
+                violations.append(Violation(f"{path}.fields[{field_index}]", _FIELD_RULE))
                 ok = False
         if len(set(join.fields)) != len(join.fields):
             violations.append(Violation(f"{path}.fields", "a field is listed twice"))
@@ -115,8 +116,8 @@ def _check_derived(
     derived: list[CheckedDerived] = []
     for index, item in enumerate(spec.derived_fields):
         path = f"spec.derived_fields[{index}]"
-        if not _DERIVED_NAME.match(item.name):
-            violations.append(Violation(f"{path}.name", "must match [a-z][a-z0-9_]{0,63}"))
+        if not _DERIVED_NAME.fullmatch(item.name):
+            violations.append(Violation(f"{path}.name", _DIMENSION_RULE))
             continue
         if item.name in RESERVED_NAMES or item.name in types:
             violations.append(Violation(f"{path}.name", "name is reserved or already used"))
@@ -159,7 +160,7 @@ def _check_metrics(
             if name not in joined:
                 violations.append(Violation(path, f"{name!r} is not a joined field"))
                 continue
-        elif not _FIELD.match(name) or name in RESERVED_NAMES:
+        elif not _FIELD.fullmatch(name) or name in RESERVED_NAMES:
             violations.append(Violation(path, "must name a numeric attribute or field"))
             continue
         if derived_types.get(name) is ValueType.STRING:
