@@ -69,3 +69,44 @@ def test_types_are_inferred_and_string_arithmetic_is_refused() -> None:
 def test_an_oversized_expression_is_refused() -> None:
     with pytest.raises(ExpressionError, match="more than"):
         expressions.parse(" + ".join(["a"] * 100))
+
+
+def test_deep_nesting_is_refused_with_a_reason_not_a_recursion_error() -> None:
+    for source in ("(" * 511 + "a" + ")" * 511, "-" * 200 + "a", "(" * 511):
+        with pytest.raises(ExpressionError, match="nesting deeper than 32 levels"):
+            expressions.parse(source)
+
+
+def test_nesting_up_to_the_limit_parses() -> None:
+    depth = expressions.MAX_DEPTH
+    assert expressions.parse("(" * depth + "a" + ")" * depth) == FieldRef("a")
+    with pytest.raises(ExpressionError, match="nesting deeper"):
+        expressions.parse("(" * (depth + 1) + "a" + ")" * (depth + 1))
+
+
+def test_a_chain_of_31_operators_is_within_the_node_limit_and_32_is_not() -> None:
+    node = expressions.parse(" + ".join(["a"] * 32))
+    assert isinstance(node, BinaryOp)
+    with pytest.raises(ExpressionError, match=f"more than {expressions.MAX_NODES} elements"):
+        expressions.parse(" + ".join(["a"] * 34))
+
+
+def test_a_number_literal_that_is_not_a_finite_double_is_refused() -> None:
+    with pytest.raises(ExpressionError, match="out of range"):
+        expressions.parse("a * 1e999")
+    with pytest.raises(ExpressionError, match="out of range"):
+        expressions.parse("9" * 400)
+    assert expressions.parse("1.7e308") == Number(1.7e308)
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["a + b", "a * b", "a - -b", "(a + b) + 'x'", "'x' + a * b", "1 / (1 / (a * b))", "-(a * b)"],
+)
+def test_a_step_that_is_not_finite_makes_the_whole_result_null(source: str) -> None:
+    values = {"a": 1.7e308, "b": 1.7e308}
+    assert expressions.evaluate(expressions.parse(source), values.get) is None
+
+
+def test_unary_minus_of_a_string_is_null() -> None:
+    assert expressions.evaluate(expressions.parse("-a"), {"a": "x"}.get) is None

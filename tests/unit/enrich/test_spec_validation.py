@@ -83,3 +83,39 @@ def test_derived_names_are_unique_and_not_reserved() -> None:
         "spec.derived_fields[3].name",
         "spec.derived_fields[4].name",
     }
+
+
+@pytest.mark.parametrize("name", ["users\n", "users\r\n", "\nusers", "us ers", ""])
+def test_every_name_rule_matches_the_whole_name(name: str) -> None:
+    spec = good_spec()
+    spec.joins.append(
+        enrich_pb2.Join(dimension=name, key_field=f"attributes.{name}", fields=[name])
+    )
+    spec.derived_fields.append(enrich_pb2.DerivedField(name=name, expression="1"))
+    spec.metric_fields.append(name)
+    found = violations(spec)
+    assert {
+        "spec.joins[2].dimension",
+        "spec.joins[2].key_field",
+        "spec.joins[2].fields[0]",
+        "spec.derived_fields[2].name",
+        "spec.metric_fields[3]",
+    } <= set(found)
+
+
+def test_a_field_name_with_a_trailing_newline_is_refused_where_the_clean_one_passes() -> None:
+    spec = good_spec()
+    spec.joins[0].fields.append("category\n")
+    assert "must match" in violations(spec)["spec.joins[0].fields[1]"]
+    spec.joins[0].fields[1] = "category"
+    assert validate_spec(spec).joins[0].fields == ("price", "category")
+
+
+def test_511_nested_parentheses_are_a_violation_of_the_expression_field() -> None:
+    spec = good_spec()
+    spec.derived_fields.append(
+        enrich_pb2.DerivedField(name="deep", expression="(" * 511 + "a" + ")" * 511)
+    )
+    found = violations(spec)
+    assert set(found) == {"spec.derived_fields[2].expression"}
+    assert "nesting deeper than 32 levels" in found["spec.derived_fields[2].expression"]
