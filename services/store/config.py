@@ -56,10 +56,24 @@ class StoreSettings(ServiceSettings):
         description="Kafka session timeout: how soon a killed consumer's partitions move on.",
     )
     event_max_future_seconds: int = Field(
-        300, ge=0, description="Re-validation: event_time at most this far after the produce time."
+        300, ge=0, description="Re-validation: event_time at most this far after ingest_time."
     )
     event_max_age_days: float = Field(
-        30, gt=0, description="Re-validation: event_time at most this old at the produce time."
+        30, gt=0, description="Re-validation: event_time at most this old at ingest_time."
+    )
+    ingest_time_max_lead_seconds: float = Field(
+        60,
+        ge=0,
+        le=3600,
+        description="A message's ingest_time is trusted up to this far after its Kafka "
+        "timestamp and after this consumer's clock (clock skew).",
+    )
+    ingest_time_max_lag_seconds: float = Field(
+        900,
+        ge=0,
+        le=86_400,
+        description="A message's ingest_time is trusted up to this far before its Kafka "
+        "timestamp (time spent in a producer before the broker stamped it).",
     )
     page_token_secret: SecretStr | None = Field(
         None,
@@ -74,4 +88,6 @@ class StoreSettings(ServiceSettings):
         return EventLimits(
             max_future=timedelta(seconds=self.event_max_future_seconds),
             max_age=timedelta(days=self.event_max_age_days),
+            ingest_time_max_lead=timedelta(seconds=self.ingest_time_max_lead_seconds),
+            ingest_time_max_lag=timedelta(seconds=self.ingest_time_max_lag_seconds),
         )

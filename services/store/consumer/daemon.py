@@ -145,7 +145,8 @@ class ConsumerDaemon:
         self._stop.set()
 
     def check_alive(self) -> None:
-        """Readiness check: raises once the loop has died, so health turns NOT_SERVING."""
+        """Liveness check: raises once the loop has died, so liveness turns NOT_SERVING
+        (and readiness, with this reason)."""
         if self.failed is not None:
             raise RuntimeError(f"consumer loop failed: {self.failed!r}")
 
@@ -177,7 +178,11 @@ class ConsumerDaemon:
         try:
             self.run()
         except BaseException as exc:
+            # Content never gets here (prepare_batch dead-letters whatever a message
+            # provokes): this is a bug or a fault the loop cannot handle. Liveness turns
+            # NOT_SERVING (check_alive) so the pod is restarted; status and readiness say why.
             self.failed = exc
+            self._note_error(f"consumer loop failed: {exc!r}")
             log.exception("consumer loop failed")
             raise
 

@@ -140,3 +140,21 @@ def test_a_partition_is_not_reported_lag_free_before_its_offsets_are_known() -> 
     h = Harness(count=0)
     h.daemon._on_assign(None, [h.consumer.tp])  # assigned, nothing refreshed yet
     assert h.daemon.status().partitions == []
+
+
+def test_a_loop_that_dies_fails_its_liveness_check_and_its_status_says_why() -> None:
+    h = Harness()
+
+    def broken_consume(num_messages: int, timeout: float) -> list[object]:
+        raise RuntimeError("librdkafka fell over")
+
+    h.consumer.consume = broken_consume  # type: ignore[method-assign]
+    h.daemon.check_alive()  # alive before it runs
+    with pytest.raises(RuntimeError):
+        h.daemon._run_logged()  # the loop thread's body
+    with pytest.raises(RuntimeError, match=r"consumer loop failed: .*librdkafka fell over"):
+        h.daemon.check_alive()
+    status = h.daemon.status()
+    assert status.state is ConsumerState.STOPPED
+    assert "librdkafka fell over" in status.last_error
+    assert h.consumer.closed
