@@ -96,7 +96,7 @@ def _markdown(name: str, measurements: list[Measurement]) -> str:
 
 
 BENCH_TABLE_PREFIX = "bench"
-"""Every scenario's tables start with this; the stack's own use the settings' prefix."""
+"""Every scenario's tables and topics start with this; the stack's own use the settings' prefix."""
 
 
 def stack_environment(config: StackConfig) -> dict[str, str]:
