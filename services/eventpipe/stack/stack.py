@@ -458,7 +458,8 @@ class Stack:
             "Auth is on: every API call, through Envoy or straight to a service, needs a JWT",
             "(health and reflection stay open; EVENTPIPE_STACK_AUTH=0 starts the stack without).",
             "The first line below mints one for the demo tenant. Scopes: ingest, query, admin",
-            "(store, enrich); the token's tenant must be the request's.",
+            "(store, enrich), operator (GetConsumerStatus, no tenant); the token's tenant must be",
+            "the request's.",
         ]
 
 
