@@ -2,50 +2,22 @@
 
 Decoding is defensive: a stored cell that cannot be decoded (wrong length, bad UTF-8, a
 timestamp outside 0001..9999) is left out of the answer and counted in
-``eventpipe_query_unreadable_cells_total``; the rest of the entity is served. A row whose
+``eventpipe_unreadable_cells_total`` (``schema.skip_bad_cells``); the rest of the entity is
+served. A row whose
 envelope cannot be decoded (an event without its ids or event time) raises
 ``schema.BadCell``; the reader skips that row and counts it.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from eventpipe.core import schema
 from eventpipe.core.schema import COUNTS_FAMILY, META_FAMILY, VALUES_FAMILY
 from eventpipe.query.v1 import query_pb2
-from prometheus_client import Counter
 
-log = logging.getLogger(__name__)
 CellMap = Mapping[tuple[str, bytes], bytes]
-
-# Here rather than in query.metrics: only the decoding knows a cell is unreadable.
-UNREADABLE_CELLS = Counter(
-    "eventpipe_query_unreadable_cells_total",
-    "Stored cells (skipped=cell) or whole rows (skipped=row) left out of an answer because "
-    "they could not be decoded, by answer kind.",
-    ["kind", "skipped"],
-)
-
-
-def skipped_cell(kind: str) -> schema.OnBadCell:
-    """An ``on_bad_cell`` callback that logs and counts the cell left out."""
-
-    def report(bad: schema.BadCell) -> None:
-        UNREADABLE_CELLS.labels(kind, "cell").inc()
-        log.warning("skipping an unreadable cell", extra={"kind": kind, "cell": str(bad)})
-
-    return report
-
-
-def skipped_row(kind: str, key: bytes, error: Exception) -> None:
-    UNREADABLE_CELLS.labels(kind, "row").inc()
-    log.warning(
-        "skipping an unreadable row",
-        extra={"kind": kind, "row_key": key.hex(), "error": str(error)},
-    )
 
 
 def _decoded(
@@ -76,7 +48,7 @@ def _text(raw: bytes) -> str:
 
 
 def profile_from_cells(tenant_id: str, entity_id: str, cells: CellMap) -> query_pb2.EntityProfile:
-    on_bad = skipped_cell("profile")
+    on_bad = schema.skip_bad_cells(schema.ENTITY_PROFILES_TABLE)
     profile = query_pb2.EntityProfile(tenant_id=tenant_id, entity_id=entity_id)
     for name, value in schema.enriched_fields_from_cells(cells, on_bad).items():
         profile.dimension_fields[name].CopyFrom(value)
@@ -109,7 +81,9 @@ def entity_event_from_cells(cells: CellMap, *, enriched: bool) -> query_pb2.Enti
 
     Raises ``schema.BadCell`` when the event's envelope cannot be decoded.
     """
-    on_bad = skipped_cell("event")
+    on_bad = schema.skip_bad_cells(
+        schema.ENRICHED_EVENTS_TABLE if enriched else schema.RAW_EVENTS_TABLE
+    )
     result = query_pb2.EntityEvent(event=schema.event_from_cells(cells, on_bad), enriched=enriched)
     if not enriched:
         return result
@@ -140,7 +114,7 @@ def metric_bucket_from_cells(
 ) -> query_pb2.MetricBucket | None:
     """One bucket; None when the event-type filter leaves it empty. Raises ValueError when
     the bucket's own key cannot be read."""
-    on_bad = skipped_cell("metrics")
+    on_bad = schema.skip_bad_cells(schema.ENTITY_METRICS_TABLE)
     bucket = query_pb2.MetricBucket()
     bucket.start_time.CopyFrom(schema.timestamp_from_micros(bucket_start_from_key(key)))
     stats: dict[str, dict[str, bytes]] = {}

@@ -116,7 +116,8 @@ class EntityReader:
             try:
                 response.events.append(decode.entity_event_from_cells(row.cells, enriched=enriched))
             except ValueError as exc:  # its envelope is unreadable (schema.BadCell)
-                decode.skipped_row("event", row.key, exc)
+                table = schema.ENRICHED_EVENTS_TABLE if enriched else schema.RAW_EVENTS_TABLE
+                schema.skip_bad_row(table, row.key, exc)
         if len(rows) > query.page_size:
             # Continue strictly after the last row returned: keys are unique and stable, so
             # every row of the range is returned exactly once, whatever is written meanwhile.
@@ -154,7 +155,7 @@ class EntityReader:
             try:
                 bucket = decode.metric_bucket_from_cells(row.key, row.cells, query.event_types)
             except ValueError as exc:  # its bucket key is unreadable
-                decode.skipped_row("metrics", row.key, exc)
+                schema.skip_bad_row(schema.ENTITY_METRICS_TABLE, row.key, exc)
                 continue
             if bucket is not None:
                 response.buckets.append(bucket)

@@ -28,11 +28,11 @@ from eventpipe.core.schema import (
     dimension_record_to_row,
     dimension_version_from_cells,
     prefix_end,
+    skip_bad_cells,
     valid_from_of_dimension_key,
 )
 from eventpipe.core.validation import DIMENSION_NAME_PATTERN, check_attributes, check_id
 
-from store import metrics
 from store.ports import RowFailure, RowReader, RowWriter
 
 MAX_BATCH_RECORDS = 1000
@@ -200,13 +200,13 @@ class DimensionStore:
             raise NotFound(f"no {dimension} record {key!r}{when}")
         row = rows[0]
         try:
-            return dimension_version_from_cells(row.cells, metrics.skipped_cell(DIMENSIONS_TABLE))
+            return dimension_version_from_cells(row.cells, skip_bad_cells(DIMENSIONS_TABLE))
         except BadCell as bad:
             # Key and valid_from are in the row key too: answer from it, with the
             # attributes that can be read, rather than fail the record.
-            metrics.skipped_cell(DIMENSIONS_TABLE)(bad)
+            skip_bad_cells(DIMENSIONS_TABLE)(bad)
             return DimensionVersion(
                 key=key,
                 valid_from_micros=valid_from_of_dimension_key(row.key),
-                attributes=attributes_from_cells(row.cells, metrics.skipped_cell(DIMENSIONS_TABLE)),
+                attributes=attributes_from_cells(row.cells, skip_bad_cells(DIMENSIONS_TABLE)),
             )

@@ -5,10 +5,15 @@ from __future__ import annotations
 from eventpipe.common.v1 import event_pb2
 from eventpipe.core.errors import InvalidArgument, Unavailable, Violation
 from eventpipe.core.page_tokens import PageTokenCodec
-from eventpipe.core.schema import RAW_EVENTS_TABLE, event_from_cells, event_key_range
+from eventpipe.core.schema import (
+    RAW_EVENTS_TABLE,
+    event_from_cells,
+    event_key_range,
+    skip_bad_cells,
+    skip_bad_row,
+)
 from eventpipe.core.validation import TimeBounds, check_id
 
-from store import metrics
 from store.ports import RowReader
 
 DEFAULT_PAGE_SIZE = 100
@@ -50,11 +55,11 @@ class RawEventBrowser:
             raise Unavailable(f"Bigtable read failed: {exc}", 1.0) from None
         page = rows[:size]
         next_token = self._tokens.issue(binding, page[-1].key) if len(rows) > size else ""
-        on_bad_cell = metrics.skipped_cell(RAW_EVENTS_TABLE)
+        on_bad_cell = skip_bad_cells(RAW_EVENTS_TABLE)
         events = []
         for row in page:
             try:
                 events.append(event_from_cells(row.cells, on_bad_cell))
             except ValueError as exc:  # its envelope is unreadable: skipped, and counted
-                metrics.skipped_row(RAW_EVENTS_TABLE, row.key, exc)
+                skip_bad_row(RAW_EVENTS_TABLE, row.key, exc)
         return events, next_token

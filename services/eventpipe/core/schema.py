@@ -17,6 +17,7 @@ See docs/schema.md for the reasoning. In short:
 from __future__ import annotations
 
 import hashlib
+import logging
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,10 +25,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from prometheus_client import Counter
 
 from eventpipe.common.v1 import event_pb2
 from eventpipe.core.bigtable import FamilySpec, TableSpec
 from eventpipe.core.validation import MAX_TIMESTAMP_SECONDS, MIN_TIMESTAMP_SECONDS
+
+log = logging.getLogger(__name__)
 
 # Table names, without the configurable table prefix.
 RAW_EVENTS_TABLE = "events"
@@ -233,6 +237,32 @@ class BadCell(ValueError):
 
 OnBadCell = Callable[[BadCell], None]
 """Called for each undecodable attribute cell that a lenient reader skips."""
+
+UNREADABLE_CELLS = Counter(
+    "eventpipe_unreadable_cells_total",
+    "Stored cells (skipped=cell) or whole rows (skipped=row) a reader left out of an answer "
+    "because they could not be decoded, by table.",
+    ["table", "skipped"],
+)
+
+
+def skip_bad_cells(table: str) -> OnBadCell:
+    """An ``on_bad_cell`` callback for readers of ``table``: logs and counts the cell."""
+
+    def report(bad: BadCell) -> None:
+        UNREADABLE_CELLS.labels(table, "cell").inc()
+        log.warning("skipping an unreadable cell", extra={"table": table, "cell": str(bad)})
+
+    return report
+
+
+def skip_bad_row(table: str, key: bytes, error: Exception) -> None:
+    """Logs and counts a row of ``table`` left out because its envelope is unreadable."""
+    UNREADABLE_CELLS.labels(table, "row").inc()
+    log.warning(
+        "skipping an unreadable row",
+        extra={"table": table, "row_key": key.hex(), "error": str(error)},
+    )
 
 
 def encode_int(value: int) -> bytes:

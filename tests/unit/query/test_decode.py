@@ -19,9 +19,8 @@ from tests.unit.query.rows import (
 HUGE_MICROS = schema.encode_int(10**12 * 1_000_000)  # year ~31,700: not a Timestamp
 
 
-def unreadable(kind: str, skipped: str) -> float:
-    value = decode.UNREADABLE_CELLS.labels(kind, skipped)._value.get()
-    return float(value)
+def unreadable(table: str, skipped: str) -> float:
+    return float(schema.UNREADABLE_CELLS.labels(table, skipped)._value.get())
 
 
 def test_a_profile_with_bad_cells_is_served_without_them_and_they_are_counted() -> None:
@@ -41,9 +40,9 @@ def test_a_profile_with_bad_cells_is_served_without_them_and_they_are_counted() 
     cells[(schema.META_FAMILY, schema.PROFILE_EVENT_COUNT_QUALIFIER)] = b"\x01"  # not 8 bytes
     cells[(schema.ENRICHED_FAMILIES["double_value"], b"users.age")] = b"short"
     cells[(schema.COUNTS_FAMILY, b"\xff\xfe")] = schema.encode_int(1)  # not UTF-8
-    before = unreadable("profile", "cell")
+    before = unreadable("entity_profiles", "cell")
     profile = decode.profile_from_cells("t", "e", cells)
-    assert unreadable("profile", "cell") - before == 4
+    assert unreadable("entity_profiles", "cell") - before == 4
     assert dict(profile.dimension_fields) == {"users.plan": string("pro")}
     assert profile.HasField("first_seen_time") and not profile.HasField("last_seen_time")
     assert profile.event_count == 0

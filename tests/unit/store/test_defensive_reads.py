@@ -6,7 +6,6 @@ from eventpipe.common.v1 import event_pb2
 from eventpipe.core import schema
 from eventpipe.core.page_tokens import PageTokenCodec
 from eventpipe.core.validation import TimeBounds
-from store import metrics
 from store.dimensions import DimensionRecordInput, DimensionStore
 from store.raw_events import RawEventBrowser
 
@@ -17,7 +16,7 @@ BAD_TIMESTAMP = schema.encode_int(10**12 * 1_000_000)  # year ~31,700: not a Tim
 
 
 def unreadable(table: str, skipped: str) -> float:
-    return float(metrics.UNREADABLE_CELLS.labels(table, skipped)._value.get())
+    return float(schema.UNREADABLE_CELLS.labels(table, skipped)._value.get())
 
 
 def corrupt(table: FakeTable, name: str, key: bytes, column: tuple[str, bytes], raw: bytes) -> None:
