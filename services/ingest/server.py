@@ -54,6 +54,8 @@ def build(
         grpc_service_names=[SERVICE_NAME],
         register=partial(ingest_pb2_grpc.add_IngestServiceServicer_to_server, servicer),
         readiness_checks=[partial(check_kafka, common)],
+        # Stopped before the gRPC server drains: idle streams end instead of holding the grace.
+        workers=[servicer.stream_drain],
         # After the gRPC server drained: whatever is still queued gets its chance to be written.
         on_shutdown=[partial(event_log.close, settings.produce_timeout_seconds)],
     )

@@ -11,7 +11,7 @@ from eventpipe.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
 from ingest.outcome import BatchOutcome, ItemOutcome, ItemStatus
 from ingest.pipeline import IngestPipeline
-from ingest.streaming import StreamBatch, ingest_stream
+from ingest.streaming import StreamBatch, StreamDrain, ingest_stream
 
 _STATUS = {
     ItemStatus.ACCEPTED: results_pb2.ITEM_STATUS_ACCEPTED,
@@ -55,8 +55,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         stream_window: int,
         stream_capacity_wait: float,
         stream_idle_timeout: float | None = None,
+        stream_drain: StreamDrain | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self.stream_drain = stream_drain or StreamDrain()
         self.stream_window = stream_window
         self.stream_capacity_wait = stream_capacity_wait
         self.stream_idle_timeout = stream_idle_timeout
@@ -115,6 +117,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             window=self.stream_window,
             capacity_wait_seconds=self.stream_capacity_wait,
             idle_timeout_seconds=self.stream_idle_timeout,
+            draining=self.stream_drain.draining,
             traceparent=_traceparent(context),
         ):
             yield ingest_pb2.StreamEventsResponse(

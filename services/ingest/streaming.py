@@ -10,6 +10,8 @@ before that stands.
 
 A stream that sent no batch for ``idle_timeout_seconds`` while every batch it sent was
 answered is idle: it ends with UNAVAILABLE, so an idle client cannot hold threads forever.
+Once ``draining`` is set (SIGTERM), a stream ends as soon as it is idle at all, so shutdown does
+not wait for idle clients.
 """
 
 from __future__ import annotations
@@ -85,6 +87,26 @@ def _idle_error(idle_timeout_seconds: float) -> Unavailable:
     )
 
 
+class StreamDrain:
+    """Set on shutdown (a ``BackgroundWorker`` of the bootstrap, stopped before the gRPC
+    server drains): idle streams end at once instead of holding the shutdown grace."""
+
+    def __init__(self) -> None:
+        self.draining = threading.Event()
+
+    def start(self) -> None:
+        pass
+
+    def stop(self, timeout: float) -> None:
+        self.draining.set()
+
+
+def _draining_error() -> Unavailable:
+    return Unavailable(
+        "the server is shutting down; every batch sent was answered; open a new stream to send more"
+    )
+
+
 def ingest_stream(
     pipeline: IngestPipeline,
     batches: Iterator[StreamBatch],
@@ -92,12 +114,14 @@ def ingest_stream(
     window: int,
     capacity_wait_seconds: float,
     idle_timeout_seconds: float | None = None,
+    draining: threading.Event | None = None,
     traceparent: str | None = None,
 ) -> Iterator[tuple[str, BatchOutcome]]:
     """Yields ``(batch_id, outcome)`` per batch, in the order the batches came in.
 
     Raises:
-        Unavailable: the stream stayed idle for ``idle_timeout_seconds`` (None: never).
+        Unavailable: the stream stayed idle for ``idle_timeout_seconds`` (None: never), or was
+            idle while ``draining``.
     """
     in_flight: queue.Queue[object] = queue.Queue(maxsize=window)
     stopped = threading.Event()
@@ -143,14 +167,21 @@ def ingest_stream(
         put(_END)
 
     def next_item() -> object:
-        if idle_timeout_seconds is None:
+        if idle_timeout_seconds is None and draining is None:
             return in_flight.get()
         while True:
+            wait = 0.25 if draining is not None else 3600.0
+            if idle_timeout_seconds is not None:
+                wait = min(wait, max(0.05, idle_timeout_seconds - activity.idle_for()))
             try:
-                return in_flight.get(timeout=max(0.05, idle_timeout_seconds - activity.idle_for()))
+                return in_flight.get(timeout=wait)
             except queue.Empty:
                 # Nothing queued: idle unless the reader is busy with a batch right now.
-                if activity.idle_for() >= idle_timeout_seconds:
+                if activity.busy:
+                    continue
+                if draining is not None and draining.is_set():
+                    raise _draining_error() from None
+                if idle_timeout_seconds is not None and activity.idle_for() >= idle_timeout_seconds:
                     raise _idle_error(idle_timeout_seconds) from None
 
     reader = threading.Thread(target=read, name="ingest-stream-reader", daemon=True)

@@ -258,3 +258,22 @@ def test_an_idle_stream_is_closed_after_the_idle_timeout_and_frees_its_slot(
         with pytest.raises(grpc.RpcError) as never_sent:
             next(silent)
         assert never_sent.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_on_sigterm_idle_streams_end_at_once_instead_of_holding_the_shutdown(
+    capped_ingest: IngestUnderTest, keys: tuple[bytes, Path], idle_streams: IdleStreams
+) -> None:
+    ingest = capped_ingest
+    with _connection(ingest) as channel:
+        calls = idle_streams.open(channel, _token(keys, "acme"), 3)
+        wait_until(lambda: _open_streams(ingest) == 3, timeout=60, what="3 idle streams open")
+
+        stopper = threading.Thread(target=ingest.service.stop, daemon=True)
+        stopper.start()
+        wait_until(
+            lambda: all(call.done() for call in calls), timeout=60, what="the streams to end"
+        )
+        stopper.join(60)
+
+    assert {call.code() for call in calls} == {grpc.StatusCode.UNAVAILABLE}
+    assert all("shutting down" in (call.details() or "") for call in calls)

@@ -12,7 +12,7 @@ from eventpipe.core.errors import ResourceExhausted, Unavailable
 from eventpipe.core.interceptors import StreamLimits
 from eventpipe.stack.waiting import wait_until
 from ingest.outcome import ItemStatus
-from ingest.streaming import StreamBatch, ingest_stream
+from ingest.streaming import StreamBatch, StreamDrain, ingest_stream
 
 from tests.unit.ingest.test_pipeline import FakeLog, event, pipeline
 
@@ -108,3 +108,22 @@ def test_a_stream_waiting_for_kafka_is_not_idle() -> None:
     consumer.join(5)
     assert not consumer.is_alive()
     assert received == ["b0"] and errors == []
+
+
+def test_a_draining_server_ends_an_idle_stream_at_once() -> None:
+    source: queue.Queue[StreamBatch | None] = queue.Queue()
+    drain = StreamDrain()
+    answers = ingest_stream(
+        pipeline(FakeLog()),
+        _batches(source),
+        window=2,
+        capacity_wait_seconds=0,
+        idle_timeout_seconds=3600,
+        draining=drain.draining,
+    )
+    drain.stop(timeout=0)
+    try:
+        with pytest.raises(Unavailable, match="shutting down"):
+            next(answers)
+    finally:
+        source.put(None)
