@@ -23,6 +23,7 @@ attacker. Auth is on when a JWKS is configured (``EVENTPIPE_AUTH_JWKS_FILE`` or
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -468,7 +469,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 try:
                     yield from behavior(request, context)
                 finally:
-                    _PRINCIPAL.reset(token)
+                    # A generator may be closed from another context (garbage collection).
+                    with contextlib.suppress(ValueError):
+                        _PRINCIPAL.reset(token)
 
             return stream_out if handler.response_streaming else unary_out
 

@@ -282,7 +282,25 @@ def _claiming_tenant(requests: Iterable[Any], slot: StreamSlot) -> Iterator[Any]
         yield request
 
 
-class StreamLimitInterceptor(grpc.ServerInterceptor):
+class StreamingInterceptor(grpc.ServerInterceptor):
+    """Wraps the streaming methods only (``wrap``), leaving unary ones and those that run on a
+    pool of their own as they are."""
+
+    def intercept_service(self, continuation: Callable[..., Any], handler_call_details: Any) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None or has_own_thread_pool(handler):
+            return handler
+        if not (handler.request_streaming or handler.response_streaming):
+            return handler
+        return rebuild_handler(handler, partial(self.wrap, handler))
+
+    def wrap(
+        self, handler: grpc.RpcMethodHandler, behavior: Callable[..., Any]
+    ) -> Callable[..., Any]:
+        raise NotImplementedError
+
+
+class StreamLimitInterceptor(StreamingInterceptor):
     """Admits each streaming RPC against ``StreamLimits`` and frees its slot when it ends.
 
     The tenant is the caller's (``tenant_of_caller``, from the verified token) or, with auth
@@ -294,21 +312,13 @@ class StreamLimitInterceptor(grpc.ServerInterceptor):
         self.limits = limits
         self.tenant_of_caller = tenant_of_caller
 
-    def intercept_service(self, continuation: Callable[..., Any], handler_call_details: Any) -> Any:
-        handler = continuation(handler_call_details)
-        if handler is None or has_own_thread_pool(handler):
-            return handler
-        if not (handler.request_streaming or handler.response_streaming):
-            return handler
-        return rebuild_handler(handler, partial(self._limited, handler))
-
     def _open(self, request: Any, request_streaming: bool, context: Any) -> StreamSlot:
         tenant = self.tenant_of_caller()
         if tenant is None and not request_streaming:
             tenant = getattr(request, "tenant_id", "") or None
         return self.limits.open(context.peer(), tenant)
 
-    def _limited(
+    def wrap(
         self, handler: grpc.RpcMethodHandler, behavior: Callable[..., Any]
     ) -> Callable[..., Any]:
         request_streaming = handler.request_streaming

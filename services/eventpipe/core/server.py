@@ -35,10 +35,9 @@ from eventpipe.core.auth import AuthInterceptor, AuthSettings, TokenVerifier, cu
 from eventpipe.core.config import CommonSettings, ConfigError, ServiceSettings, load_settings
 from eventpipe.core.interceptors import (
     ErrorMappingInterceptor,
+    StreamingInterceptor,
     StreamLimitInterceptor,
     StreamLimits,
-    has_own_thread_pool,
-    rebuild_handler,
 )
 from eventpipe.core.logging import configure_logging
 from eventpipe.core.metrics import start_metrics_server
@@ -168,7 +167,7 @@ def _first_failure(checks: Sequence[Callable[[], None]]) -> str | None:
     return None
 
 
-class StreamPoolInterceptor(grpc.ServerInterceptor):
+class StreamPoolInterceptor(StreamingInterceptor):
     """Puts every streaming RPC on ``pool`` (grpcio's per-method ``experimental_thread_pool``),
     apart from the unary workers. Must be the first interceptor: grpcio reads the pool off the
     outermost handler."""
@@ -176,15 +175,9 @@ class StreamPoolInterceptor(grpc.ServerInterceptor):
     def __init__(self, pool: futures.ThreadPoolExecutor) -> None:
         self.pool = pool
 
-    def intercept_service(self, continuation: Callable[..., Any], handler_call_details: Any) -> Any:
-        handler = continuation(handler_call_details)
-        if handler is None or has_own_thread_pool(handler):
-            return handler
-        if not (handler.request_streaming or handler.response_streaming):
-            return handler
-        return rebuild_handler(handler, self._on_pool)
-
-    def _on_pool(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
+    def wrap(
+        self, handler: grpc.RpcMethodHandler, behavior: Callable[..., Any]
+    ) -> Callable[..., Any]:
         def on_pool(request: Any, context: grpc.ServicerContext) -> Any:
             return behavior(request, context)
 

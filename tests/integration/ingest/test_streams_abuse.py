@@ -8,7 +8,7 @@ import queue
 import re
 import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -44,51 +44,46 @@ def _token(keys: tuple[bytes, Path], tenant: str) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {token}")]
 
 
-def _start(
-    run_dir: Path, broker: KafkaBroker, keys: tuple[bytes, Path], env: dict[str, str]
-) -> IngestUnderTest:
-    return start_ingest(
-        run_dir,
-        broker,
-        Isolation.new(),
-        env={"EVENTPIPE_AUTH_JWKS_FILE": str(keys[1]), **env},
-    )
+StartIngest = Callable[[dict[str, str]], IngestUnderTest]
 
 
 @pytest.fixture
-def capped_ingest(
+def start_authed_ingest(
     run_dir: Path, kafka_broker: KafkaBroker, keys: tuple[bytes, Path]
-) -> Iterator[IngestUnderTest]:
-    running = _start(
-        run_dir,
-        kafka_broker,
-        keys,
+) -> Iterator[StartIngest]:
+    """Starts ingest processes with auth on and the given settings; stops them at the end."""
+    started: list[IngestUnderTest] = []
+
+    def start(env: dict[str, str]) -> IngestUnderTest:
+        auth = {"EVENTPIPE_AUTH_JWKS_FILE": str(keys[1])}
+        started.append(start_ingest(run_dir, kafka_broker, Isolation.new(), env={**auth, **env}))
+        return started[-1]
+
+    yield start
+    for running in started:
+        running.service.stop()
+
+
+@pytest.fixture
+def capped_ingest(start_authed_ingest: StartIngest) -> IngestUnderTest:
+    return start_authed_ingest(
         {
             "EVENTPIPE_INGEST_MAX_STREAMS": str(MAX_STREAMS),
             "EVENTPIPE_INGEST_MAX_STREAMS_PER_TENANT": str(PER_TENANT),
             "EVENTPIPE_INGEST_MAX_STREAMS_PER_CONNECTION": str(PER_CONNECTION),
             "EVENTPIPE_INGEST_STREAM_IDLE_TIMEOUT_SECONDS": "600",
-        },
+        }
     )
-    yield running
-    running.service.stop()
 
 
 @pytest.fixture
-def impatient_ingest(
-    run_dir: Path, kafka_broker: KafkaBroker, keys: tuple[bytes, Path]
-) -> Iterator[IngestUnderTest]:
-    running = _start(
-        run_dir,
-        kafka_broker,
-        keys,
+def impatient_ingest(start_authed_ingest: StartIngest) -> IngestUnderTest:
+    return start_authed_ingest(
         {
             "EVENTPIPE_INGEST_MAX_STREAMS_PER_TENANT": "1",
             "EVENTPIPE_INGEST_STREAM_IDLE_TIMEOUT_SECONDS": str(IDLE_TIMEOUT_SECONDS),
-        },
+        }
     )
-    yield running
-    running.service.stop()
 
 
 class IdleStreams:
