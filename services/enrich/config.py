@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from eventpipe.core.config import ServiceSettings
+from eventpipe.core.validation import EventLimits
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
+
+from enrich.domain.jobs import Quotas
 
 
 class EnrichSettings(ServiceSettings):
@@ -40,7 +45,68 @@ class EnrichSettings(ServiceSettings):
         ".run/enrich", min_length=1, description="Streaming checkpoints live under this folder."
     )
     max_concurrent_jobs: int = Field(
-        2, ge=1, le=64, description="Batch jobs and scheduled windows run at once."
+        2, ge=1, le=64, description="Batch jobs and scheduled windows run at once (slots)."
+    )
+    tenant_max_running_jobs: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Of those slots, at most this many run one tenant's work at once; the "
+        "queue is served round-robin across tenants.",
+    )
+    tenant_max_batch_jobs: int = Field(
+        4,
+        ge=1,
+        le=10_000,
+        description="A tenant's batch jobs pending or running; a create beyond is refused "
+        "with RESOURCE_EXHAUSTED.",
+    )
+    tenant_max_scheduled_jobs: int = Field(
+        50,
+        ge=1,
+        le=100_000,
+        description="A tenant's active scheduled jobs; a create beyond is refused with "
+        "RESOURCE_EXHAUSTED.",
+    )
+    max_streams: int = Field(
+        8,
+        ge=1,
+        le=1000,
+        description="Streaming jobs running at once in the process, each on a thread of its "
+        "own (never a batch slot); a create beyond is refused with RESOURCE_EXHAUSTED.",
+    )
+    tenant_max_streams: int = Field(
+        2,
+        ge=1,
+        le=1000,
+        description="A tenant's streaming jobs; a create beyond is refused with "
+        "RESOURCE_EXHAUSTED.",
+    )
+    cancel_grace_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="How long a cancelled job's Spark driver call may take to stop by itself "
+        "before its driver thread is stopped (planning is not interrupted otherwise).",
+    )
+    session_probe_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=600,
+        description="How long the check of the Spark session after a failed job may take "
+        "before the session counts as broken and is rebuilt.",
+    )
+    event_max_future_seconds: int = Field(
+        300,
+        ge=0,
+        description="Streaming decode of the raw topic: event_time at most this far after the "
+        "produce time (keep equal to EVENTPIPE_STORE_EVENT_MAX_FUTURE_SECONDS).",
+    )
+    event_max_age_days: float = Field(
+        30,
+        gt=0,
+        description="Streaming decode of the raw topic: event_time at most this old at the "
+        "produce time (keep equal to EVENTPIPE_STORE_EVENT_MAX_AGE_DAYS).",
     )
     scheduler_tick_seconds: float = Field(
         1.0, gt=0, le=60, description="How often due scheduled windows are looked for."
@@ -77,7 +143,27 @@ class EnrichSettings(ServiceSettings):
             raise ValueError("scheduler_claim_lease_seconds must be at least 4 scheduler ticks")
         if self.scheduler_retry_max_seconds < self.scheduler_retry_initial_seconds:
             raise ValueError("scheduler_retry_max_seconds must not be below the initial retry")
+        if self.tenant_max_running_jobs > self.max_concurrent_jobs:
+            raise ValueError("tenant_max_running_jobs must not exceed max_concurrent_jobs")
+        if self.tenant_max_streams > self.max_streams:
+            raise ValueError("tenant_max_streams must not exceed max_streams")
         return self
+
+    def quotas(self) -> Quotas:
+        return Quotas(
+            max_running_jobs=self.max_concurrent_jobs,
+            tenant_max_running_jobs=self.tenant_max_running_jobs,
+            tenant_max_batch_jobs=self.tenant_max_batch_jobs,
+            tenant_max_scheduled_jobs=self.tenant_max_scheduled_jobs,
+            max_streams=self.max_streams,
+            tenant_max_streams=self.tenant_max_streams,
+        )
+
+    def event_limits(self) -> EventLimits:
+        return EventLimits(
+            max_future=timedelta(seconds=self.event_max_future_seconds),
+            max_age=timedelta(days=self.event_max_age_days),
+        )
 
     def extra_spark_conf(self) -> tuple[tuple[str, str], ...]:
         pairs = []

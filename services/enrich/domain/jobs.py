@@ -25,10 +25,24 @@ and this replica wins its claim:
   The failure count and retry time live in memory only: a restarted replica retries at once,
   or once the claim of its previous incarnation expires, and its backoff starts again from
   ``retry_initial``. That costs at most one early retry; no window is skipped or run twice.
+- Index: the ticker keeps a heap of (due time, job) of the schedules it runs, updated when a
+  job is created, recovered, claimed, finished or cancelled, so a tick reads only the records
+  of the windows that are due, never the whole job table.
+
+Fair shares (``Quotas``). Batch jobs and scheduled windows wait for one of
+``max_running_jobs`` slots in a queue served round-robin across tenants, a tenant holding at
+most ``tenant_max_running_jobs`` of them; streams run on threads of their own, outside those
+slots, so streams never hold batch work back. A create beyond a tenant's (or the process')
+limit of pending batch jobs, schedules or streams is refused with RESOURCE_EXHAUSTED.
+
+Cancel. Each job has a ``CancellationToken``: cancel sets it and asks the engine to interrupt
+the job (Spark: cancel its job group and stop its driver call, planning included); the job's
+thread checks the token between steps, ends CANCELLED and frees its slot.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import re
@@ -36,13 +50,19 @@ import secrets
 import socket
 import threading
 import time
+from collections import Counter, deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from eventpipe.core import schema
-from eventpipe.core.errors import FailedPrecondition, InvalidArgument, NotFound, Violation
+from eventpipe.core.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Violation,
+)
 from eventpipe.enrich.v1 import enrich_pb2
 
 from enrich.domain.records import JobRecord, JobStore, SpecStore, new_job_id
@@ -71,6 +91,141 @@ class Cancelled(Exception):
     """Raised by an engine when a job's cancel flag stopped it."""
 
 
+class CancellationToken:
+    """Set once when a job is cancelled (or the process stops); the job's thread checks it
+    between steps, and callbacks registered with ``on_cancel`` run when it is set."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], None]] = []
+
+    def cancel(self) -> None:
+        with self._lock:
+            if self._event.is_set():
+                return
+            self._event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.warning("a cancel callback failed", exc_info=True)
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._event.wait(timeout)
+
+    def raise_if_cancelled(self, job_id: str) -> None:
+        if self._event.is_set():
+            raise Cancelled(job_id)
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        """Runs ``callback`` when the token is set (at once if it already is)."""
+        with self._lock:
+            if not self._event.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
+
+
+@dataclass(frozen=True)
+class Quotas:
+    """Fair shares of one enrich process (see docs/enrich.md for the variables)."""
+
+    max_running_jobs: int = 2  # batch jobs and scheduled windows running at once
+    tenant_max_running_jobs: int = 1  # of those slots, held by one tenant at once
+    tenant_max_batch_jobs: int = 4  # a tenant's batch jobs pending or running
+    tenant_max_scheduled_jobs: int = 50  # a tenant's active schedules
+    max_streams: int = 8  # streaming jobs running at once, each on a thread of its own
+    tenant_max_streams: int = 2  # a tenant's streaming jobs
+
+    def __post_init__(self) -> None:
+        if min(self.max_running_jobs, self.tenant_max_running_jobs, self.max_streams) < 1:
+            raise ValueError("job and stream slots must be at least 1")
+
+
+class FairSlots:
+    """``slots`` worker threads running queued work, round-robin across tenants, a tenant
+    holding at most ``per_tenant`` of them, so one tenant's queue never starves another's."""
+
+    def __init__(self, slots: int, per_tenant: int, name: str = "enrich-job") -> None:
+        self.per_tenant = per_tenant
+        self._cond = threading.Condition()
+        self._queues: dict[str, deque[Callable[[], None]]] = {}
+        self._turns: deque[str] = deque()  # tenants with queued work, next turn first
+        self._running: Counter[str] = Counter()
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"{name}-{n}", daemon=True)
+            for n in range(slots)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, tenant_id: str, work: Callable[[], None]) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            queue = self._queues.setdefault(tenant_id, deque())
+            if not queue:
+                self._turns.append(tenant_id)
+            queue.append(work)
+            self._cond.notify()
+
+    def running(self, tenant_id: str) -> int:
+        with self._cond:
+            return self._running[tenant_id]
+
+    def _take(self) -> tuple[str, Callable[[], None]] | None:
+        for _ in range(len(self._turns)):
+            tenant_id = self._turns.popleft()
+            queue = self._queues[tenant_id]
+            if self._running[tenant_id] >= self.per_tenant:
+                self._turns.append(tenant_id)
+                continue
+            work = queue.popleft()
+            if queue:
+                self._turns.append(tenant_id)  # its next item waits for the others' turns
+            else:
+                del self._queues[tenant_id]
+            return tenant_id, work
+        return None
+
+    def _serve(self) -> None:
+        while True:
+            with self._cond:
+                taken = self._take()
+                while taken is None:
+                    if self._closed:
+                        return
+                    self._cond.wait()
+                    taken = self._take()
+                tenant_id, work = taken
+                self._running[tenant_id] += 1
+            try:
+                work()
+            except Exception:
+                log.exception("job work escaped its handler")
+            finally:
+                with self._cond:
+                    self._running[tenant_id] -= 1
+                    self._cond.notify_all()
+
+    def close(self, timeout: float) -> None:
+        """Drops queued work and waits up to ``timeout`` for running work to end."""
+        with self._cond:
+            self._closed = True
+            self._queues.clear()
+            self._turns.clear()
+            self._cond.notify_all()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
 @dataclass
 class BatchWork:
     job_id: str
@@ -78,7 +233,7 @@ class BatchWork:
     spec: CheckedSpec
     start_micros: int
     end_micros: int
-    cancelled: threading.Event
+    cancelled: CancellationToken
     on_progress: Callable[[float, enrich_pb2.JobCounters], None]
 
 
@@ -203,12 +358,15 @@ def default_owner_id() -> str:
 
 @dataclass
 class _Active:
-    cancelled: threading.Event = field(default_factory=threading.Event)
+    tenant_id: str
+    mode: int
+    cancelled: CancellationToken = field(default_factory=CancellationToken)
     stream: RunningStream | None = None
     window_running: bool = False
     # Scheduled jobs only. Guarded by JobManager._lock:
     failures: int = 0  # of the current window, in a row, in this process
     retry_at_micros: int = 0
+    indexed_at_micros: int | None = None  # the live entry of this job in the due index
     # Guarded by claim_lock, so no renewal extends a claim after its window ended:
     claim: tuple[str, int] | None = None  # (tenant, due) of the window running here
     renew_claim_at_micros: int = 0
@@ -222,7 +380,7 @@ class JobManager:
         jobs: JobStore,
         engine: Engine,
         *,
-        max_concurrent_jobs: int = 2,
+        quotas: Quotas | None = None,
         retention_micros: int = 30 * 86_400_000_000,
         clock: Callable[[], int] = lambda: time.time_ns() // 1000,
         tick_seconds: float = 1.0,
@@ -234,6 +392,7 @@ class JobManager:
         self.specs = specs
         self.jobs = jobs
         self.engine = engine
+        self.quotas = quotas or Quotas()
         self.clock = clock
         self.retention_micros = retention_micros
         self.tick_seconds = tick_seconds
@@ -241,8 +400,10 @@ class JobManager:
         self.retry_initial_micros = retry_initial_micros
         self.retry_max_micros = retry_max_micros
         self.claim_lease_micros = claim_lease_micros
-        self._pool = ThreadPoolExecutor(max_concurrent_jobs, thread_name_prefix="enrich-job")
+        self._slots = FairSlots(self.quotas.max_running_jobs, self.quotas.tenant_max_running_jobs)
+        self._stream_threads: dict[str, threading.Thread] = {}
         self._active: dict[str, _Active] = {}
+        self._due: list[tuple[int, str]] = []  # heap of (due micros, job id); see _index
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -300,11 +461,53 @@ class JobManager:
             if not job.HasField("trigger_interval"):
                 record.trigger_interval.FromMicroseconds(DEFAULT_TRIGGER_MICROS)
         stored = JobRecord(tenant_id, record, next_run_micros=now)
-        self.jobs.save(stored)
+        active = self._admit(tenant_id, record.job_id, job.mode)
+        try:
+            self.jobs.save(stored)
+        except Exception:
+            with self._lock:
+                self._active.pop(record.job_id, None)
+            raise
         answer = enrich_pb2.EnrichmentJob()
         answer.CopyFrom(record)  # the worker thread mutates ``record`` from now on
-        self._launch(stored)
+        self._launch(stored, active)
         return answer
+
+    def _admit(self, tenant_id: str, job_id: str, mode: int) -> _Active:
+        """Reserves the job's place in the tenant's quota, or refuses it."""
+        quotas = self.quotas
+        with self._lock:
+            mine = sum(
+                1 for a in self._active.values() if a.tenant_id == tenant_id and a.mode == mode
+            )
+            if mode == enrich_pb2.JOB_MODE_STREAMING:
+                streams = sum(
+                    1 for a in self._active.values() if a.mode == enrich_pb2.JOB_MODE_STREAMING
+                )
+                if mine >= quotas.tenant_max_streams:
+                    raise ResourceExhausted(
+                        f"tenant {tenant_id!r} already runs {mine} streaming jobs, its limit: "
+                        "cancel one before starting another"
+                    )
+                if streams >= quotas.max_streams:
+                    raise ResourceExhausted(
+                        f"the enrich service already runs {streams} streaming jobs, its limit: "
+                        "try again later"
+                    )
+            elif mode == enrich_pb2.JOB_MODE_SCHEDULED:
+                if mine >= quotas.tenant_max_scheduled_jobs:
+                    raise ResourceExhausted(
+                        f"tenant {tenant_id!r} already has {mine} active scheduled jobs, its "
+                        "limit: cancel one before creating another"
+                    )
+            elif mine >= quotas.tenant_max_batch_jobs:
+                raise ResourceExhausted(
+                    f"tenant {tenant_id!r} already has {mine} batch jobs pending or running, "
+                    "its limit: wait for one to finish or cancel one"
+                )
+            active = _Active(tenant_id, mode)
+            self._active[job_id] = active
+            return active
 
     def get_job(self, tenant_id: str, job_id: str) -> enrich_pb2.EnrichmentJob:
         record = self.jobs.get(tenant_id, job_id)
@@ -334,7 +537,7 @@ class JobManager:
         with self._lock:
             active = self._active.get(job_id)
         if active is not None:
-            active.cancelled.set()
+            active.cancelled.cancel()
             if active.stream is not None:
                 active.stream.stop()
             self.engine.cancel(job_id)
@@ -346,11 +549,18 @@ class JobManager:
     # -- running
 
     def start(self) -> None:
-        """Recovers jobs left PENDING / RUNNING by a previous process and starts ticking."""
+        """Recovers jobs left PENDING / RUNNING by a previous process and starts ticking.
+
+        Recovered jobs were admitted once, so they are not refused again; batch jobs still
+        wait for a slot in their tenant's turn."""
         for record in self.jobs.all_records():
             if record.job.state in (enrich_pb2.JOB_STATE_PENDING, enrich_pb2.JOB_STATE_RUNNING):
                 log.info("recovering job", extra={"job_id": record.job.job_id})
-                self._launch(record)
+                with self._lock:
+                    active = self._active.setdefault(
+                        record.job.job_id, _Active(record.tenant_id, record.job.mode)
+                    )
+                self._launch(record, active)
         self._ticker = threading.Thread(
             target=self._tick_loop, name="enrich-scheduler", daemon=True
         )
@@ -360,46 +570,64 @@ class JobManager:
         self._stopped.set()
         with self._lock:
             active = list(self._active.items())
+            streams = list(self._stream_threads.values())
         for job_id, item in active:
             # Not cancelled: the records stay RUNNING so the next process resumes them.
             if item.stream is not None:
                 item.stream.stop()
-            else:
+            elif item.mode != enrich_pb2.JOB_MODE_STREAMING:
                 self.engine.cancel(job_id)
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        deadline = time.monotonic() + timeout
+        self._slots.close(timeout)
+        for thread in streams:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
-    def _launch(self, record: JobRecord) -> None:
+    def _launch(self, record: JobRecord, active: _Active) -> None:
         job_id = record.job.job_id
-        with self._lock:
-            self._active.setdefault(job_id, _Active())
         if record.job.mode == enrich_pb2.JOB_MODE_BATCH:
-            self._pool.submit(self._run_batch_job, record)
+            self._slots.submit(record.tenant_id, lambda: self._run_batch_job(record, active))
         elif record.job.mode == enrich_pb2.JOB_MODE_STREAMING:
-            self._pool.submit(self._run_stream_job, record)
+            # Streams hold their thread for life: never one of the batch slots.
+            thread = threading.Thread(
+                target=self._run_stream_job,
+                args=(record, active),
+                name=f"enrich-stream-{job_id}",
+                daemon=True,
+            )
+            with self._lock:
+                self._stream_threads[job_id] = thread
+            thread.start()
         else:
             self._mark_running(record)  # the ticker runs its windows
+            self._index(job_id, active, record.next_run_micros)
 
-    def _mark_running(self, record: JobRecord) -> None:
-        if record.job.state != enrich_pb2.JOB_STATE_RUNNING:
-            record.job.state = enrich_pb2.JOB_STATE_RUNNING
-            record.job.start_time.CopyFrom(schema.timestamp_from_micros(self.clock()))
-            self.jobs.save(record)
-
-    def _finish(self, record: JobRecord, state: int, error: str = "") -> None:
+    def _mark_running(self, record: JobRecord) -> bool:
+        """Saves the job RUNNING; False when it ended meanwhile (cancelled before it ran)."""
+        if record.job.state == enrich_pb2.JOB_STATE_RUNNING:
+            return True
         latest = self.jobs.get(record.tenant_id, record.job.job_id)
         if latest is not None and latest.job.state in TERMINAL:
             record.job.CopyFrom(latest.job)
-            return  # cancelled meanwhile: keep the first terminal state
-        record.job.state = state  # type: ignore[assignment]
-        record.job.error = error
-        record.job.end_time.CopyFrom(schema.timestamp_from_micros(self.clock()))
+            return False
+        record.job.state = enrich_pb2.JOB_STATE_RUNNING
+        record.job.start_time.CopyFrom(schema.timestamp_from_micros(self.clock()))
         self.jobs.save(record)
-        with self._lock:
-            self._active.pop(record.job.job_id, None)
+        return True
 
-    def _cancelled(self, job_id: str) -> threading.Event:
-        with self._lock:
-            return self._active.setdefault(job_id, _Active()).cancelled
+    def _finish(self, record: JobRecord, state: int, error: str = "") -> None:
+        try:
+            latest = self.jobs.get(record.tenant_id, record.job.job_id)
+            if latest is not None and latest.job.state in TERMINAL:
+                record.job.CopyFrom(latest.job)
+                return  # cancelled meanwhile: keep the first terminal state
+            record.job.state = state  # type: ignore[assignment]
+            record.job.error = error
+            record.job.end_time.CopyFrom(schema.timestamp_from_micros(self.clock()))
+            self.jobs.save(record)
+        finally:
+            with self._lock:
+                self._active.pop(record.job.job_id, None)
+                self._stream_threads.pop(record.job.job_id, None)
 
     def _progress_saver(self, record: JobRecord) -> Callable[[float, enrich_pb2.JobCounters], None]:
         def save(progress: float, counters: enrich_pb2.JobCounters) -> None:
@@ -411,12 +639,14 @@ class JobManager:
 
         return save
 
-    def _run_batch_job(self, record: JobRecord) -> None:
+    def _run_batch_job(self, record: JobRecord, active: _Active) -> None:
         job = record.job
-        cancelled = self._cancelled(job.job_id)
+        cancelled = active.cancelled
         try:
+            cancelled.raise_if_cancelled(job.job_id)  # cancelled while it waited for a slot
             spec = self._checked_spec(record.tenant_id, job.spec_version)
-            self._mark_running(record)
+            if not self._mark_running(record):
+                return
             job.progress = 0.0
             counters = self.engine.run_batch(
                 BatchWork(
@@ -429,6 +659,7 @@ class JobManager:
                     self._progress_saver(record),
                 )
             )
+            cancelled.raise_if_cancelled(job.job_id)
             job.counters.CopyFrom(counters)
             job.progress = 1.0
             self._finish(record, enrich_pb2.JOB_STATE_SUCCEEDED)
@@ -443,9 +674,9 @@ class JobManager:
                 log.exception("batch job failed", extra={"job_id": job.job_id})
                 self._finish(record, enrich_pb2.JOB_STATE_FAILED, _describe(exc))
 
-    def _run_stream_job(self, record: JobRecord) -> None:
+    def _run_stream_job(self, record: JobRecord, active: _Active) -> None:
         job = record.job
-        cancelled = self._cancelled(job.job_id)
+        cancelled = active.cancelled
         totals = enrich_pb2.JobCounters()
         lock = threading.Lock()
 
@@ -458,6 +689,7 @@ class JobManager:
                     self.jobs.save(record)
 
         try:
+            cancelled.raise_if_cancelled(job.job_id)
             spec = self._checked_spec(record.tenant_id, job.spec_version)
             totals.CopyFrom(job.counters)
             stream = self.engine.start_stream(
@@ -469,9 +701,10 @@ class JobManager:
                     on_batch,
                 )
             )
-            with self._lock:
-                self._active[job.job_id].stream = stream
-            self._mark_running(record)
+            active.stream = stream
+            if cancelled.is_set() or not self._mark_running(record):
+                stream.stop()  # cancelled while it started
+                return
             while stream.is_active() and not cancelled.is_set() and not self._stopped.is_set():
                 cancelled.wait(0.5)
             if cancelled.is_set():
@@ -485,10 +718,37 @@ class JobManager:
                     error or "",
                 )
         except Exception as exc:
-            log.exception("streaming job failed", extra={"job_id": job.job_id})
-            self._finish(record, enrich_pb2.JOB_STATE_FAILED, _describe(exc))
+            if cancelled.is_set() or isinstance(exc, Cancelled):
+                self._finish(record, enrich_pb2.JOB_STATE_CANCELLED)
+            elif not self._stopped.is_set():
+                log.exception("streaming job failed", extra={"job_id": job.job_id})
+                self._finish(record, enrich_pb2.JOB_STATE_FAILED, _describe(exc))
 
     # -- scheduling
+
+    def _index(self, job_id: str, active: _Active, due_micros: int) -> None:
+        """Makes ``due_micros`` the time the ticker next looks at the schedule ``job_id``.
+
+        The heap may hold older entries of the job: only the one matching
+        ``active.indexed_at_micros`` is live, the others are dropped when popped."""
+        with self._lock:
+            if self._active.get(job_id) is not active:
+                return  # finished or cancelled meanwhile
+            active.indexed_at_micros = due_micros
+            heapq.heappush(self._due, (due_micros, job_id))
+
+    def _pop_due(self, now: int) -> list[tuple[str, _Active]]:
+        """Takes every live index entry due at ``now`` out of the heap."""
+        due: list[tuple[str, _Active]] = []
+        with self._lock:
+            while self._due and self._due[0][0] <= now:
+                at, job_id = heapq.heappop(self._due)
+                active = self._active.get(job_id)
+                if active is None or active.indexed_at_micros != at:
+                    continue  # superseded, or the job ended
+                active.indexed_at_micros = None
+                due.append((job_id, active))
+        return due
 
     def _tick_loop(self) -> None:
         while not self._stopped.wait(self.tick_seconds):
@@ -499,37 +759,56 @@ class JobManager:
 
     def tick(self) -> None:
         """Renews the claims of the windows running here and starts every due window whose
-        schedule has no window running, is not waiting out a backoff and is claimed here."""
+        schedule has no window running, is not waiting out a backoff and is claimed here.
+
+        Reads only the records of due windows (the index says which), never the table."""
         now = self.clock()
         with self._lock:
-            scheduled = [job_id for job_id, a in self._active.items() if a.stream is None]
-        for job_id in scheduled:
-            with self._lock:
-                active = self._active.get(job_id)
-                if active is None:
-                    continue
-                waiting = active.window_running or now < active.retry_at_micros
+            running = [(job_id, a) for job_id, a in self._active.items() if a.window_running]
+        for job_id, active in running:
             with active.claim_lock:
                 renew = active.claim if now >= active.renew_claim_at_micros else None
             if renew is not None:
                 self._renew_claim(job_id, *renew, now)
-            if waiting:
-                continue
-            record = self._find(job_id)
-            if (
-                record is None
-                or record.job.mode != enrich_pb2.JOB_MODE_SCHEDULED
-                or record.job.state != enrich_pb2.JOB_STATE_RUNNING
-                or record.next_run_micros > now
-                or not self._claim(record, now)
-            ):
-                continue
-            with self._lock:
-                active.window_running = True
-            with active.claim_lock:
-                active.claim = (record.tenant_id, record.next_run_micros)
-                active.renew_claim_at_micros = now + self.claim_lease_micros // 2
-            self._pool.submit(self._run_window, record, now)
+        for job_id, active in self._pop_due(now):
+            try:
+                self._start_due_window(job_id, active, now)
+            except Exception:
+                log.exception("could not start a due window", extra={"job_id": job_id})
+                self._index(job_id, active, now)  # looked at again at the next tick
+
+    def _start_due_window(self, job_id: str, active: _Active, now: int) -> None:
+        with self._lock:
+            if active.window_running:
+                return  # the window's end indexes the job again
+            retry_at = active.retry_at_micros
+        if now < retry_at:
+            self._index(job_id, active, retry_at)
+            return
+        record = self.jobs.get(active.tenant_id, job_id)
+        if (
+            record is None
+            or record.job.mode != enrich_pb2.JOB_MODE_SCHEDULED
+            or record.job.state != enrich_pb2.JOB_STATE_RUNNING
+        ):
+            with self._lock:  # ended, possibly on another replica: no longer scheduled here
+                if self._active.get(job_id) is active:
+                    del self._active[job_id]
+            return
+        if record.next_run_micros > now:
+            self._index(job_id, active, record.next_run_micros)
+            return
+        if not self._claim(record, now):
+            # Another replica runs (or just finished) it: look again at the next tick, which
+            # takes the window over once that replica's lease expired.
+            self._index(job_id, active, now)
+            return
+        with self._lock:
+            active.window_running = True
+        with active.claim_lock:
+            active.claim = (record.tenant_id, record.next_run_micros)
+            active.renew_claim_at_micros = now + self.claim_lease_micros // 2
+        self._slots.submit(record.tenant_id, lambda: self._run_window(record, active))
 
     def _claim(self, record: JobRecord, now: int) -> bool:
         """Claims the record's next window and checks it still is the job's next window."""
@@ -591,48 +870,41 @@ class JobManager:
                 exc_info=True,
             )
 
-    def _find(self, job_id: str) -> JobRecord | None:
-        for record in self._scheduled_records():
-            if record.job.job_id == job_id:
-                return record
-        return None
-
-    def _scheduled_records(self) -> list[JobRecord]:
-        return [r for r in self.jobs.all_records() if r.job.mode == enrich_pb2.JOB_MODE_SCHEDULED]
-
-    def _run_window(self, record: JobRecord, now: int) -> None:
+    def _run_window(self, record: JobRecord, active: _Active) -> None:
         job = record.job
-        cancelled = self._cancelled(job.job_id)
+        cancelled = active.cancelled
         due = record.next_run_micros
         start, end = scheduled_window(job.schedule, due)
         failures, retry_at = 0, 0
+        next_look: int | None = None
         try:
+            cancelled.raise_if_cancelled(job.job_id)
             spec = self._checked_spec(record.tenant_id, job.spec_version)
             counters = self.engine.run_batch(
                 BatchWork(
                     job.job_id, record.tenant_id, spec, start, end, cancelled, lambda _p, _c: None
                 )
             )
+            cancelled.raise_if_cancelled(job.job_id)
             for name in ("read", "enriched", "unmatched", "failed"):
                 setattr(job.counters, name, getattr(job.counters, name) + getattr(counters, name))
             record.next_run_micros = next_run_after(job.schedule, due, self.clock())
             if self._still_running(record):
                 job.error = ""
                 self.jobs.save(record)
+            next_look = record.next_run_micros
         except Exception as exc:
             self._end_claim(job.job_id)  # before the claim is held or released below
             failed_at = self.clock()
             if self._stopped.is_set():
                 # Released, so the replica that takes over need not wait for the lease.
                 self._hold_claim(record, due, failed_at, 0)
-            elif not cancelled.is_set():
-                with self._lock:
-                    active = self._active.get(job.job_id)
-                    failures = (active.failures if active is not None else 0) + 1
+            elif not cancelled.is_set() and not isinstance(exc, Cancelled):
+                failures = active.failures + 1
                 delay = retry_delay_micros(
                     job.schedule, failures, self.retry_initial_micros, self.retry_max_micros
                 )
-                retry_at = failed_at + delay
+                retry_at = next_look = failed_at + delay
                 log.exception(
                     "scheduled window failed; retrying it after a backoff",
                     extra={"job_id": job.job_id, "attempt": failures, "retry_in_s": delay / 1e6},
@@ -643,10 +915,10 @@ class JobManager:
         finally:
             self._end_claim(job.job_id)
             with self._lock:
-                active = self._active.get(job.job_id)
-                if active is not None:
-                    active.window_running = False
-                    active.failures, active.retry_at_micros = failures, retry_at
+                active.window_running = False
+                active.failures, active.retry_at_micros = failures, retry_at
+            if next_look is not None:
+                self._index(job.job_id, active, next_look)
 
     def _still_running(self, record: JobRecord) -> bool:
         """False when the job was cancelled meanwhile, possibly by another replica."""
