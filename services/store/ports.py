@@ -76,6 +76,10 @@ class RowReader(Protocol):
         """Rows with start_key <= key < end_key, at most ``limit``; raises on failure."""
         ...
 
+
+class KeyReader(Protocol):
+    """Reads rows by key (the consumer's idempotency index lookups)."""
+
     def read_keys(self, table: str, keys: Sequence[bytes]) -> list[StoredRow]:
         """The rows of ``keys`` that exist, in key order; raises on failure."""
         ...

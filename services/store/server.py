@@ -75,10 +75,7 @@ def build_writer(settings: StoreSettings, common: CommonSettings) -> BigtableRow
 
 
 def build_consumer(
-    settings: StoreSettings,
-    common: CommonSettings,
-    writer: BigtableRowWriter,
-    reader: BigtableRowReader,
+    settings: StoreSettings, common: CommonSettings, writer: BigtableRowWriter
 ) -> ConsumerDaemon:
     def kafka_consumer() -> KafkaConsumerLike:
         consumer = Consumer(
@@ -98,7 +95,7 @@ def build_consumer(
         topic=common.raw_topic,
         consumer_factory=kafka_consumer,
         writer=writer,
-        index_reader=reader,
+        index_reader=writer,
         dead_letters=KafkaDeadLetterSink(common),
         limits=settings.event_limits(),
         backoff=Backoff(settings.backoff_initial_seconds, settings.backoff_max_seconds),
@@ -131,7 +128,7 @@ def build(settings: StoreSettings, common: CommonSettings) -> ServiceDefinition:
 
     status = stopped_status
     if settings.consumer_enabled:
-        daemon = build_consumer(settings, common, writer, reader)
+        daemon = build_consumer(settings, common, writer)
         workers.append(daemon)
         liveness.append(daemon.check_alive)
         status = daemon.status
@@ -169,8 +166,7 @@ def consumer_main() -> int:
     if settings.metrics_port:
         start_metrics_server(settings.host, settings.metrics_port)
     writer = build_writer(settings, common)
-    reader = BigtableRowReader(common)
-    daemon = build_consumer(settings, common, writer, reader)
+    daemon = build_consumer(settings, common, writer)
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("shutting down", extra={"signal": signal.Signals(signum).name})
@@ -183,5 +179,4 @@ def consumer_main() -> int:
     while runner.is_alive():
         runner.join(0.5)  # the main thread stays free to take signals
     writer.close()
-    reader.close()
     return 0 if daemon.failed is None else 1

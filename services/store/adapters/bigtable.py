@@ -101,6 +101,21 @@ class BigtableRowWriter:
     def ensure_schema(self) -> None:
         self._ensure_schema()
 
+    def read_keys(self, table: str, keys: Sequence[bytes]) -> list[StoredRow]:
+        """``KeyReader`` over the same GAPIC client: the consumer's per-batch index lookup
+        (a row set of up to a batch of keys), without the data API's per-cell objects."""
+        if not keys:
+            return []
+        rows = bigtable_rows.read_rows(
+            self._client, self.table_name(table), keys=keys, timeout=self._attempt_timeout
+        )
+        return [
+            StoredRow(
+                key, {(family, q): v for family, cols in cells.items() for q, v in cols.items()}
+            )
+            for key, cells in rows
+        ]
+
     def close(self) -> None:
         self._client.transport.close()
 

@@ -42,7 +42,7 @@ from store.consumer.batch import (
 )
 from store.consumer.idempotency import store_once
 from store.consumer.status import ConsumerState, ConsumerStatus, PartitionPosition
-from store.ports import RowFailure, RowReader, RowWriter
+from store.ports import KeyReader, RowFailure, RowWriter
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class ConsumerDaemon:
         topic: str,
         consumer_factory: Callable[[], KafkaConsumerLike],
         writer: RowWriter,
-        index_reader: RowReader,
+        index_reader: KeyReader,
         dead_letters: DeadLetterSink,
         limits: EventLimits,
         backoff: Backoff,

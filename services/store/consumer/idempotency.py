@@ -33,7 +33,7 @@ from eventpipe.core.schema import (
     event_id_claim_row,
 )
 
-from store.ports import RowFailure, RowReader, RowWriter
+from store.ports import KeyReader, RowFailure, RowWriter
 
 
 @dataclass
@@ -51,7 +51,7 @@ def _code_of(exc: BaseException) -> str:
 
 
 def store_once(
-    writer: RowWriter, reader: RowReader, rows: Sequence[EventRow], sources: Sequence[str]
+    writer: RowWriter, reader: KeyReader, rows: Sequence[EventRow], sources: Sequence[str]
 ) -> StoreOutcome:
     """Writes each row whose event id is unclaimed or claimed by its own message.
 
