@@ -7,9 +7,12 @@ defaults here, to show they are configurable.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
-import urllib.error
-import urllib.request
+import socket
+import threading
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -147,17 +150,31 @@ def _violations(error: grpc.RpcError) -> list[str]:
 
 
 def post(url: str, body: bytes, content_type: str = "application/json") -> tuple[int, str, Any]:
-    request = urllib.request.Request(
-        url, data=body, method="POST", headers={"content-type": content_type}
-    )
+    """POSTs ``body`` and reads the reply while still sending, as curl does: Envoy answers an
+    oversized body (413) before it has all of it, then closes the connection."""
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
     try:
-        with urllib.request.urlopen(request, timeout=30) as reply:
-            status, headers, raw = reply.status, reply.headers, reply.read()
-    except urllib.error.HTTPError as error:
-        status, headers, raw = error.code, error.headers, error.read()
+        connection.putrequest("POST", parts.path)
+        connection.putheader("content-type", content_type)
+        connection.putheader("content-length", str(len(body)))
+        connection.endheaders()
+        sender = threading.Thread(target=_send_until_closed, args=(connection.sock, body))
+        sender.start()
+        reply = connection.getresponse()
+        status, headers, raw = reply.status, reply.headers, reply.read()
+        sender.join(30)
+    finally:
+        connection.close()
     content_type = headers.get("content-type", "")
     parsed = json.loads(raw) if content_type.startswith("application/json") else raw
     return status, content_type, parsed
+
+
+def _send_until_closed(sock: socket.socket, body: bytes) -> None:
+    # The server may answer and close before the whole body is sent.
+    with contextlib.suppress(OSError):
+        sock.sendall(body)
 
 
 def _rest_fields(body: dict[str, Any]) -> list[str]:
