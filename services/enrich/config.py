@@ -99,14 +99,28 @@ class EnrichSettings(ServiceSettings):
     event_max_future_seconds: int = Field(
         300,
         ge=0,
-        description="Streaming decode of the raw topic: event_time at most this far after the "
-        "produce time (keep equal to EVENTPIPE_STORE_EVENT_MAX_FUTURE_SECONDS).",
+        description="Streaming decode of the raw topic: event_time at most this far after "
+        "ingest_time (keep equal to EVENTPIPE_STORE_EVENT_MAX_FUTURE_SECONDS).",
     )
     event_max_age_days: float = Field(
         30,
         gt=0,
-        description="Streaming decode of the raw topic: event_time at most this old at the "
-        "produce time (keep equal to EVENTPIPE_STORE_EVENT_MAX_AGE_DAYS).",
+        description="Streaming decode of the raw topic: event_time at most this old at "
+        "ingest_time (keep equal to EVENTPIPE_STORE_EVENT_MAX_AGE_DAYS).",
+    )
+    ingest_time_max_lead_seconds: float = Field(
+        60,
+        ge=0,
+        le=3600,
+        description="Streaming decode: ingest_time trusted up to this far after the Kafka "
+        "timestamp (keep equal to EVENTPIPE_STORE_INGEST_TIME_MAX_LEAD_SECONDS).",
+    )
+    ingest_time_max_lag_seconds: float = Field(
+        900,
+        ge=0,
+        le=86_400,
+        description="Streaming decode: ingest_time trusted up to this far before the Kafka "
+        "timestamp (keep equal to EVENTPIPE_STORE_INGEST_TIME_MAX_LAG_SECONDS).",
     )
     scheduler_tick_seconds: float = Field(
         1.0, gt=0, le=60, description="How often due scheduled windows are looked for."
@@ -163,6 +177,8 @@ class EnrichSettings(ServiceSettings):
         return EventLimits(
             max_future=timedelta(seconds=self.event_max_future_seconds),
             max_age=timedelta(days=self.event_max_age_days),
+            ingest_time_max_lead=timedelta(seconds=self.ingest_time_max_lead_seconds),
+            ingest_time_max_lag=timedelta(seconds=self.ingest_time_max_lag_seconds),
         )
 
     def extra_spark_conf(self) -> tuple[tuple[str, str], ...]:

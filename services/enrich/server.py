@@ -70,6 +70,8 @@ def build(settings: EnrichSettings, common: CommonSettings) -> ServiceDefinition
             os.environ.get("BIGTABLE_EMULATOR_HOST"),
         ),
         run_dir=Path(settings.run_dir),
+        cancel_grace_seconds=settings.cancel_grace_seconds,
+        probe_timeout_seconds=settings.session_probe_timeout_seconds,
     )
     engine = SparkJobEngine(
         spark,
@@ -77,12 +79,13 @@ def build(settings: EnrichSettings, common: CommonSettings) -> ServiceDefinition
         common,
         Path(settings.run_dir).resolve() / "checkpoints",
         settings.dimension_refresh_seconds,
+        settings.event_limits(),
     )
     manager = JobManager(
         BigtableSpecStore(core_bigtable.table(common, ENRICH_SPECS_TABLE)),
         BigtableJobStore(core_bigtable.table(common, ENRICH_JOBS_TABLE)),
         engine,
-        max_concurrent_jobs=settings.max_concurrent_jobs,
+        quotas=settings.quotas(),
         retention_micros=common.raw_retention_days * 86_400_000_000,
         tick_seconds=settings.scheduler_tick_seconds,
         retry_initial_micros=round(settings.scheduler_retry_initial_seconds * 1e6),
@@ -95,6 +98,8 @@ def build(settings: EnrichSettings, common: CommonSettings) -> ServiceDefinition
         grpc_service_names=[SERVICE_NAME],
         register=partial(enrich_pb2_grpc.add_EnrichServiceServicer_to_server, servicer),
         readiness_checks=[partial(check_bigtable, common)],
+        # A Spark session that broke and could not be rebuilt: restart the pod.
+        liveness_checks=[spark.check_alive],
         workers=[JobWorker(manager, spark)],
     )
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 from confluent_kafka import Producer
 from eventpipe.core.config import CommonSettings
 from eventpipe.core.entity_changes import EntityChange
 from eventpipe.core.kafka import producer_config
+from eventpipe.core.validation import EventLimits
 from eventpipe.enrich.v1 import enrich_pb2
 
 from enrich.adapters.spark_engine import (
@@ -16,6 +18,7 @@ from enrich.adapters.spark_engine import (
     Counters,
     JobCancelled,
     SparkEngine,
+    StreamingHandle,
     StreamingRequest,
 )
 from enrich.domain.jobs import BatchWork, Cancelled, RunningStream, StreamWork
@@ -42,6 +45,48 @@ class EntityChangePublisher:
             log.warning("entity changes not confirmed", extra={"pending": remaining})
 
 
+class RestartingStream:
+    """A streaming job's query that, when the Spark session under it broke and was rebuilt,
+    starts again from its checkpoint on the new session (at most ``max_restarts`` times):
+    another tenant breaking the session does not fail this one's stream."""
+
+    def __init__(self, engine: SparkEngine, request: StreamingRequest, max_restarts: int = 3):
+        self.engine = engine
+        self.request = request
+        self.restarts_left = max_restarts
+        self._stopped = False
+        self._lock = threading.Lock()
+        self.engine.ensure_session()
+        self._generation = engine.generation
+        self._handle: StreamingHandle = engine.start_streaming(request)
+
+    def is_active(self) -> bool:
+        with self._lock:
+            if self._handle.is_active():
+                return True
+            if self._stopped or self.restarts_left <= 0:
+                return False
+            if not self.engine.recover(self._generation):
+                return False  # the query died by itself: error() says why
+            self.restarts_left -= 1
+            log.warning(
+                "restarting a stream on the rebuilt Spark session",
+                extra={"job_id": self.request.job_id},
+            )
+            self._generation = self.engine.generation
+            self._handle = self.engine.start_streaming(self.request)
+            return True
+
+    def error(self) -> str | None:
+        return self._handle.error()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            handle = self._handle
+        handle.stop()
+
+
 def _proto(counters: Counters) -> enrich_pb2.JobCounters:
     return enrich_pb2.JobCounters(
         read=counters.read,
@@ -59,7 +104,9 @@ class SparkJobEngine:
         settings: CommonSettings,
         checkpoint_root: Path,
         dimension_refresh_seconds: float,
+        event_limits: EventLimits | None = None,
     ) -> None:
+        self.event_limits = event_limits or EventLimits()
         self.engine = engine
         self.publisher = publisher
         self.settings = settings
@@ -89,20 +136,20 @@ class SparkJobEngine:
     def start_stream(self, work: StreamWork) -> RunningStream:
         checkpoint = self.checkpoint_root / work.tenant_id / work.job_id
         checkpoint.mkdir(parents=True, exist_ok=True)
-        return self.engine.start_streaming(
-            StreamingRequest(
-                work.job_id,
-                work.tenant_id,
-                work.spec,
-                self.settings.kafka_bootstrap_servers,
-                self.settings.raw_topic,
-                work.trigger_seconds,
-                str(checkpoint),
-                dimension_refresh_seconds=self.dimension_refresh_seconds,
-                on_batch=lambda c: work.on_batch(_proto(c)),
-                on_entities_changed=self._changed,
-            )
+        request = StreamingRequest(
+            work.job_id,
+            work.tenant_id,
+            work.spec,
+            self.settings.kafka_bootstrap_servers,
+            self.settings.raw_topic,
+            work.trigger_seconds,
+            str(checkpoint),
+            dimension_refresh_seconds=self.dimension_refresh_seconds,
+            event_limits=self.event_limits,
+            on_batch=lambda c: work.on_batch(_proto(c)),
+            on_entities_changed=self._changed,
         )
+        return RestartingStream(self.engine, request)
 
     def cancel(self, job_id: str) -> None:
         self.engine.cancel(job_id)

@@ -15,9 +15,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from eventpipe.core import schema
+from eventpipe.core.validation import EventLimits
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -66,6 +67,86 @@ class JobCancelled(Exception):
     """The job's cancel flag was set; raised between Spark actions."""
 
 
+class SessionBroken(RuntimeError):
+    """The Spark session stopped working (driver JVM gone, SparkContext stopped, ...)."""
+
+
+def tenant_pool(tenant_id: str) -> str:
+    """The FAIR scheduler pool of a tenant's Spark jobs."""
+    return f"tenant-{tenant_id}"
+
+
+@dataclass
+class _DriverCall:
+    """The driver side of one job, running on a thread of its own (see _run_in_driver)."""
+
+    job_id: str
+    done: threading.Event = field(default_factory=threading.Event)
+    interrupt: threading.Event = field(default_factory=threading.Event)
+    jvm_thread: Any = None
+    result: Any = None
+    error: BaseException | None = None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:500]
+
+
+def _call_with_timeout(fn: Callable[[], None], timeout: float, what: str) -> None:
+    """Runs ``fn`` on a daemon thread; raises what it raised, or TimeoutError (a call to a
+    hung JVM blocks forever, so the thread is left behind then)."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            fn()
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, name=f"enrich-{what}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not outcome:
+        raise TimeoutError(f"{what} did not answer within {timeout:g} s")
+    if outcome[0] is not None:
+        raise outcome[0]
+
+
+def _discard_session(session: SparkSession | None) -> None:
+    """Forgets a broken session and kills its driver JVM, so build_session starts a new one.
+
+    pyspark keeps the gateway to the JVM and the active context in class attributes; a dead
+    or poisoned JVM (OutOfMemoryError) must not be reused, so the gateway is shut down too."""
+    from pyspark import SparkContext
+
+    if session is not None:
+        try:
+            _call_with_timeout(session.stop, 30.0, "Spark session stop")
+        except Exception:
+            log.info("the broken session did not stop cleanly", exc_info=True)
+    SparkSession._instantiatedSession = None
+    SparkSession._activeSession = None
+    with SparkContext._lock:
+        SparkContext._active_spark_context = None
+        gateway = SparkContext._gateway
+        SparkContext._gateway = None
+        SparkContext._jvm = None
+    if gateway is not None:
+        proc = getattr(gateway, "proc", None)
+        try:
+            gateway.shutdown()
+        except Exception:
+            log.debug("gateway shutdown failed", exc_info=True)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            try:
+                proc.wait(30)
+            except Exception:
+                log.warning("the old driver JVM did not exit", exc_info=True)
+
+
 @dataclass(frozen=True)
 class SparkSettings:
     master: str = "local[*]"
@@ -75,6 +156,12 @@ class SparkSettings:
     shuffle_partitions: int = 8
     jars: tuple[str, ...] = ()
     extra_conf: tuple[tuple[str, str], ...] = ()
+
+
+class CancelFlag(Protocol):
+    """A job's cancellation token (enrich.domain.jobs.CancellationToken, or an Event)."""
+
+    def is_set(self) -> bool: ...
 
 
 @dataclass
@@ -92,7 +179,7 @@ class BatchRequest:
     spec: CheckedSpec
     start_micros: int
     end_micros: int
-    cancelled: threading.Event = field(default_factory=threading.Event)
+    cancelled: CancelFlag = field(default_factory=threading.Event)
     on_progress: Callable[[float, Counters], None] = lambda _p, _c: None
     on_entities_changed: Callable[[list[tuple[str, str]]], None] = lambda _e: None
 
@@ -359,21 +446,37 @@ class SparkEngine:
         target: BigtableTarget,
         run_dir: Path | None = None,
         session: SparkSession | None = None,
+        *,
+        cancel_grace_seconds: float = 5.0,
+        probe_timeout_seconds: float = 60.0,
     ) -> None:
         self.settings = settings
         self.target = target
         self.run_dir = run_dir
+        self.cancel_grace_seconds = cancel_grace_seconds
+        self.probe_timeout_seconds = probe_timeout_seconds
         # A session passed in (tests share one per test session) is not stopped by stop().
         self._owns_session = session is None
         self._session: SparkSession | None = session
         self._lock = threading.Lock()
+        self._rebuild_lock = threading.Lock()
+        self._generation = 0  # + 1 per rebuilt session
+        self._broken: str | None = None  # why the session is down and could not be rebuilt
+        self._calls: dict[str, _DriverCall] = {}
 
     @property
     def spark(self) -> SparkSession:
         with self._lock:
             if self._session is None:
+                if self._broken is not None:
+                    raise SessionBroken(self._broken)
                 self._session = build_session(self.settings)
             return self._session
+
+    @property
+    def generation(self) -> int:
+        """Changes when the session is rebuilt; work started on an older one died with it."""
+        return self._generation
 
     def stop(self) -> None:
         with self._lock:
@@ -382,8 +485,153 @@ class SparkEngine:
             self._session = None
 
     def cancel(self, job_id: str) -> None:
-        if self._session is not None:
-            self._session.sparkContext.cancelJobGroup(job_id)
+        """Cancels the job's Spark jobs and interrupts its driver call (see _run_in_driver)."""
+        with self._lock:
+            session, call = self._session, self._calls.get(job_id)
+        if call is not None:
+            call.interrupt.set()
+        if session is not None:
+            try:
+                session.sparkContext.cancelJobGroup(job_id)
+            except Exception:  # a broken session has nothing left to cancel
+                log.warning("could not cancel a job group", extra={"job_id": job_id}, exc_info=True)
+
+    # -- session health
+
+    def check_alive(self) -> None:
+        """Liveness: raises while the session is broken and could not be rebuilt."""
+        if self._broken is not None:
+            raise SessionBroken(self._broken)
+
+    def _probe(self, session: SparkSession, *, run_job: bool) -> None:
+        """Raises unless ``session`` answers (and, with ``run_job``, runs a one-row job)."""
+
+        def probe() -> None:
+            sc = session.sparkContext
+            jsc = sc._jsc
+            if jsc is None or jsc.sc().isStopped():
+                raise SessionBroken("the SparkContext is stopped")
+            if run_job:
+                session.range(1).count()
+
+        _call_with_timeout(probe, self.probe_timeout_seconds, "Spark session probe")
+
+    def ensure_session(self) -> None:
+        """Before a job: rebuilds the session when it no longer answers (the driver JVM died,
+        its SparkContext was stopped), so the job runs on a working one."""
+        with self._lock:
+            session, generation = self._session, self._generation
+        if session is None:
+            if self._broken is not None:
+                self._rebuild(generation, self._broken)
+            return
+        try:
+            self._probe(session, run_job=False)
+        except Exception as exc:
+            self._rebuild(generation, _first_line(exc))
+
+    def recover(self, generation: int) -> bool:
+        """After work started on session ``generation`` failed: True when the session broke
+        (it is rebuilt here, or was already), False when it still works (the work's own fault)."""
+        if generation != self._generation:
+            return True
+        with self._lock:
+            session = self._session
+        if session is None:
+            return False
+        try:
+            self._probe(session, run_job=True)
+            return False
+        except Exception as exc:
+            self._rebuild(generation, _first_line(exc))
+            return True
+
+    def _rebuild(self, generation: int, cause: str) -> None:
+        """Replaces the broken session of ``generation`` with a new one on a new driver JVM;
+        when that fails too, liveness turns NOT_SERVING (``check_alive``)."""
+        with self._rebuild_lock:
+            if generation != self._generation:
+                return  # another thread rebuilt it already
+            log.error("the Spark session is broken; rebuilding it", extra={"reason": cause})
+            with self._lock:
+                old, self._session = self._session, None
+            _discard_session(old)
+            try:
+                session = build_session(self.settings)
+                self._probe(session, run_job=True)
+            except Exception as exc:
+                self._broken = f"the Spark session broke ({cause}) and could not be rebuilt: " + (
+                    _first_line(exc)
+                )
+                log.critical("could not rebuild the Spark session", extra={"reason": self._broken})
+                return
+            with self._lock:
+                self._session = session
+                self._owns_session = True
+                self._generation += 1
+                self._broken = None
+            log.warning("Spark session rebuilt", extra={"generation": self._generation})
+
+    # -- driver calls
+
+    def _run_in_driver(self, job_id: str, cancelled: CancelFlag, body: Callable[[], Any]) -> Any:
+        """Runs ``body`` (the job's driver side) on a thread of its own and returns its result.
+
+        ``cancelJobGroup`` only stops running Spark jobs: a driver call still planning (Catalyst
+        analysis and optimization of a large plan run on the calling JVM thread) ignores it and
+        Thread.interrupt. So a cancelled call that has not ended ``cancel_grace_seconds`` after
+        its jobs were cancelled gets its JVM thread stopped (Thread.stop, Java 17: the call
+        raises ThreadDeath); if even that does not end it, it is abandoned, so the job ends
+        CANCELLED and frees its slot either way.
+        """
+        call = _DriverCall(job_id)
+        spark = self.spark
+
+        def run() -> None:
+            try:
+                call.jvm_thread = spark.sparkContext._jvm.java.lang.Thread.currentThread()  # type: ignore[union-attr]
+                call.result = body()
+            except BaseException as exc:  # handed to the waiting thread
+                call.error = exc
+            finally:
+                call.done.set()
+
+        with self._lock:
+            self._calls[job_id] = call
+        thread = threading.Thread(target=run, name=f"enrich-driver-{job_id}", daemon=True)
+        thread.start()
+        try:
+            while not call.done.wait(0.2):
+                if cancelled.is_set() or call.interrupt.is_set():
+                    self._interrupt(call)
+                    raise JobCancelled(job_id)
+            if call.error is not None:
+                if cancelled.is_set() or call.interrupt.is_set():
+                    raise JobCancelled(job_id) from call.error
+                raise call.error
+            return call.result
+        finally:
+            with self._lock:
+                if self._calls.get(job_id) is call:
+                    del self._calls[job_id]
+
+    def _interrupt(self, call: _DriverCall) -> None:
+        self.cancel(call.job_id)
+        if call.done.wait(self.cancel_grace_seconds):
+            return
+        log.warning(
+            "cancelled driver call still running (planning?): stopping its thread",
+            extra={"job_id": call.job_id},
+        )
+        try:
+            if call.jvm_thread is not None:
+                call.jvm_thread.stop()
+        except Exception:
+            log.warning("could not stop a driver thread", exc_info=True)
+        if not call.done.wait(self.cancel_grace_seconds):
+            log.error(
+                "cancelled driver call did not stop; abandoned", extra={"job_id": call.job_id}
+            )
 
     # -- reading
 
@@ -433,23 +681,49 @@ class SparkEngine:
     # -- batch
 
     def run_batch(self, request: BatchRequest) -> Counters:
+        """Runs a batch job; a broken session is rebuilt before it, or after it failed
+        (then it raises SessionBroken: this job failed with the session, the next one runs on
+        the new session)."""
+        self.ensure_session()
+        generation = self._generation
+        try:
+            return self._run_in_driver(  # type: ignore[no-any-return]
+                request.job_id, request.cancelled, lambda: self._batch_in_driver(request)
+            )
+        except JobCancelled:
+            raise
+        except Exception as exc:
+            if self.recover(generation):
+                raise SessionBroken(
+                    "the Spark session broke while this job ran and was rebuilt: "
+                    + _first_line(exc)
+                ) from exc
+            raise
+
+    def _batch_in_driver(self, request: BatchRequest) -> Counters:
         spark = self.spark
         sc = spark.sparkContext
         sc.setJobGroup(request.job_id, f"enrich {request.tenant_id}", interruptOnCancel=True)
-        sc.setLocalProperty("spark.scheduler.pool", request.job_id)
+        # One FAIR pool per tenant: tenants share the executors equally, whatever their count
+        # of jobs and streams.
+        sc.setLocalProperty("spark.scheduler.pool", tenant_pool(request.tenant_id))
         counters = Counters()
         cached: list[DataFrame] = []
         try:
             return self._run_batch(request, counters, cached)
         finally:
             for frame in cached:
-                frame.unpersist()
+                try:
+                    frame.unpersist()
+                except Exception:  # a cancelled or broken session
+                    log.debug("could not unpersist", exc_info=True)
             sc.setLocalProperty("spark.scheduler.pool", None)  # type: ignore[arg-type]
 
     def start_streaming(self, request: StreamingRequest) -> StreamingHandle:
         return _start_streaming(self, request)
 
     def _check(self, request: BatchRequest) -> None:
+        """The cancellation token, checked between steps of the driver side."""
         if request.cancelled.is_set():
             raise JobCancelled(request.job_id)
 
@@ -461,6 +735,7 @@ class SparkEngine:
         # Aggregates are recomputed for whole day buckets, so read whole days.
         agg_start = request.start_micros // bigtable_io.DAY_MICROS * bigtable_io.DAY_MICROS
         agg_end = -(-request.end_micros // bigtable_io.DAY_MICROS) * bigtable_io.DAY_MICROS
+        self._check(request)
         events = self.read_events(request.tenant_id, agg_start, agg_end)
         dimensions, broadcast = self.read_dimensions(request.tenant_id, spec)
         cached.extend(dimensions.values())
@@ -627,18 +902,8 @@ MICRO_BATCH_RESULT = T.StructType(
 # ---------------------------------------------------------------- streaming
 
 
-def event_tuple_from_message(value: bytes, tenant_id: str) -> tuple[Any, ...] | None:
-    """A raw-topic message (serialized Event) as an EVENT_SCHEMA row, or None if it belongs
-    to another tenant or does not parse (the store dead-letters those)."""
-    from eventpipe.common.v1 import event_pb2
-
-    event = event_pb2.Event()
-    try:
-        event.ParseFromString(value)
-    except Exception:
-        return None
-    if event.tenant_id != tenant_id or not event.entity_id or not event.event_id:
-        return None
+def event_tuple(event: Any) -> tuple[Any, ...]:
+    """A decoded raw-topic Event as an EVENT_SCHEMA row."""
     maps: dict[str, dict[str, Any]] = {k: {} for k, _ in _MAPS}
     for name, attribute in event.attributes.items():
         kind = attribute.WhichOneof("kind")
@@ -654,8 +919,8 @@ def event_tuple_from_message(value: bytes, tenant_id: str) -> tuple[Any, ...] | 
             maps["t"][name] = schema.micros(attribute.timestamp_value)
     event_time = schema.micros(event.event_time)
     return (
-        schema.row_key_for_event(tenant_id, event.entity_id, event_time, event.event_id),
-        tenant_id,
+        schema.row_key_for_event(event.tenant_id, event.entity_id, event_time, event.event_id),
+        event.tenant_id,
         event.entity_id,
         event.event_id,
         event.event_type,
@@ -663,6 +928,41 @@ def event_tuple_from_message(value: bytes, tenant_id: str) -> tuple[Any, ...] | 
         schema.micros(event.ingest_time),
         *(maps[k] for k, _ in _MAPS),
     )
+
+
+def tenant_events(
+    rows: Iterable[Any], tenant_id: str, limits: EventLimits, poison: Any
+) -> Iterator[tuple[Any, ...]]:
+    """The events of ``tenant_id`` among raw-topic rows of the Kafka source (key, value,
+    headers, timestamp_ms), decoded by the store consumer's own ``decode_raw_event``: a message
+    the store dead-letters is never enriched. Poison messages that name this tenant (key prefix
+    or tenant header) are skipped and counted in the ``poison`` accumulator; other tenants'
+    are skipped silently (their counts are not this tenant's business)."""
+    from eventpipe.core.topic_contract import HEADER_TENANT, PoisonMessage, decode_raw_event
+
+    key_prefix = f"{tenant_id}#".encode()
+    tenant_header = tenant_id.encode()
+    for row in rows:
+        key = None if row["key"] is None else bytes(row["key"])
+        headers = [
+            (h["key"], b"" if h["value"] is None else bytes(h["value"]))
+            for h in (row["headers"] or ())
+        ]
+        try:
+            event = decode_raw_event(
+                key,
+                None if row["value"] is None else bytes(row["value"]),
+                headers,
+                row["timestamp_ms"],
+                limits,
+                time.time_ns() // 1000,
+            )
+        except PoisonMessage:
+            if (key or b"").startswith(key_prefix) or (HEADER_TENANT, tenant_header) in headers:
+                poison.add(1)
+            continue
+        if event.tenant_id == tenant_id:
+            yield event_tuple(event)
 
 
 @dataclass
@@ -676,6 +976,7 @@ class StreamingRequest:
     checkpoint_dir: str
     dimension_refresh_seconds: float = 30.0
     max_events_per_batch: int = 200_000
+    event_limits: EventLimits = field(default_factory=EventLimits)
     on_batch: Callable[[Counters], None] = lambda _c: None
     on_entities_changed: Callable[[list[tuple[str, str]]], None] = lambda _e: None
 
@@ -691,14 +992,23 @@ class StreamingHandle:
         return self.query.lastProgress is not None
 
     def is_active(self) -> bool:
-        return bool(self.query.isActive)
+        try:
+            return bool(self.query.isActive)
+        except Exception:  # the session under it broke
+            return False
 
     def error(self) -> str | None:
-        exc = self.query.exception()
+        try:
+            exc = self.query.exception()
+        except Exception as broken:
+            return _first_line(broken)
         return None if exc is None else str(exc).splitlines()[0]
 
     def stop(self) -> None:
-        self.query.stop()
+        try:
+            self.query.stop()
+        except Exception:
+            log.info("stopping a stream on a broken session failed", exc_info=True)
 
 
 SINGLE_TASK_MAX_EVENTS = 5_000
@@ -738,17 +1048,18 @@ def _start_streaming(engine: SparkEngine, request: StreamingRequest) -> Streamin
     def process(batch: DataFrame, _batch_id: int) -> None:
         sc = spark.sparkContext
         sc.setJobGroup(request.job_id, f"stream {tenant_id}", interruptOnCancel=True)
-        sc.setLocalProperty("spark.scheduler.pool", request.job_id)
+        sc.setLocalProperty("spark.scheduler.pool", tenant_pool(tenant_id))
+
+        poison = sc.accumulator(0)
+        limits = request.event_limits
 
         def decode(rows: Iterable[Any]) -> Iterator[tuple[Any, ...]]:
-            for row in rows:
-                parsed = event_tuple_from_message(bytes(row["value"]), tenant_id)
-                if parsed is not None:
-                    yield parsed
+            return tenant_events(rows, tenant_id, limits, poison)
 
-        events = spark.createDataFrame(
-            batch.select("value").rdd.mapPartitions(decode), EVENT_SCHEMA
+        raw = batch.select(
+            "key", "value", "headers", F.unix_millis("timestamp").alias("timestamp_ms")
         )
+        events = spark.createDataFrame(raw.rdd.mapPartitions(decode), EVENT_SCHEMA)
         dims, broadcast = dimensions()
         # One Spark job per micro-batch: the joins, then the writes (see write_micro_batch)
         # with each entity's events in one task.
@@ -767,18 +1078,27 @@ def _start_streaming(engine: SparkEngine, request: StreamingRequest) -> Streamin
 
         results = frame.mapInArrow(write, MICRO_BATCH_RESULT).collect()
         read = sum(r["n"] for r in results if r["kind"] == "read")
+        skipped = int(poison.value)
+        if skipped:
+            log.warning(
+                "skipped raw-topic messages that break the topic contract",
+                extra={"job_id": request.job_id, "poison_messages": skipped},
+            )
         if not read:
+            if skipped:
+                request.on_batch(Counters(0, 0, 0, skipped))
             return
         unmatched = sum(r["n"] for r in results if r["kind"] == "unmatched")
         request.on_entities_changed(
             [(r["tenant_id"], r["entity_id"]) for r in results if r["kind"] == "entity"]
         )
-        request.on_batch(Counters(read, read - unmatched, unmatched, 0))
+        request.on_batch(Counters(read, read - unmatched, unmatched, skipped))
 
     query: Any = (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", request.bootstrap_servers)
         .option("subscribe", request.topic)
+        .option("includeHeaders", "true")  # decode_raw_event checks them
         .option("startingOffsets", "latest")
         .option("failOnDataLoss", "false")
         # A task reads a fixed offset range; the broker's default 500 ms fetch wait on each
