@@ -139,11 +139,29 @@ def decode_raw_event(
         limits: the event_time bounds (and the ingest_time trust window).
         now_micros: the caller's clock.
 
-    Returns the event with ``ingest_time`` filled in. Raises ``PoisonMessage`` (the reason in
-    ``str``) for anything that breaks the contract: an empty or undecodable value, a schema or
-    tenant header that disagrees, a key that is not ``<tenant_id>#<entity_id>``, an untrusted
-    ``ingest_time``, or a rule of ``validate_event``.
+    Returns the event with ``ingest_time`` filled in; every event it returns converts with
+    ``schema.event_to_row`` (tests/unit/store/test_poison_property.py checks it). Raises
+    ``PoisonMessage`` (the reason in ``str``), and nothing else, for anything that breaks the
+    contract: an empty or undecodable value, a schema or tenant header that disagrees, a key
+    that is not ``<tenant_id>#<entity_id>``, an untrusted ``ingest_time``, or a rule of
+    ``validate_event``.
     """
+    try:
+        return _decode_raw_event(key, value, headers, timestamp_ms, limits, now_micros)
+    except PoisonMessage:
+        raise
+    except Exception as exc:  # whatever a hostile message provokes is still poison
+        raise PoisonMessage(f"cannot decode the message: {type(exc).__name__}: {exc}") from None
+
+
+def _decode_raw_event(
+    key: bytes | None,
+    value: bytes | None,
+    headers: Sequence[tuple[str, bytes]] | None,
+    timestamp_ms: int | None,
+    limits: EventLimits,
+    now_micros: int,
+) -> event_pb2.Event:
     if not value:
         raise PoisonMessage("empty message value: expected a serialized eventpipe.common.v1.Event")
     try:

@@ -166,3 +166,37 @@ def test_an_out_of_range_ingest_time_or_attribute_timestamp_is_poison(
 def test_bytes_that_are_not_an_event_are_poison(value: bytes | None) -> None:
     with pytest.raises(PoisonMessage):
         decode_raw_event(b"acme#u1", value, [], NOW // 1000, LIMITS, NOW)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    key=st.one_of(st.none(), st.binary(max_size=40)),
+    value=st.one_of(st.none(), st.binary(max_size=300)),
+    headers=st.lists(
+        st.tuples(
+            st.sampled_from(
+                [
+                    topic_contract.HEADER_TENANT,
+                    topic_contract.HEADER_SCHEMA,
+                    topic_contract.HEADER_INGEST_TIME,
+                    "other",
+                ]
+            ),
+            st.one_of(st.none(), st.binary(max_size=30)),
+        ),
+        max_size=4,
+    ),
+    timestamp_ms=st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1)),
+)
+def test_whatever_the_message_the_reading_returns_an_event_or_raises_poison_only(
+    key: bytes | None,
+    value: bytes | None,
+    headers: list[tuple[str, bytes]],
+    timestamp_ms: int | None,
+) -> None:
+    try:
+        event = decode_raw_event(key, value, headers, timestamp_ms, LIMITS, NOW)
+    except PoisonMessage as exc:
+        assert str(exc)
+    else:
+        assert event.HasField("ingest_time")
