@@ -14,7 +14,9 @@ docs/kafka-topic-contract.md describes it for producers in other languages.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
+from typing import ParamSpec, TypeVar
 
 from eventpipe.common.v1 import event_pb2
 from eventpipe.core.validation import (
@@ -23,6 +25,9 @@ from eventpipe.core.validation import (
     timestamp_micros,
     validate_event,
 )
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 SCHEMA_NAME = "eventpipe.common.v1.Event"
 SCHEMA_VERSION = "1"
@@ -123,6 +128,23 @@ def _ingest_micros(
     return ingest
 
 
+def _poison_only(decode: Callable[P, R]) -> Callable[P, R]:
+    """Whatever ``decode`` raises becomes PoisonMessage: a hostile message may provoke errors
+    no check foresaw, and every caller's per-message boundary relies on this one type."""
+
+    @functools.wraps(decode)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return decode(*args, **kwargs)
+        except PoisonMessage:
+            raise
+        except Exception as exc:
+            raise PoisonMessage(f"cannot decode the message: {type(exc).__name__}: {exc}") from None
+
+    return wrapper
+
+
+@_poison_only
 def decode_raw_event(
     key: bytes | None,
     value: bytes | None,
@@ -146,22 +168,6 @@ def decode_raw_event(
     that is not ``<tenant_id>#<entity_id>``, an untrusted ``ingest_time``, or a rule of
     ``validate_event``.
     """
-    try:
-        return _decode_raw_event(key, value, headers, timestamp_ms, limits, now_micros)
-    except PoisonMessage:
-        raise
-    except Exception as exc:  # whatever a hostile message provokes is still poison
-        raise PoisonMessage(f"cannot decode the message: {type(exc).__name__}: {exc}") from None
-
-
-def _decode_raw_event(
-    key: bytes | None,
-    value: bytes | None,
-    headers: Sequence[tuple[str, bytes]] | None,
-    timestamp_ms: int | None,
-    limits: EventLimits,
-    now_micros: int,
-) -> event_pb2.Event:
     if not value:
         raise PoisonMessage("empty message value: expected a serialized eventpipe.common.v1.Event")
     try:
