@@ -16,7 +16,15 @@ import pytest
 from eventpipe.common.v1 import event_pb2, results_pb2
 from eventpipe.core import topic_contract
 from eventpipe.core.config import CommonSettings
-from eventpipe.core.schema import micros, timestamp_from_micros
+from eventpipe.core.schema import (
+    ATTRIBUTE_FAMILIES,
+    META_FAMILY,
+    RAW_EVENTS_TABLE,
+    encode_int,
+    event_to_row,
+    micros,
+    timestamp_from_micros,
+)
 from eventpipe.core.server import LIVENESS_SERVICE
 from eventpipe.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from eventpipe.stack.components import GrpcService
@@ -26,6 +34,7 @@ from eventpipe.store.v1 import store_pb2, store_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from store.adapters.bigtable import BigtableRowWriter
 
 from tests.conftest import Isolation, start_or_fail
 from tests.integration.store.conftest import (
@@ -397,3 +406,29 @@ def test_a_store_whose_consumer_loop_dies_is_not_alive_says_why_and_a_restart_re
     letters = dead_letters(common_settings, expected=1)
     assert [m.key() for m in letters] == [FAULT_KEY]  # for a sound loop, a poison message
     assert grpc_health(restarted.address, LIVENESS_SERVICE) == "SERVING"
+
+
+# ---------------------------------------------------------------- 1. defensive reads
+
+
+def test_raw_events_with_unreadable_cells_are_listed_without_them_and_a_broken_row_skipped(
+    common_settings: CommonSettings, store_stub: Any, isolation: Isolation
+) -> None:
+    tenant = isolation.tenant_id
+    events = [_event(tenant, f"stored-{i}", event_micros=_now() - i * MINUTE) for i in range(3)]
+    for event in events:
+        event.attributes["url"].string_value = "/"
+    rows = [event_to_row(e) for e in events]
+    # Written as no validated path would write them: a timestamp cell of year ~31,700 and an
+    # event_time cell of two bytes.
+    rows[0].cells[(ATTRIBUTE_FAMILIES["timestamp_value"], b"when")] = encode_int(10**18)
+    rows[1].cells[(META_FAMILY, b"event_time")] = b"\x00\x01"
+    writer = BigtableRowWriter(common_settings, 10.0, lambda: None)
+    try:
+        assert not writer.write_rows(RAW_EVENTS_TABLE, rows)
+    finally:
+        writer.close()
+
+    listed = _raw_events(store_stub, tenant, "user-1")
+    assert [e.event_id for e in listed] == ["stored-0", "stored-2"]
+    assert set(listed[0].attributes) == {"url"}
