@@ -193,9 +193,9 @@ function envoy_on_request(handle)
   local start = skip_ws(text, 1)
   local ok, err = pcall(walk, text, start, resolve(root), "")
   if not ok and type(err) == "table" and err.unknown then
-    -- The shape of every other 400 (google.rpc.Status with a BadRequest field violation, as the
-    -- transcoder renders a service's INVALID_ARGUMENT); the metadata tells local_reply_config
-    -- to keep this body as it is.
+    -- The shape of every other 400: google.rpc.Status with a BadRequest field violation, as the
+    -- transcoder renders a service's INVALID_ARGUMENT (every primitive field printed, so the
+    -- empty `reason` too). The metadata tells local_reply_config to keep this body as it is.
     local field = json_string(err.unknown)
     local description = "unknown field, not part of the request message"
     local message = json_string(err.unknown .. ": " .. description)
@@ -204,7 +204,7 @@ function envoy_on_request(handle)
       { [":status"] = "400", ["content-type"] = "application/json" },
       '{"code":3,"message":' .. message .. ',"details":[{"@type":'
         .. '"type.googleapis.com/google.rpc.BadRequest","field_violations":[{"field":'
-        .. field .. ',"description":"' .. description .. '"}]}]}'
+        .. field .. ',"description":"' .. description .. '","reason":""}]}]}'
     )
   end
 end
