@@ -78,7 +78,7 @@ def tenant_pool(tenant_id: str) -> str:
 
 @dataclass
 class _DriverCall:
-    """The driver side of one job, running on a thread of its own (see _run_in_driver)."""
+    """The driver side of one job, running on a thread of its own (see run_in_driver)."""
 
     job_id: str
     done: threading.Event = field(default_factory=threading.Event)
@@ -136,7 +136,7 @@ def _discard_session(session: SparkSession | None) -> None:
     if gateway is not None:
         proc = getattr(gateway, "proc", None)
         try:
-            gateway.shutdown()
+            _call_with_timeout(gateway.shutdown, 30.0, "Py4J gateway shutdown")
         except Exception:
             log.debug("gateway shutdown failed", exc_info=True)
         if proc is not None and proc.poll() is None:
@@ -485,7 +485,7 @@ class SparkEngine:
             self._session = None
 
     def cancel(self, job_id: str) -> None:
-        """Cancels the job's Spark jobs and interrupts its driver call (see _run_in_driver)."""
+        """Cancels the job's Spark jobs and interrupts its driver call (see run_in_driver)."""
         with self._lock:
             session, call = self._session, self._calls.get(job_id)
         if call is not None:
@@ -574,7 +574,7 @@ class SparkEngine:
 
     # -- driver calls
 
-    def _run_in_driver(self, job_id: str, cancelled: CancelFlag, body: Callable[[], Any]) -> Any:
+    def run_in_driver(self, job_id: str, cancelled: CancelFlag, body: Callable[[], Any]) -> Any:
         """Runs ``body`` (the job's driver side) on a thread of its own and returns its result.
 
         ``cancelJobGroup`` only stops running Spark jobs: a driver call still planning (Catalyst
@@ -687,7 +687,7 @@ class SparkEngine:
         self.ensure_session()
         generation = self._generation
         try:
-            return self._run_in_driver(  # type: ignore[no-any-return]
+            return self.run_in_driver(  # type: ignore[no-any-return]
                 request.job_id, request.cancelled, lambda: self._batch_in_driver(request)
             )
         except JobCancelled:

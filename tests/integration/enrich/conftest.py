@@ -4,16 +4,22 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import grpc
 import pytest
 from enrich.adapters.bigtable_io import BigtableTarget
 from enrich.adapters.connectors import connector_jars
 from enrich.adapters.spark_engine import SparkEngine, SparkSettings, build_session
+from eventpipe.common.v1 import event_pb2
 from eventpipe.core import bigtable as core_bigtable
 from eventpipe.core import schema
+from eventpipe.enrich.v1 import enrich_pb2_grpc
 from pyspark.sql import SparkSession
+
+from tests.integration.enrich import dataset
 
 SPARK_SETTINGS = SparkSettings(
     master="local[2]", partitions=4, shuffle_partitions=4, broadcast_max_rows=1000
@@ -57,3 +63,53 @@ def tables(common_settings: Any) -> dict[str, Any]:
             schema.ENTITY_PROFILES_TABLE,
         )
     }
+
+
+def recent(data: dataset.Dataset, now_micros: int | None = None) -> dataset.Dataset:
+    """``data`` moved by whole days so its events lie one to three days before now, with
+    ``ingest_time`` now: what the raw topic's contract accepts (``decode_raw_event`` refuses
+    an event older than the retention or an ingest_time far from the Kafka timestamp)."""
+    now = time.time_ns() // 1000 if now_micros is None else now_micros
+    shift = ((now - dataset.BASE) // dataset.DAY - 3) * dataset.DAY
+    moved = dataset.Dataset(data.tenant_id)
+    for event in data.events:
+        copy = event_pb2.Event()
+        copy.CopyFrom(event)
+        copy.event_time.CopyFrom(
+            schema.timestamp_from_micros(schema.micros(event.event_time) + shift)
+        )
+        copy.ingest_time.CopyFrom(schema.timestamp_from_micros(now))
+        moved.events.append(copy)
+    moved.dims = {
+        name: [dataset.DimVersion(v.key, v.valid_from + shift, v.attributes) for v in versions]
+        for name, versions in data.dims.items()
+    }
+    return moved
+
+
+StartEnrich = Callable[..., tuple[Any, enrich_pb2_grpc.EnrichServiceStub]]
+
+
+@pytest.fixture
+def start_enrich(start_service: Any) -> Iterator[StartEnrich]:
+    """Starts the enrich service as a process (local[2] Spark) with extra settings; returns it
+    and a stub on a channel closed at the end of the test."""
+    channels: list[grpc.Channel] = []
+
+    def start(**env: str) -> tuple[Any, enrich_pb2_grpc.EnrichServiceStub]:
+        service = start_service(
+            "enrich",
+            env={
+                "EVENTPIPE_ENRICH_SPARK_MASTER": "local[2]",
+                "EVENTPIPE_ENRICH_SPARK_PARTITIONS": "2",
+                **env,
+            },
+            timeout=120,
+        )
+        channel = grpc.insecure_channel(service.address)
+        channels.append(channel)
+        return service, enrich_pb2_grpc.EnrichServiceStub(channel)
+
+    yield start
+    for channel in channels:
+        channel.close()
