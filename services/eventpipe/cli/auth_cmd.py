@@ -16,7 +16,7 @@ def _token(args: argparse.Namespace) -> int:
         raise SystemExit(f"unknown scope(s) {', '.join(unknown)}; choose from {', '.join(SCOPES)}")
     if args.tenant is None and OPERATOR_SCOPE not in scopes:
         raise SystemExit("--tenant is required, except for an operator token (--scope operator)")
-    keys_dir = args.keys_dir or StackConfig.from_env().auth_dir
+    keys_dir = args.keys_dir or StackConfig.of_running_stack().auth_dir
     private_path, jwks_path = generate_local_keys(keys_dir)
     print(
         mint_token(
