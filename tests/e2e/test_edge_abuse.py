@@ -1,0 +1,148 @@
+"""One tenant against the others at the edge, end to end: the four real services behind the real
+Envoy, with auth as ``eventpipe stack up`` runs by default (the ``auth_stack`` fixture).
+
+Idle StreamEvents streams must not take the ingest workers another tenant's unary call needs
+(Envoy caps the streams it holds open to ingest, ``EVENTPIPE_EDGE_MAX_OPEN_STREAMS``), and the
+edge's own refusals keep the documented JSON shape on the real stack.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+import pytest
+from eventpipe.common.v1 import results_pb2
+from eventpipe.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from eventpipe.stack.stack import Stack, dev_token
+from eventpipe.stack.waiting import wait_until
+from google.protobuf import json_format
+
+from tests.conftest import EDGE_TENANT_BURST
+
+pytestmark = [pytest.mark.abuse]
+
+IDLE_STREAMS = 40
+# The idle streams come from several tenants, each inside its rate-limit burst, so that only the
+# stream cap (not the per-tenant rate limit) stands between them and ingest's workers.
+IDLERS = 4
+
+
+def new_tenant(label: str) -> str:
+    return f"{label}-{uuid.uuid4().hex[:10]}"
+
+
+def bearer(stack: Stack, tenant: str) -> list[tuple[str, str]]:
+    token = dev_token(stack.config, tenant, ("ingest", "query"))
+    assert token is not None
+    return [("authorization", f"Bearer {token}")]
+
+
+def event(event_id: str) -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "event_type": "page_view",
+        "entity_id": "user-1",
+        "event_time": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+    }
+
+
+def _idle_until(released: threading.Event) -> Iterator[ingest_pb2.StreamEventsRequest]:
+    released.wait(timeout=300)
+    yield from ()
+
+
+def test_forty_idle_streams_through_envoy_do_not_stop_another_tenants_unary_call(
+    auth_stack: Stack,
+) -> None:
+    assert IDLE_STREAMS // IDLERS <= EDGE_TENANT_BURST
+    cap = auth_stack.envoy.edge_settings.max_open_streams  # type: ignore[union-attr]
+    idlers = [new_tenant("idler") for _ in range(IDLERS)]
+    quiet = new_tenant("quiet")
+    request = json_format.ParseDict(
+        {"tenant_id": quiet, "event": event(f"quiet-{uuid.uuid4().hex[:8]}")},
+        ingest_pb2.IngestEventRequest(),
+    )
+    released = threading.Event()
+    with grpc.insecure_channel(auth_stack.envoy.address) as channel:
+        stub = ingest_pb2_grpc.IngestServiceStub(channel)
+        try:
+            streams = [
+                stub.StreamEvents(
+                    _idle_until(released), metadata=bearer(auth_stack, idlers[n % IDLERS])
+                )
+                for n in range(IDLE_STREAMS)
+            ]
+            # Every stream past the cap is refused at once; the others stay open, idle.
+            wait_until(
+                lambda: sum(stream.done() for stream in streams) >= IDLE_STREAMS - cap,
+                timeout=60,
+                what=f"{IDLE_STREAMS - cap} surplus streams refused",
+            )
+            open_streams = [stream for stream in streams if not stream.done()]
+
+            # A deadline, not a timing: a stalled server would let it pass unanswered.
+            response = stub.IngestEvent(request, metadata=bearer(auth_stack, quiet), timeout=30)
+        finally:
+            released.set()
+
+    assert response.result.status != results_pb2.ITEM_STATUS_UNSPECIFIED  # type: ignore[attr-defined]
+    assert 0 < len(open_streams) <= cap
+    refused = [stream for stream in streams if stream not in open_streams]
+    assert {stream.code() for stream in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+def _raw_request(
+    stack: Stack, method: str, path: str, headers: dict[str, str], body: bytes | None = None
+) -> tuple[int, str, Any]:
+    connection = http.client.HTTPConnection("127.0.0.1", stack.envoy.port, timeout=60)
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.getheader("content-type", ""), json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_oversized_headers_are_refused_431_json_before_any_token_is_checked(
+    auth_stack: Stack,
+) -> None:
+    status, content_type, document = _raw_request(
+        auth_stack, "GET", "/v1/tenants/t1/entities/e1", {"x-flood": "a" * 70_000}
+    )
+
+    assert (status, content_type) == (431, "application/json")
+    assert document == {"code": 8, "message": "request headers too large", "details": []}
+
+
+def test_an_escaped_field_name_is_ingested_and_an_unknown_one_refused_with_a_violation(
+    auth_stack: Stack,
+) -> None:
+    tenant = new_tenant("escaped")
+    headers = {
+        "authorization": bearer(auth_stack, tenant)[0][1],
+        "content-type": "application/json",
+    }
+    known = json.dumps({"events": [event("e-1")]}).replace('"events"', '"even\\u0074s"', 1)
+    unknown = json.dumps({"events": [{**event("e-2"), "colour": "red"}]})
+
+    accepted = _raw_request(
+        auth_stack, "POST", f"/v1/tenants/{tenant}/events:batch", headers, known.encode()
+    )
+    refused = _raw_request(
+        auth_stack, "POST", f"/v1/tenants/{tenant}/events:batch", headers, unknown.encode()
+    )
+
+    assert accepted[0] == 200, accepted
+    assert len(accepted[2]["results"]) == 1
+    assert refused[:2] == (400, "application/json"), refused
+    assert refused[2]["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    (detail,) = refused[2]["details"]
+    assert detail["@type"] == "type.googleapis.com/google.rpc.BadRequest"
+    assert [v["field"] for v in detail["field_violations"]] == ["events[0].colour"]
