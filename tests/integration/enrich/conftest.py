@@ -6,13 +6,21 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from enrich.adapters.bigtable_io import BigtableTarget
 from enrich.adapters.connectors import connector_jars
-from enrich.adapters.spark_engine import SparkEngine, SparkSettings, build_session
+from enrich.adapters.spark_engine import (
+    SparkEngine,
+    SparkSettings,
+    StreamingHandle,
+    StreamingRequest,
+    build_session,
+)
+from enrich.domain.spec import validate_spec
 from eventpipe.common.v1 import event_pb2
 from eventpipe.core import bigtable as core_bigtable
 from eventpipe.core import schema
@@ -113,3 +121,31 @@ def start_enrich(start_service: Any) -> Iterator[StartEnrich]:
     yield start
     for channel in channels:
         channel.close()
+
+
+def write_dimensions(tables: dict[str, Any], data: dataset.Dataset) -> None:
+    for name, versions in data.dims.items():
+        dataset.write_dimension(tables[schema.DIMENSIONS_TABLE], data.tenant_id, name, versions)
+
+
+def start_test_stream(
+    engine: SparkEngine,
+    common_settings: Any,
+    tenant_id: str,
+    checkpoint: Path,
+    on_batch: Callable[[Any], None],
+    trigger_seconds: float = 1.0,
+) -> StreamingHandle:
+    """A streaming enrichment of ``tenant_id`` with the test spec on the test's raw topic."""
+    return engine.start_streaming(
+        StreamingRequest(
+            f"stream-{tenant_id}",
+            tenant_id,
+            validate_spec(dataset.test_spec(), version=1),
+            common_settings.kafka_bootstrap_servers,
+            common_settings.raw_topic,
+            trigger_seconds,
+            str(checkpoint),
+            on_batch=on_batch,
+        )
+    )

@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Producer
-from enrich.adapters.spark_engine import SparkEngine, StreamingRequest
-from enrich.domain.spec import validate_spec
+from enrich.adapters.spark_engine import SparkEngine
 from eventpipe.common.v1 import event_pb2
 from eventpipe.core import schema
 from eventpipe.core.kafka import producer_config
@@ -27,7 +26,7 @@ from eventpipe.stack.waiting import wait_until
 from google.cloud.bigtable.table import Table
 
 from tests.integration.enrich import dataset
-from tests.integration.enrich.conftest import recent
+from tests.integration.enrich.conftest import recent, start_test_stream, write_dimensions
 from tests.integration.enrich.test_batch_enrichment import dump
 
 pytestmark = [pytest.mark.abuse]
@@ -89,10 +88,7 @@ def test_a_message_the_store_dead_letters_is_never_enriched_while_a_good_one_is(
     tmp_path: Any,
 ) -> None:
     data = recent(dataset.generate(isolation.tenant_id, events=1, seed=5))
-    for name, versions in data.dims.items():
-        dataset.write_dimension(
-            tables[schema.DIMENSIONS_TABLE], isolation.tenant_id, name, versions
-        )
+    write_dimensions(tables, data)
     good = data.events[0]
     poison = poison_messages(good)
     now = time.time_ns() // 1000
@@ -102,17 +98,8 @@ def test_a_message_the_store_dead_letters_is_never_enriched_while_a_good_one_is(
             decode_raw_event(key, value, headers, now // 1000, EventLimits(), now)
 
     batches: list[Any] = []
-    handle = engine.start_streaming(
-        StreamingRequest(
-            "stream-contract",
-            isolation.tenant_id,
-            validate_spec(dataset.test_spec(), version=1),
-            common_settings.kafka_bootstrap_servers,
-            common_settings.raw_topic,
-            1.0,
-            str(tmp_path / "checkpoint"),
-            on_batch=batches.append,
-        )
+    handle = start_test_stream(
+        engine, common_settings, isolation.tenant_id, tmp_path / "checkpoint", batches.append
     )
     try:
         wait_until(handle.started, timeout=180, what="first micro-batch")

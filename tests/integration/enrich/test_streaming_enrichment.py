@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from confluent_kafka import Producer
-from enrich.adapters.spark_engine import SparkEngine, StreamingRequest
-from enrich.domain.spec import validate_spec
+from enrich.adapters.spark_engine import SparkEngine
 from eventpipe.core import schema
 from eventpipe.core.kafka import producer_config
 from eventpipe.core.topic_contract import message_headers, message_key
@@ -14,7 +13,7 @@ from eventpipe.stack.waiting import wait_until
 from google.cloud.bigtable.table import Table
 
 from tests.integration.enrich import dataset
-from tests.integration.enrich.conftest import recent
+from tests.integration.enrich.conftest import recent, start_test_stream, write_dimensions
 from tests.integration.enrich.test_batch_enrichment import decoded_enriched, dump
 
 TRIGGER_SECONDS = 1.0
@@ -33,22 +32,15 @@ def test_a_streaming_job_enriches_new_events_within_its_trigger_plus_a_bound(
     # Recent events: the streaming job decodes the topic as the store does, which refuses
     # events older than the retention.
     data = recent(dataset.generate(isolation.tenant_id, events=40, seed=11))
-    for name, versions in data.dims.items():
-        dataset.write_dimension(
-            tables[schema.DIMENSIONS_TABLE], isolation.tenant_id, name, versions
-        )
+    write_dimensions(tables, data)
     batches: list[Any] = []
-    handle = engine.start_streaming(
-        StreamingRequest(
-            "stream-test",
-            isolation.tenant_id,
-            validate_spec(dataset.test_spec(), version=1),
-            common_settings.kafka_bootstrap_servers,
-            common_settings.raw_topic,
-            TRIGGER_SECONDS,
-            str(tmp_path / "checkpoint"),
-            on_batch=batches.append,
-        )
+    handle = start_test_stream(
+        engine,
+        common_settings,
+        isolation.tenant_id,
+        tmp_path / "checkpoint",
+        batches.append,
+        TRIGGER_SECONDS,
     )
     try:
         wait_until(handle.started, timeout=180, what="first micro-batch")
