@@ -664,12 +664,14 @@ class JobManager:
             job.progress = 1.0
             self._finish(record, enrich_pb2.JOB_STATE_SUCCEEDED)
         except Exception as exc:
-            if cancelled.is_set() or isinstance(exc, Cancelled):
+            if cancelled.is_set():
                 self._finish(record, enrich_pb2.JOB_STATE_CANCELLED)
-            elif self._stopped.is_set():
+            elif self._stopped.is_set():  # the engine interrupted it: not a cancel
                 log.info(
                     "job interrupted by shutdown; resumes on restart", extra={"job_id": job.job_id}
                 )
+            elif isinstance(exc, Cancelled):
+                self._finish(record, enrich_pb2.JOB_STATE_CANCELLED)
             else:
                 log.exception("batch job failed", extra={"job_id": job.job_id})
                 self._finish(record, enrich_pb2.JOB_STATE_FAILED, _describe(exc))

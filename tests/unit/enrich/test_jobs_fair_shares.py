@@ -11,6 +11,7 @@ import pytest
 from enrich.domain.jobs import (
     BatchWork,
     CancellationToken,
+    Cancelled,
     FairSlots,
     JobManager,
     Quotas,
@@ -229,3 +230,33 @@ def test_a_cancellation_token_runs_its_callbacks_once_even_when_registered_late(
     token.on_cancel(lambda: calls.append("late"))
     assert calls == ["early", "late"]
     assert token.is_set() and token.wait(0)
+
+
+class InterruptingEngine(StreamingEngine):
+    """Like the Spark engine: cancel interrupts a running batch, which raises Cancelled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.interrupted = threading.Event()
+
+    def run_batch(self, work: BatchWork) -> enrich_pb2.JobCounters:
+        with self.lock:
+            self.running += 1
+        try:
+            self.interrupted.wait(10)
+            raise Cancelled(work.job_id)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+    def cancel(self, job_id: str) -> None:
+        self.interrupted.set()
+
+
+def test_a_job_interrupted_by_shutdown_stays_running_for_the_next_process() -> None:
+    engine = InterruptingEngine()
+    manager = manager_with(engine, Quotas(), "a")
+    job = manager.create_job("a", batch_job(0, MINUTE))
+    wait_until(lambda: engine.running == 1, timeout=10, what="job running")
+    manager.stop()
+    assert state(manager, "a", job) == enrich_pb2.JOB_STATE_RUNNING
