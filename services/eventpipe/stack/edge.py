@@ -68,10 +68,10 @@ class EdgeSettings(BaseSettings):
         "3600s", pattern=DURATION, description="Longest a StreamEvents stream may stay open."
     )
     max_open_streams: int = Field(
-        8,
+        64,
         ge=1,
         description="StreamEvents streams this Envoy holds open to ingest at once (past it "
-        "RESOURCE_EXHAUSTED); keep it below ingest's handler threads so unary calls keep some.",
+        "RESOURCE_EXHAUSTED at the edge); ingest's own EVENTPIPE_INGEST_MAX_STREAMS by default.",
     )
     max_streams_per_connection: int = Field(
         100, ge=1, le=2_147_483_647, description="Concurrent HTTP/2 streams per client connection."
