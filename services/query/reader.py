@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from eventpipe.core import schema
@@ -14,8 +13,6 @@ from query import decode
 from query.cache import AnswerCache
 from query.queries import EntityRef, EventsQuery, MetricsQuery
 from query.store import EntityStore, EventView
-
-log = logging.getLogger(__name__)
 
 # Kinds of cached answers (the third element of a cache key, and a metrics label).
 PROFILE = "profile"
