@@ -16,24 +16,20 @@ import json
 import threading
 import uuid
 from collections.abc import Iterator
-from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import pytest
 from eventpipe.core import errors
-from eventpipe.core.interceptors import ErrorMappingInterceptor
 from eventpipe.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from eventpipe.stack.components import SERVICE_NAMES, Envoy
+from eventpipe.stack.components import Envoy
 from eventpipe.stack.edge import EdgeSettings, MiB
-from eventpipe.stack.probes import free_port
 from eventpipe.stack.waiting import wait_until
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from tests.conftest import start_or_fail
-from tests.integration.test_envoy_transcoding import RecordingUpstream
+from tests.integration.test_envoy_transcoding import RecordingUpstream, Reply, recording_edge
 
 pytestmark = [pytest.mark.abuse]
 
@@ -44,8 +40,6 @@ STREAM_MAX_DURATION_SECONDS = 4
 MAX_OPEN_STREAMS = 2
 INGEST = "/eventpipe.ingest.v1.IngestService"
 STREAM_EVENTS = f"{INGEST}/StreamEvents"
-# The recording server serves every service but enrich, whose port stays closed.
-SERVED = ("ingest", "store", "query")
 
 
 @dataclass
@@ -93,50 +87,23 @@ class Edge:
 def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     assert EdgeSettings.model_fields["max_request_bytes"].default == DOCUMENTED_BODY_LIMIT
     upstream = StreamingUpstream()
-    ports = {name: free_port() for name in SERVICE_NAMES}
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=16),
-        handlers=[upstream],
-        interceptors=[ErrorMappingInterceptor()],
-        options=[("grpc.max_receive_message_length", 2 * DOCUMENTED_BODY_LIMIT)],
+    settings = EdgeSettings(  # type: ignore[call-arg]
+        max_request_bytes=DOCUMENTED_BODY_LIMIT,
+        stream_idle_timeout=f"{STREAM_IDLE_TIMEOUT_SECONDS}s",
+        stream_max_duration=f"{STREAM_MAX_DURATION_SECONDS}s",
+        max_open_streams=MAX_OPEN_STREAMS,
     )
-    for name in SERVED:
-        server.add_insecure_port(f"127.0.0.1:{ports[name]}")
-    server.start()
-    envoy = Envoy(
-        tmp_path_factory.mktemp("edge-abuse-run"),
-        port=free_port(),
-        admin_port=free_port(),
-        upstream_ports=ports,
-        edge_settings=EdgeSettings(  # type: ignore[call-arg]
-            max_request_bytes=DOCUMENTED_BODY_LIMIT,
-            stream_idle_timeout=f"{STREAM_IDLE_TIMEOUT_SECONDS}s",
-            stream_max_duration=f"{STREAM_MAX_DURATION_SECONDS}s",
-            max_open_streams=MAX_OPEN_STREAMS,
-        ),
-    )
-    start_or_fail(envoy)
-    try:
+    run_dir = tmp_path_factory.mktemp("edge-abuse-run")
+    with recording_edge(
+        upstream, run_dir, settings, max_message_bytes=2 * DOCUMENTED_BODY_LIMIT
+    ) as envoy:
         yield Edge(envoy, upstream)
-    finally:
-        envoy.stop()
-        server.stop(0)
 
 
 @pytest.fixture
 def upstream(edge: Edge) -> Iterator[StreamingUpstream]:
     yield edge.upstream
     edge.upstream.behaviours.clear()
-
-
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
 
 
 def request(

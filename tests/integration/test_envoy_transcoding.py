@@ -18,6 +18,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,34 +97,52 @@ class Edge:
     upstream: RecordingUpstream
 
 
-@pytest.fixture(scope="module")
-def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
-    upstream = RecordingUpstream()
+@contextmanager
+def recording_edge(
+    upstream: RecordingUpstream,
+    run_dir: Path,
+    settings: EdgeSettings,
+    *,
+    max_message_bytes: int = 8 * 1024 * 1024,
+) -> Iterator[Envoy]:
+    """The real Envoy, rendered with ``settings``, in front of ``upstream`` served on the ports
+    of ingest, store and query (enrich's stays closed)."""
     ports = {name: free_port() for name in SERVICE_NAMES}
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=4),
+        futures.ThreadPoolExecutor(max_workers=16),
         handlers=[upstream],
         interceptors=[ErrorMappingInterceptor()],
-        options=[("grpc.max_send_message_length", 8 * 1024 * 1024)],
+        options=[
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ],
     )
     for name in SERVED:
         server.add_insecure_port(f"127.0.0.1:{ports[name]}")
     server.start()
     envoy = Envoy(
-        tmp_path_factory.mktemp("edge-run"),
+        run_dir,
         port=free_port(),
         admin_port=free_port(),
         upstream_ports=ports,
-        edge_settings=EdgeSettings(  # type: ignore[call-arg]
-            max_request_bytes=MAX_REQUEST_BYTES, max_response_bytes=MAX_RESPONSE_BYTES
-        ),
+        edge_settings=settings,
     )
-    start_or_fail(envoy)
     try:
-        yield Edge(envoy, upstream)
+        start_or_fail(envoy)
+        yield envoy
     finally:
         envoy.stop()
         server.stop(0)
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
+    upstream = RecordingUpstream()
+    settings = EdgeSettings(  # type: ignore[call-arg]
+        max_request_bytes=MAX_REQUEST_BYTES, max_response_bytes=MAX_RESPONSE_BYTES
+    )
+    with recording_edge(upstream, tmp_path_factory.mktemp("edge-run"), settings) as envoy:
+        yield Edge(envoy, upstream)
 
 
 @pytest.fixture
