@@ -13,13 +13,16 @@ from enrich.adapters.spark_engine import BatchRequest, SparkEngine, enrich_frame
 from enrich.domain import expressions
 from enrich.domain.spec import validate_spec
 from eventpipe.core import schema
-from eventpipe.enrich.v1 import enrich_pb2, enrich_pb2_grpc
+from eventpipe.enrich.v1 import enrich_pb2
 from google.cloud.bigtable.table import Table
-from google.rpc import error_details_pb2, status_pb2
 from pyspark.sql import DataFrame, SparkSession
 
 from tests.integration.enrich import dataset
 from tests.integration.enrich.dataset import BASE, DAY
+from tests.integration.enrich.test_enrich_service import (  # the service fixture, shared
+    enrich_stub,  # noqa: F401
+    field_violations,
+)
 
 pytestmark = [pytest.mark.abuse]
 
@@ -181,30 +184,6 @@ def test_a_job_whose_spec_has_a_31_operator_chain_finishes_with_the_right_values
 # ---------------------------------------------------------------- through the service
 
 
-def field_violations(error: grpc.RpcError) -> dict[str, str]:
-    for key, value in error.trailing_metadata() or ():  # type: ignore[attr-defined]
-        if key == "grpc-status-details-bin":
-            status = status_pb2.Status.FromString(value)
-            for detail in status.details:
-                if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                    bad = error_details_pb2.BadRequest()
-                    detail.Unpack(bad)
-                    return {v.field: v.description for v in bad.field_violations}
-    return {}
-
-
-@pytest.fixture
-def enrich_stub(start_service: Any) -> Any:
-    service = start_service(
-        "enrich",
-        env={"EVENTPIPE_ENRICH_SPARK_MASTER": "local[2]", "EVENTPIPE_ENRICH_SPARK_PARTITIONS": "2"},
-        timeout=120,
-    )
-    channel = grpc.insecure_channel(service.address)
-    yield enrich_pb2_grpc.EnrichServiceStub(channel)
-    channel.close()
-
-
 def put_spec(stub: Any, tenant_id: str, spec: enrich_pb2.EnrichmentSpec) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as raised:
         stub.PutEnrichmentSpec(enrich_pb2.PutEnrichmentSpecRequest(tenant_id=tenant_id, spec=spec))
@@ -212,9 +191,11 @@ def put_spec(stub: Any, tenant_id: str, spec: enrich_pb2.EnrichmentSpec) -> grpc
 
 
 def test_deep_nesting_and_trailing_newline_names_are_refused_by_the_service_naming_the_field(
-    enrich_stub: Any, isolation: Any
+    enrich_stub: Any,  # noqa: F811
+    isolation: Any,
 ) -> None:
-    deep = put_spec(enrich_stub, isolation.tenant_id, spec_deriving("(" * 511 + "a" + ")" * 511))
+    _service, stub = enrich_stub
+    deep = put_spec(stub, isolation.tenant_id, spec_deriving("(" * 511 + "a" + ")" * 511))
     assert deep.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert len(deep.details() or "") < 2000  # a reason, not a traceback
     violations = field_violations(deep)
@@ -228,7 +209,7 @@ def test_deep_nesting_and_trailing_newline_names_are_refused_by_the_service_nami
     newline.joins[0].fields.append("weight\n")
     newline.derived_fields.append(enrich_pb2.DerivedField(name="total\n", expression="1"))
     newline.metric_fields.append("quantity\n")
-    refused = put_spec(enrich_stub, isolation.tenant_id, newline)
+    refused = put_spec(stub, isolation.tenant_id, newline)
     assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert set(field_violations(refused)) == {
         "spec.joins[0].fields[2]",
@@ -238,7 +219,7 @@ def test_deep_nesting_and_trailing_newline_names_are_refused_by_the_service_nami
     }
 
     # The service is still healthy and takes the longest chain the limits allow.
-    stored = enrich_stub.PutEnrichmentSpec(
+    stored = stub.PutEnrichmentSpec(
         enrich_pb2.PutEnrichmentSpecRequest(
             tenant_id=isolation.tenant_id, spec=spec_deriving(chain("a", MAX_OPERATORS))
         )
