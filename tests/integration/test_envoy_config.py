@@ -1,5 +1,7 @@
-"""Every Envoy config the repo ships, checked by a real Envoy (``envoy --mode validate``), and
-kept in step: the local one with and without auth, and the Kubernetes dev and prod ones."""
+"""Every Envoy config the repo ships, checked by a real Envoy (``envoy --mode validate``): the
+local one with and without auth, and the Kubernetes dev and prod ones, all rendered from the one
+template envoy/envoy.yaml (tests/unit/test_k8s_manifests.py proves the committed Kubernetes files
+are its rendering), and the limits each takes from the edge's settings."""
 
 from __future__ import annotations
 
