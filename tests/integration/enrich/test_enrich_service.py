@@ -7,7 +7,7 @@ from typing import Any
 import grpc
 import pytest
 from eventpipe.core import schema
-from eventpipe.enrich.v1 import enrich_pb2, enrich_pb2_grpc
+from eventpipe.enrich.v1 import enrich_pb2
 from eventpipe.stack.waiting import wait_until
 from google.rpc import error_details_pb2, status_pb2
 
@@ -39,15 +39,8 @@ def field_violations(error: grpc.RpcError) -> dict[str, str]:
 
 
 @pytest.fixture
-def enrich_stub(start_service: Any) -> Any:
-    service = start_service(
-        "enrich",
-        env={"EVENTPIPE_ENRICH_SPARK_MASTER": "local[2]", "EVENTPIPE_ENRICH_SPARK_PARTITIONS": "2"},
-        timeout=120,
-    )
-    channel = grpc.insecure_channel(service.address)
-    yield service, enrich_pb2_grpc.EnrichServiceStub(channel)
-    channel.close()
+def enrich_stub(start_enrich: Any) -> Any:
+    return start_enrich()
 
 
 def test_a_bad_spec_is_refused_with_a_violation_per_field(enrich_stub: Any, isolation: Any) -> None:
