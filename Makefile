@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 
 
 .PHONY: bench-tools
-.PHONY: help setup tools protos up down status test test-unit test-integration test-e2e test-abuse lint fmt bench clean
+.PHONY: help setup tools protos envoy-configs up down status test test-unit test-integration test-e2e test-abuse lint fmt bench clean
 
 help: ## Show this help.
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ tools: $(STAMP)
 
 protos: $(STAMP) ## Generate Python stubs (.py, _grpc.py, .pyi) and the Envoy descriptor set.
 	$(PY) -m eventpipe.codegen
+
+envoy-configs: $(STAMP) ## Render the Kubernetes Envoy configs from the one template in envoy/.
+	$(PY) -m eventpipe.stack.edge_k8s
 
 up: setup ## Start the whole local stack (Kafka, Bigtable emulator, Envoy, services), load demo data.
 	$(EVENTPIPE) stack up

@@ -207,7 +207,7 @@ class KafkaBroker(Component):
         (self.data_dir / "log4j2.yaml").write_text(self._log4j_config())
         if (self.data_dir / "log" / "meta.properties").exists():
             return  # formatted before: a restart keeps topics and offsets
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = _new_cluster_id()
         argv = self._java(
             "kafka.tools.StorageTool",
             "format",
@@ -403,3 +403,12 @@ class GrpcService(Component):
 
     def is_healthy(self) -> bool:
         return self.health() == "SERVING"
+
+
+def _new_cluster_id() -> str:
+    """A random KRaft cluster id (base64url of 16 bytes, as Kafka's own ``Uuid.randomUuid``),
+    never starting with '-': the storage tool would read such an id as an option."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
