@@ -150,6 +150,14 @@ def _badly_signed(stack: Stack, tenant: str, tmp_dir: Path) -> str:
     return mint_token(other_key.read_bytes(), jwks, tenant_id=tenant, scopes=["ingest"])
 
 
+def _without_expiry(stack: Stack, tenant: str) -> str:
+    # Well signed by the real key, but never expiring: both Envoy and the services refuse it.
+    key, jwks = _local_keys(stack)
+    kid = json.loads(jwks.read_text())["keys"][0]["kid"]
+    claims = {"iss": "eventpipe-local", "aud": "eventpipe", "tenant_id": tenant, "scope": "ingest"}
+    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid})
+
+
 def _unsigned(_stack: Stack, tenant: str) -> str:
     claims = {"iss": "eventpipe-local", "aud": "eventpipe", "tenant_id": tenant}
     return jwt.encode({**claims, "scope": "ingest", "exp": 4_000_000_000}, None, algorithm="none")
@@ -160,6 +168,7 @@ BAD_TOKENS: dict[str, BadToken] = {
     "missing": lambda _s, _t, _d: None,
     "not a jwt": lambda _s, _t, _d: "not-a-jwt",
     "expired": lambda s, t, _d: _expired(s, t),
+    "without exp": lambda s, t, _d: _without_expiry(s, t),
     "badly signed": lambda s, t, d: _badly_signed(s, t, d),
     "wrong audience": lambda s, t, _d: _wrong_audience(s, t),
     "wrong issuer": lambda s, t, _d: _wrong_issuer(s, t),
