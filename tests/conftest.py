@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from eventpipe.core.waiting import DeadlineExceeded
 from eventpipe.stack import install
 from eventpipe.stack.components import (
     SERVICE_NAMES,
@@ -28,7 +29,6 @@ from eventpipe.stack.components import (
 )
 from eventpipe.stack.probes import free_port
 from eventpipe.stack.stack import Stack, StackConfig
-from eventpipe.stack.waiting import DeadlineExceeded
 
 TESTS_DIR = Path(__file__).resolve().parent
 TIERS = ("unit", "integration", "e2e")

@@ -53,8 +53,8 @@ from eventpipe.core.schema import (
     timestamp_from_micros,
 )
 from eventpipe.core.topology import ensure_topology
+from eventpipe.core.waiting import wait_until
 from eventpipe.stack.probes import free_port
-from eventpipe.stack.waiting import wait_until
 
 from bench.harness import BenchContext, Measurement
 

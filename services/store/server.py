@@ -27,7 +27,7 @@ from eventpipe.core.page_tokens import PageTokenCodec
 from eventpipe.core.schema import table_specs
 from eventpipe.core.server import BackgroundWorker, ServiceDefinition, run_service
 from eventpipe.core.topology import ensure_topology
-from eventpipe.stack.waiting import wait_until
+from eventpipe.core.waiting import wait_until
 from eventpipe.store.v1 import store_pb2, store_pb2_grpc
 
 from store.adapters.bigtable import BigtableRowReader, BigtableRowWriter

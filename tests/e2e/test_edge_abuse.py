@@ -20,9 +20,9 @@ from typing import Any
 import grpc
 import pytest
 from eventpipe.common.v1 import results_pb2
+from eventpipe.core.waiting import wait_until
 from eventpipe.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from eventpipe.stack.stack import Stack, dev_token
-from eventpipe.stack.waiting import wait_until
 from google.protobuf import json_format
 
 from tests.conftest import EDGE_TENANT_BURST

@@ -21,10 +21,10 @@ import grpc
 import jwt
 import pytest
 from eventpipe.core.auth import generate_local_keys, mint_token
+from eventpipe.core.waiting import wait_until
 from eventpipe.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from eventpipe.query.v1 import query_pb2, query_pb2_grpc
 from eventpipe.stack.stack import Stack, dev_token
-from eventpipe.stack.waiting import wait_until
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 

@@ -17,11 +17,11 @@ import pytest
 from eventpipe.core import bigtable as core_bigtable
 from eventpipe.core import bigtable_rows, schema
 from eventpipe.core.config import CommonSettings
+from eventpipe.core.waiting import wait_until
 from eventpipe.demo.generator import DemoSpec, generate
 from eventpipe.stack.components import REPO_ROOT
 from eventpipe.stack.demo import load_demo_data
 from eventpipe.stack.stack import TRY_HEADER, Stack
-from eventpipe.stack.waiting import wait_until
 
 # Small enough that a load (ingest, store, one Spark batch job) takes seconds, not minutes.
 SMALL_DEMO = DemoSpec(users=4, products=3, sessions=10, days=1, seed=11)

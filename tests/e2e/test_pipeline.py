@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from eventpipe.core.waiting import wait_until
 from eventpipe.stack.stack import Stack
-from eventpipe.stack.waiting import wait_until
 
 from tests.conftest import Isolation
 

@@ -13,6 +13,7 @@ import grpc
 import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+from eventpipe.core.waiting import wait_until
 from eventpipe.stack import probes
 from eventpipe.stack.components import (
     BigtableEmulator,
@@ -21,7 +22,6 @@ from eventpipe.stack.components import (
     render_envoy_config,
     validate_envoy_config,
 )
-from eventpipe.stack.waiting import wait_until
 from google.cloud import bigtable
 from google.cloud.bigtable import column_family
 

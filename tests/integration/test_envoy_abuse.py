@@ -22,10 +22,10 @@ from typing import Any
 import grpc
 import pytest
 from eventpipe.core import errors
+from eventpipe.core.waiting import wait_until
 from eventpipe.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from eventpipe.stack.components import Envoy
 from eventpipe.stack.edge import EdgeSettings, MiB
-from eventpipe.stack.waiting import wait_until
 from google.protobuf import json_format
 from google.protobuf.message import Message
 

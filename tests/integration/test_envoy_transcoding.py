@@ -27,11 +27,11 @@ import grpc
 import pytest
 from eventpipe.core import errors
 from eventpipe.core.interceptors import ErrorMappingInterceptor
+from eventpipe.core.waiting import wait_until
 from eventpipe.query.v1 import query_pb2, query_pb2_grpc
 from eventpipe.stack.components import GRPC_SERVICES, SERVICE_NAMES, Envoy
 from eventpipe.stack.edge import EdgeSettings
 from eventpipe.stack.probes import free_port
-from eventpipe.stack.waiting import wait_until
 from google.protobuf import message_factory
 from google.protobuf.message import Message
 

@@ -11,10 +11,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from eventpipe.core.waiting import DeadlineExceeded
 from eventpipe.stack import install
 from eventpipe.stack.components import ComponentError
 from eventpipe.stack.stack import Stack, StackConfig
-from eventpipe.stack.waiting import DeadlineExceeded
 
 
 def _stack(args: argparse.Namespace) -> Stack:

@@ -19,10 +19,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from eventpipe.core.config import ConfigError, load_settings
+from eventpipe.core.waiting import DeadlineExceeded, wait_until
 from eventpipe.stack import edge, install, probes
 from eventpipe.stack.edge import ENVOY_TEMPLATE, EdgeAuth, EdgeSettings
 from eventpipe.stack.process import ManagedProcess
-from eventpipe.stack.waiting import DeadlineExceeded, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DESCRIPTOR_SET = REPO_ROOT / ".build" / "descriptors" / "eventpipe.pb"

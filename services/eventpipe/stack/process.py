@@ -21,7 +21,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from eventpipe.stack.waiting import DeadlineExceeded, wait_until
+from eventpipe.core.waiting import DeadlineExceeded, wait_until
 
 
 def _proc_cmdline(pid: int) -> list[str] | None:

@@ -21,11 +21,11 @@ import grpc
 import jwt
 import pytest
 from eventpipe.core.auth import generate_local_keys, mint_token
+from eventpipe.core.waiting import wait_until
 from eventpipe.ingest.v1 import ingest_pb2
 from eventpipe.stack.components import SERVICE_NAMES, Envoy, GrpcService, KafkaBroker
 from eventpipe.stack.edge import EdgeAuth
 from eventpipe.stack.probes import free_port
-from eventpipe.stack.waiting import wait_until
 from eventpipe.store.v1 import store_pb2, store_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 

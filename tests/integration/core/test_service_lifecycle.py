@@ -9,9 +9,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from eventpipe.core.waiting import wait_until
 from eventpipe.stack import probes
 from eventpipe.stack.probes import free_port
-from eventpipe.stack.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[3]
 

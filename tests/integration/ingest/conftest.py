@@ -14,10 +14,10 @@ from confluent_kafka import Consumer, Message, TopicPartition
 from eventpipe.core.config import CommonSettings
 from eventpipe.core.kafka import ensure_topics
 from eventpipe.core.topology import topic_specs
+from eventpipe.core.waiting import wait_until
 from eventpipe.ingest.v1 import ingest_pb2_grpc
 from eventpipe.stack.components import Envoy, GrpcService, KafkaBroker
 from eventpipe.stack.probes import free_port
-from eventpipe.stack.waiting import wait_until
 
 from tests.conftest import Isolation, start_or_fail
 

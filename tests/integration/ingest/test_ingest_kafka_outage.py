@@ -15,10 +15,10 @@ import grpc
 import pytest
 from confluent_kafka import Message
 from eventpipe.common.v1 import event_pb2, results_pb2
+from eventpipe.core.waiting import wait_until
 from eventpipe.ingest.v1 import ingest_pb2
 from eventpipe.stack.components import KafkaBroker
 from eventpipe.stack.probes import free_port
-from eventpipe.stack.waiting import wait_until
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 

@@ -15,10 +15,10 @@ import grpc
 import pytest
 from eventpipe.common.v1 import results_pb2
 from eventpipe.core.auth import generate_local_keys, mint_token
+from eventpipe.core.waiting import wait_until
 from eventpipe.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from eventpipe.stack import probes
 from eventpipe.stack.components import KafkaBroker
-from eventpipe.stack.waiting import wait_until
 
 from tests.conftest import Isolation
 from tests.integration.ingest.conftest import IngestUnderTest, start_ingest

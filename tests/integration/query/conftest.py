@@ -20,10 +20,10 @@ from eventpipe.core.config import CommonSettings
 from eventpipe.core.entity_changes import EntityChange
 from eventpipe.core.kafka import producer_config
 from eventpipe.core.topology import ensure_topology
+from eventpipe.core.waiting import wait_until
 from eventpipe.query.v1 import query_pb2_grpc
 from eventpipe.stack.components import BigtableEmulator, Envoy, GrpcService, KafkaBroker
 from eventpipe.stack.probes import free_port
-from eventpipe.stack.waiting import wait_until
 
 from tests.conftest import Isolation, start_or_fail
 from tests.integration.query.loader import RowLoader

@@ -7,8 +7,8 @@ import base64
 import grpc
 import pytest
 from eventpipe.core import schema
+from eventpipe.core.waiting import wait_until
 from eventpipe.query.v1 import query_pb2
-from eventpipe.stack.waiting import wait_until
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 

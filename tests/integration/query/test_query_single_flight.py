@@ -16,9 +16,9 @@ from eventpipe.core.config import CommonSettings
 from eventpipe.core.schema import Cells
 from eventpipe.core.server import RunningServer, ServiceDefinition, create_server
 from eventpipe.core.topology import ensure_topology
+from eventpipe.core.waiting import DeadlineExceeded, wait_until
 from eventpipe.query.v1 import query_pb2, query_pb2_grpc
 from eventpipe.stack.components import BigtableEmulator, KafkaBroker
-from eventpipe.stack.waiting import DeadlineExceeded, wait_until
 from query.adapters.bigtable_store import BigtableEntityStore
 from query.config import QuerySettings
 from query.server import SERVICE_NAME, build_cache, build_reader

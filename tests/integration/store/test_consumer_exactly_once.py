@@ -12,9 +12,9 @@ import grpc
 from confluent_kafka import ConsumerGroupTopicPartitions
 from confluent_kafka.admin import AdminClient
 from eventpipe.core.config import CommonSettings
+from eventpipe.core.waiting import wait_until
 from eventpipe.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from eventpipe.stack.components import GrpcService
-from eventpipe.stack.waiting import wait_until
 from eventpipe.store.v1 import store_pb2_grpc
 
 from tests.conftest import Isolation

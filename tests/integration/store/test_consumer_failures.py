@@ -8,8 +8,8 @@ from typing import Any
 
 from eventpipe.core import topic_contract
 from eventpipe.core.config import CommonSettings
+from eventpipe.core.waiting import wait_until
 from eventpipe.stack.components import BigtableEmulator
-from eventpipe.stack.waiting import wait_until
 from eventpipe.store.v1 import store_pb2
 
 from tests.conftest import Isolation

@@ -26,10 +26,10 @@ from eventpipe.core.schema import (
     timestamp_from_micros,
 )
 from eventpipe.core.server import LIVENESS_SERVICE
+from eventpipe.core.waiting import wait_until
 from eventpipe.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from eventpipe.stack.components import GrpcService
 from eventpipe.stack.probes import free_port, grpc_health
-from eventpipe.stack.waiting import wait_until
 from eventpipe.store.v1 import store_pb2, store_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2

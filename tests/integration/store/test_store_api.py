@@ -9,7 +9,7 @@ import pytest
 from eventpipe.common.v1 import event_pb2, results_pb2
 from eventpipe.core.config import CommonSettings
 from eventpipe.core.schema import timestamp_from_micros
-from eventpipe.stack.waiting import wait_until
+from eventpipe.core.waiting import wait_until
 from eventpipe.store.v1 import store_pb2
 from google.rpc import error_details_pb2, status_pb2
 

@@ -11,7 +11,7 @@ from eventpipe.common.v1 import event_pb2
 from eventpipe.core.errors import InvalidArgument, ResourceExhausted, Unavailable
 from eventpipe.core.schema import timestamp_from_micros
 from eventpipe.core.validation import EventLimits
-from eventpipe.stack.waiting import wait_until
+from eventpipe.core.waiting import wait_until
 from ingest.capacity import InFlightLimiter
 from ingest.event_log import DeliveryReport, OutgoingMessage
 from ingest.outcome import ItemStatus

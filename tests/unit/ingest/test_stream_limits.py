@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from eventpipe.core.errors import ResourceExhausted, Unavailable
 from eventpipe.core.interceptors import StreamLimits
-from eventpipe.stack.waiting import wait_until
+from eventpipe.core.waiting import wait_until
 from ingest.outcome import ItemStatus
 from ingest.streaming import StreamBatch, StreamDrain, ingest_stream
 

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from eventpipe.core.errors import Unavailable
-from eventpipe.stack.waiting import wait_until
+from eventpipe.core.waiting import wait_until
 from query.cache import AnswerCache
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from confluent_kafka import KafkaError
 from eventpipe.core.config import CommonSettings
 from eventpipe.core.entity_changes import EntityChange
-from eventpipe.stack.waiting import wait_until
+from eventpipe.core.waiting import wait_until
 from query.adapters.entity_changes import EntityChangeListener
 from query.cache import AnswerCache
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from eventpipe.core.schema import RAW_EVENTS_TABLE, event_to_row
 from eventpipe.core.validation import EventLimits
-from eventpipe.stack.waiting import wait_until
+from eventpipe.core.waiting import wait_until
 from store.consumer.backoff import Backoff
 from store.consumer.daemon import ConsumerDaemon
 from store.consumer.status import ConsumerState
