@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[tuple[str, str], ...] = (
     ("enrich", "eventpipe.cli.enrich_cmd"),
     ("auth", "eventpipe.cli.auth_cmd"),
     ("admin", "eventpipe.cli.admin_cmd"),
+    ("dlq", "eventpipe.cli.dlq_cmd"),
 )
 
 
