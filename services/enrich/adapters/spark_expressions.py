@@ -84,7 +84,11 @@ class ValueColumns:
 
     def as_text(self) -> Column:
         """The value printed for concatenation (reads ``number`` several times)."""
-        return F.coalesce(self.text, _printed(self.number))
+        return _as_text(self.number, self.text)
+
+
+def _as_text(number: Column, text: Column) -> Column:
+    return F.coalesce(text, _printed(number))
 
 
 Resolver = Callable[[str], ValueColumns]
@@ -108,8 +112,12 @@ class _Value:
             return self.packed
         return F.struct(self.number.alias("n"), self.text.alias("t"))
 
-    def columns(self) -> ValueColumns:
-        return ValueColumns(self.number, self.text, self.kind)
+    def as_text(self) -> Column:
+        if self.kind is ValueType.STRING:
+            return self.text
+        if self.kind is ValueType.NUMBER:
+            return _printed(self.number)
+        return _as_text(self.number, self.text)
 
 
 def _packed(kind: ValueType, struct: Column) -> _Value:
@@ -127,11 +135,9 @@ def _plus(left: _Value, right: _Value) -> tuple[Column, Column]:
     """``+`` of values that may be strings, as (number, text); reads operands several times."""
     if ValueType.STRING in (left.kind, right.kind):
         # A string side is never a number, so the result is text when both sides are present.
-        return null_double(), F.concat(left.columns().as_text(), right.columns().as_text())
+        return null_double(), F.concat(left.as_text(), right.as_text())
     any_text = left.text.isNotNull() | right.text.isNotNull()
-    return left.number + right.number, F.when(
-        any_text, F.concat(left.columns().as_text(), right.columns().as_text())
-    )
+    return left.number + right.number, F.when(any_text, F.concat(left.as_text(), right.as_text()))
 
 
 def _struct(number: Column, text: Column) -> Column:
