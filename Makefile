@@ -13,10 +13,18 @@ DESCRIPTORS := .build/descriptors/eventpipe.pb
 PROTOS := $(shell find protos -name '*.proto')
 TOOL = $(shell $(PY) -c 'from eventpipe.stack.install import tool_path; print(tool_path("$(1)"))')
 PYTEST_ARGS ?=
+# `buf breaking` compares protos/ (working tree) with an earlier commit: this one when set (any
+# git revision, e.g. the commit a piece of work started from); else, on a branch main does not
+# contain, the merge-base with origin/main (or main); else HEAD~1 (on main, as in CI's fresh
+# clone: the newest commit and any uncommitted change); a clone of one commit has nothing to
+# compare and passes. A commit whose message has a line `Buf-Skip-Breaking: <why>` acknowledges
+# a deliberate break: it is printed, and passes. See services/eventpipe/stack/breaking.py.
+BUF_BREAKING_AGAINST ?=
+export BUF_BREAKING_AGAINST
 
 
 .PHONY: bench-tools
-.PHONY: help setup tools protos envoy-configs up down status test test-unit test-integration test-e2e test-abuse lint fmt bench clean
+.PHONY: help setup tools protos envoy-configs up down status test test-unit test-integration test-e2e test-abuse lint breaking fmt bench clean
 
 help: ## Show this help.
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}'
@@ -31,8 +39,10 @@ $(STAMP): pyproject.toml
 $(DESCRIPTORS): $(PROTOS) $(STAMP)
 	$(PY) -m eventpipe.codegen
 
-setup: $(STAMP) $(DESCRIPTORS) tools ## Install everything missing: Python deps, stubs, Kafka, emulator, buf, grpcurl, ghz, Spark connectors.
+setup: $(STAMP) $(DESCRIPTORS) tools ## Install everything missing: Python deps, stubs, Kafka, emulator, buf, grpcurl, ghz, kustomize, Spark connectors.
 
+# kustomize (for the Kubernetes manifest tests) is built from its Go module only when kubectl,
+# which has it built in, is not on PATH.
 tools: $(STAMP)
 	$(EVENTPIPE) stack install
 	$(PY) -m enrich.adapters.connectors
@@ -67,12 +77,17 @@ test-e2e: setup ## End-to-end tests through Envoy.
 test-abuse: setup ## The fault-and-abuse suite only (poison input, hostile specs, faults, tenant isolation).
 	$(PY) -m pytest tests -m abuse $(PYTEST_ARGS)
 
-lint: setup ## ruff, ruff format --check, mypy, buf lint, buf format -d.
+lint: setup ## ruff, ruff format --check, mypy, import layers (lint-imports), buf lint, buf format -d, buf breaking.
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy services bench
+	$(VENV)/bin/lint-imports
 	$(call TOOL,buf) lint
 	$(call TOOL,buf) format -d --exit-code
+	$(PY) -m eventpipe.stack.breaking
+
+breaking: setup ## buf breaking: protos/ against an earlier commit (BUF_BREAKING_AGAINST, else see above).
+	$(PY) -m eventpipe.stack.breaking
 
 fmt: $(STAMP) ## Format Python and protos in place.
 	$(VENV)/bin/ruff format .

@@ -30,13 +30,18 @@ GRPCURL_VERSION = "v1.9.3"
 GHZ_VERSION = "v0.120.0"
 # Only built when the gcloud SDK's emulator component is missing.
 BIGTABLE_EMULATOR_VERSION = "v1.40.1"
+# Only built when kubectl (which has kustomize built in) is not on PATH. v5.5.0 is the kustomize
+# inside kubectl 1.32, the version the manifests target, so both render the same objects.
+# kubectl itself cannot be built with `go install` (its module has replace directives).
+KUSTOMIZE_VERSION = "v5.5.0"
 
 GO_TOOLS: dict[str, str] = {
     "grpcurl": f"github.com/fullstorydev/grpcurl/cmd/grpcurl@{GRPCURL_VERSION}",
     "ghz": f"github.com/bojand/ghz/cmd/ghz@{GHZ_VERSION}",
     "cbtemulator": f"cloud.google.com/go/bigtable/cmd/emulator@{BIGTABLE_EMULATOR_VERSION}",
+    "kustomize": f"sigs.k8s.io/kustomize/kustomize/v5@{KUSTOMIZE_VERSION}",
 }
-ALL_TOOLS = ("kafka", "cbtemulator", "envoy", "buf", "grpcurl", "ghz")
+ALL_TOOLS = ("kafka", "cbtemulator", "envoy", "buf", "grpcurl", "ghz", "kustomize")
 # What `eventpipe stack up` needs; the rest is for linting and benchmarks.
 STACK_TOOLS = ("kafka", "cbtemulator", "envoy")
 
@@ -110,6 +115,9 @@ def _candidate_path(name: str) -> Path | None:
         return cache_dir() / "npm" / f"buf-{BUF_VERSION}" / "node_modules" / ".bin" / "buf"
     if name == "cbtemulator":
         return _gcloud_cbtemulator() or _go_tool_dir(name) / "emulator"
+    if name == "kustomize":
+        kubectl = shutil.which("kubectl")
+        return Path(kubectl) if kubectl else _go_tool_dir(name) / name
     if name in GO_TOOLS:
         return _go_tool_dir(name) / name
     raise KeyError(f"unknown tool {name!r}; known: {', '.join(ALL_TOOLS)}")
@@ -130,6 +138,16 @@ def tool_path(name: str) -> Path:
     if path is None or not is_installed(name):
         raise InstallError(f"{name} is not installed; run `eventpipe stack install`")
     return path
+
+
+def kustomize_command() -> list[str]:
+    """The command that renders a kustomization folder (append the folder to it).
+
+    ``kubectl kustomize`` when kubectl is on PATH, else the pinned kustomize that
+    ``eventpipe stack install`` built; raises ``InstallError`` when neither is there.
+    """
+    path = tool_path("kustomize")
+    return [str(path), "kustomize"] if path.name == "kubectl" else [str(path), "build"]
 
 
 def _run(argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
