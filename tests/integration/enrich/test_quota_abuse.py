@@ -13,10 +13,13 @@ from typing import Any
 
 import grpc
 import pytest
+from confluent_kafka import Producer
 from enrich.adapters.bigtable_io import BigtableTarget
 from enrich.adapters.spark_engine import JobCancelled, SparkEngine
 from eventpipe.core import bigtable as core_bigtable
 from eventpipe.core import schema
+from eventpipe.core.kafka import producer_config
+from eventpipe.core.topic_contract import message_headers, message_key
 from eventpipe.enrich.v1 import enrich_pb2
 from eventpipe.stack.probes import grpc_health
 from eventpipe.stack.waiting import wait_until
@@ -24,7 +27,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from tests.integration.enrich import dataset
-from tests.integration.enrich.conftest import SPARK_SETTINGS
+from tests.integration.enrich.conftest import SPARK_SETTINGS, recent, write_dimensions
 from tests.integration.enrich.dataset import BASE, DAY
 
 pytestmark = [pytest.mark.abuse]
@@ -144,6 +147,55 @@ def test_a_dead_spark_driver_is_replaced_and_another_tenants_next_batch_job_succ
     assert driver_jvm(service.pid) not in (None, jvm)
     assert grpc_health(service.address, "liveness") == "SERVING"
     assert grpc_health(service.address) == "SERVING"
+
+
+def test_a_stream_survives_the_driver_jvm_dying_under_it_and_enriches_new_events(
+    start_enrich: Any, isolation: Any, common_settings: Any
+) -> None:
+    service, stub = start_enrich()
+    tenant = isolation.tenant_id
+    data = recent(dataset.generate(tenant, events=4, seed=3))
+    write_dimensions(
+        {schema.DIMENSIONS_TABLE: core_bigtable.table(common_settings, schema.DIMENSIONS_TABLE)},
+        data,
+    )
+    stub.PutEnrichmentSpec(
+        enrich_pb2.PutEnrichmentSpecRequest(tenant_id=tenant, spec=dataset.test_spec())
+    )
+    stream = create(stub, tenant, streaming_job())
+    enriched = core_bigtable.table(common_settings, schema.ENRICHED_EVENTS_TABLE)
+    producer = Producer(producer_config(common_settings))
+
+    def produce_and_see(event: Any) -> None:
+        key = schema.row_key_for_event(
+            event.tenant_id, event.entity_id, schema.micros(event.event_time), event.event_id
+        )
+
+        def enriched_now() -> bool:
+            # Produced again until seen: the first micro-batch fixes the start offsets.
+            producer.produce(
+                common_settings.raw_topic,
+                key=message_key(event.tenant_id, event.entity_id),
+                value=event.SerializeToString(),
+                headers=message_headers(event),
+            )
+            producer.flush(10)
+            return enriched.read_row(key) is not None
+
+        wait_until(enriched_now, timeout=600, what=f"{event.event_id} enriched")
+
+    produce_and_see(data.events[0])
+    assert service.pid is not None
+    jvm = driver_jvm(service.pid)
+    assert jvm is not None
+    os.kill(jvm, signal.SIGKILL)
+    wait_until(lambda: driver_jvm(service.pid) != jvm, timeout=30, what="the old JVM gone")
+
+    produce_and_see(data.events[1])  # the stream restarted on a new session, from its checkpoint
+    job = get(stub, tenant, stream.job_id)
+    assert (job.state, job.error) == (enrich_pb2.JOB_STATE_RUNNING, "")
+    assert driver_jvm(service.pid) not in (None, jvm)
+    assert grpc_health(service.address, "liveness") == "SERVING"
 
 
 def test_cancelling_a_job_interrupts_it_while_spark_plans_it(
