@@ -349,7 +349,9 @@ def letter_from_line(line: Any) -> Letter:
     if not isinstance(headers, list):
         raise LineError("headers: expected a list")
     timestamp_ms = line.get("timestamp_ms")
-    if timestamp_ms is not None and (not isinstance(timestamp_ms, int) or timestamp_ms <= 0):
+    if timestamp_ms is not None and (
+        isinstance(timestamp_ms, bool) or not isinstance(timestamp_ms, int) or timestamp_ms <= 0
+    ):
         raise LineError("timestamp_ms: expected a positive integer or null")
     topic, partition, offset = _position(line.get("dlq"))
     return Letter(
@@ -360,8 +362,8 @@ def letter_from_line(line: Any) -> Letter:
         key=key,
         value=value,
         headers=tuple(
-            (name, value)
-            for name, value in (_header_from_json(item) for item in headers)
+            (name, header_value)
+            for name, header_value in (_header_from_json(item) for item in headers)
             if name not in _DLQ_HEADERS
         ),
         reason=str(line.get("reason") or ""),

@@ -238,7 +238,7 @@ def _list(args: argparse.Namespace) -> int:
     settings = kafka_settings(args)
     try:
         letters, cut = chosen_letters(settings, args, _filter_of(args))
-    except DlqError as exc:
+    except (DlqError, KafkaException) as exc:
         print(f"dlq list: {exc}", file=sys.stderr)
         return 1
     if args.json:
@@ -284,7 +284,7 @@ def _replay(args: argparse.Namespace) -> int:
             letters, cut = chosen_letters(settings, args, letter_filter)
             if cut:
                 print(f"only the first {args.limit} matching letters (--limit)", file=sys.stderr)
-    except (DlqError, OSError) as exc:
+    except (DlqError, KafkaException, OSError) as exc:
         print(f"dlq replay: {exc}", file=sys.stderr)
         return 1
     if args.to_file:
@@ -307,6 +307,12 @@ def _replay(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(f"would send {len(valid)} to {settings.raw_topic}; {len(problems)} still invalid")
         return 1 if problems else 0
+    refused_rows = sum(1 for letter in valid if letter.reason_class == "bigtable")
+    if refused_rows:
+        print(
+            f"note: {refused_rows} of them were refused by Bigtable; their event ids keep their "
+            "claim, so the store drops these replays as duplicates (docs/store.md)"
+        )
     errors = send_letters(settings, valid) if valid else []
     for error in errors[:5]:
         print(f"kafka: {error}")

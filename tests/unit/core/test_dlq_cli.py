@@ -321,3 +321,13 @@ def test_kafka_and_prefix_come_from_flags_then_variables_then_the_running_stack(
 def test_since_takes_a_time_or_a_duration_back() -> None:
     assert dlq_cmd.parse_since("2023-11-14T22:13:20Z") == 1_700_000_000_000
     assert abs(dlq_cmd.parse_since("2h") - (dlq_cmd.time.time() - 7200) * 1000) < 5_000
+
+
+def test_replay_without_a_choice_refuses_to_take_every_letter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from eventpipe.cli.main import main
+
+    monkeypatch.setenv("EVENTPIPE_RUN_DIR", str(tmp_path))
+    assert main(["dlq", "replay"]) == 2
+    assert "--all" in capsys.readouterr().err
