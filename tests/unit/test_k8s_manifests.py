@@ -1,6 +1,7 @@
 """Policy tests for the Kubernetes manifests under k8s/.
 
-Every overlay is rendered offline with ``kubectl kustomize``, every object is validated against
+Every overlay is rendered offline with kustomize (``kubectl kustomize``, or the kustomize
+``make setup`` builds when kubectl is missing: never a skip), every object is validated against
 the Kubernetes 1.32 schemas (kubernetes-validate), and the rendered objects are checked against
 the deployment rules of docs/deployment.md: probes, requests and limits, locked-down containers,
 zero-downtime rollouts, disruption budgets, autoscaling, network isolation and long enough
@@ -10,20 +11,17 @@ grace periods to drain.
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
 
+from tests.helpers.k8s import REPO_ROOT, rendered_objects
+
 pytestmark = pytest.mark.unit
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-OVERLAYS_DIR = REPO_ROOT / "k8s" / "overlays"
 OVERLAYS = ("dev", "prod")
 KUBERNETES_VERSION = "1.32.0"
 
@@ -40,23 +38,9 @@ STORE_MIN_GRACE_SECONDS = 60
 Manifest = dict[str, Any]
 
 
-def render(overlay: str) -> list[Manifest]:
-    result = subprocess.run(
-        ["kubectl", "kustomize", str(OVERLAYS_DIR / overlay)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, f"kubectl kustomize {overlay} failed:\n{result.stderr}"
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-
-
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, list[Manifest]]:
-    if shutil.which("kubectl") is None:
-        pytest.skip("kubectl (with built-in kustomize) is not on PATH")
-    return {overlay: render(overlay) for overlay in OVERLAYS}
+    return {overlay: rendered_objects(overlay) for overlay in OVERLAYS}
 
 
 def of_kind(objects: list[Manifest], kind: str) -> list[Manifest]:

@@ -20,6 +20,7 @@ from eventpipe.core.auth import (
     generate_local_keys,
     mint_token,
 )
+from eventpipe.core.waiting import wait_until
 
 
 class Provider:
@@ -181,10 +182,7 @@ def test_the_background_refresh_fetches_again_and_stops(
     )
     verifier.start()
     try:
-        deadline = time.monotonic() + 10
-        while provider.fetches < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert provider.fetches >= 2
+        wait_until(lambda: provider.fetches >= 2, timeout=10, what="a second JWKS fetch")
         verifier.keys.check_ready()
     finally:
         verifier.stop()

@@ -47,6 +47,7 @@ class ScriptedConsumer:
         self.reachable = True
         self.assigned: list[Any] = []
         self.lock = threading.Lock()
+        self.end_checks = 0  # answered asks for the partition end
 
     def list_topics(self, topic: str, timeout: float) -> Any:
         class Metadata:
@@ -57,7 +58,9 @@ class ScriptedConsumer:
     def get_watermark_offsets(self, tp: Any, timeout: float, cached: bool) -> tuple[int, int]:
         if not self.reachable:
             raise RuntimeError("unreachable")
-        return 0, self.high
+        with self.lock:
+            self.end_checks += 1
+            return 0, self.high
 
     def assign(self, partitions: list[Any]) -> None:
         self.assigned = partitions
@@ -148,8 +151,12 @@ def test_brokers_down_suspend_the_cache_until_the_consumer_caught_up_again() -> 
         # Back, with a change produced meanwhile: the cache resumes only after reading it.
         with consumer.lock:
             consumer.high += 1
+            checks = consumer.end_checks
         consumer.reachable = True
-        threading.Event().wait(0.1)
+        # Stays suspended although the brokers answer again: the listener saw the new end twice.
+        wait_until(
+            lambda: consumer.end_checks >= checks + 2, timeout=10, what="the end checked again"
+        )
         assert cache.suspended
         with consumer.lock:
             consumer.messages.append(Message(EntityChange.now("t", "e").encode(), 5))

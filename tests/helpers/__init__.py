@@ -1,0 +1,1 @@
+"""Helpers shared by the test tiers (unit, integration, e2e): written once, imported from here."""
