@@ -22,7 +22,6 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +34,8 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import ValidationError
+from store.config import StoreSettings
 
 from eventpipe.cli.dead_letters import (
     CLASS_NAMES,
@@ -53,7 +52,6 @@ from eventpipe.cli.dead_letters import (
 from eventpipe.cli.enrich_cmd import parse_duration, parse_time
 from eventpipe.core.config import CommonSettings, load_settings
 from eventpipe.core.kafka import consumer_config, producer_config
-from eventpipe.core.validation import EventLimits
 from eventpipe.stack.stack import StackConfig
 
 LIST_LIMIT = 100
@@ -64,26 +62,6 @@ READ_IDLE_SECONDS = 30.0
 
 class DlqError(Exception):
     """Kafka or the topic is not there; the message says which."""
-
-
-class ReplayLimits(BaseSettings):
-    """The store consumer's bounds (same EVENTPIPE_STORE_* variables and defaults), so a replay
-    is judged as the store will judge it."""
-
-    model_config = SettingsConfigDict(env_prefix="EVENTPIPE_STORE_", extra="ignore", frozen=True)
-
-    event_max_future_seconds: int = Field(300, ge=0)
-    event_max_age_days: float = Field(30, gt=0)
-    ingest_time_max_lead_seconds: float = Field(60, ge=0, le=3600)
-    ingest_time_max_lag_seconds: float = Field(900, ge=0, le=86_400)
-
-    def event_limits(self) -> EventLimits:
-        return EventLimits(
-            max_future=timedelta(seconds=self.event_max_future_seconds),
-            max_age=timedelta(days=self.event_max_age_days),
-            ingest_time_max_lead=timedelta(seconds=self.ingest_time_max_lead_seconds),
-            ingest_time_max_lag=timedelta(seconds=self.ingest_time_max_lag_seconds),
-        )
 
 
 def kafka_settings(
@@ -293,7 +271,7 @@ def _replay(args: argparse.Namespace) -> int:
                 handle.write(json.dumps(letter_to_line(letter), ensure_ascii=False) + "\n")
         print(f"wrote {len(letters)} messages to {args.to_file}; fix them, then --from-file")
         return 0
-    limits = load_settings(ReplayLimits).event_limits()
+    limits = load_settings(StoreSettings).event_limits()
     now_micros = int(time.time() * 1_000_000)
     valid: list[Letter] = []
     for letter in letters:
