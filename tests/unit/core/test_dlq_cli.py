@@ -6,6 +6,7 @@ import argparse
 import base64
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from eventpipe.cli import dlq_cmd
@@ -28,6 +29,8 @@ from eventpipe.core import topic_contract
 from eventpipe.core.schema import timestamp_from_micros
 from eventpipe.core.validation import EventLimits
 
+from tests.unit.store.fakes import FakeMessage
+
 NOW = 1_700_000_000_123_456
 LIMITS = EventLimits()
 DLQ = "p.events.dlq.v1"
@@ -44,40 +47,15 @@ def event(tenant: str = "acme", entity: str = "u1", event_id: str = "e1") -> eve
     return result
 
 
-class FakeMessage:
+def message(
+    key: bytes | None,
+    value: bytes | None,
+    headers: list[tuple[str, Any]],
+    offset: int = 7,
+    timestamp_ms: int = NOW // 1000,
+) -> FakeMessage:
     """A dead letter as confluent_kafka.Message presents it."""
-
-    def __init__(
-        self,
-        key: bytes | None,
-        value: bytes | None,
-        headers: list[tuple[str, bytes | str | None]],
-        offset: int = 7,
-        timestamp_ms: int = NOW // 1000,
-    ) -> None:
-        self._key, self._value, self._headers = key, value, headers
-        self._offset, self._timestamp_ms = offset, timestamp_ms
-
-    def topic(self) -> str:
-        return DLQ
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes | None:
-        return self._key
-
-    def value(self) -> bytes | None:
-        return self._value
-
-    def headers(self) -> list[tuple[str, bytes | str | None]]:
-        return self._headers
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, self._timestamp_ms)
+    return FakeMessage(DLQ, 0, offset, key, value, headers, timestamp_ms)
 
 
 def dead_letter(
@@ -94,7 +72,7 @@ def dead_letter(
         (topic_contract.HEADER_DLQ_SOURCE, SOURCE.encode()),
     ]
     return letter_from_message(
-        FakeMessage(
+        message(
             key if key is not None else topic_contract.message_key(ev.tenant_id, ev.entity_id),
             value if value is not None else ev.SerializeToString(),
             headers,
@@ -144,14 +122,14 @@ def test_the_tenant_comes_from_the_event_else_the_header_else_the_key() -> None:
     garbage = b"\xff\xff\xff"
     with_header = dead_letter(event(tenant="beta"), value=garbage)
     assert with_header.tenant_id == "beta"
-    bare = letter_from_message(FakeMessage(b"gamma#u1", garbage, []))
+    bare = letter_from_message(message(b"gamma#u1", garbage, []))
     assert bare.tenant_id == "gamma"
-    assert letter_from_message(FakeMessage(None, None, [])).tenant_id == ""
+    assert letter_from_message(message(None, None, [])).tenant_id == ""
 
 
 def test_text_headers_read_as_bytes() -> None:
     letter = letter_from_message(
-        FakeMessage(b"k", b"", [(topic_contract.HEADER_DLQ_ERROR, "why"), ("x", None)])
+        message(b"k", b"", [(topic_contract.HEADER_DLQ_ERROR, "why"), ("x", None)])
     )
     assert letter.reason == "why"
     assert letter.headers == (("x", b""),)
@@ -184,7 +162,7 @@ def test_a_letter_that_still_breaks_the_contract_gets_the_contracts_reason() -> 
 
 def test_a_replay_is_judged_against_the_dead_letters_timestamp() -> None:
     late = letter_from_message(
-        FakeMessage(
+        message(
             topic_contract.message_key("acme", "u1"),
             event().SerializeToString(),
             list(topic_contract.message_headers(event())),
@@ -230,7 +208,7 @@ def test_an_edited_key_text_and_event_replace_the_bytes() -> None:
 
 def test_binary_values_and_headers_survive_the_file() -> None:
     letter = letter_from_message(
-        FakeMessage(b"\xfe\xff", b"\x00\x01", [("bin", b"\xff\x00"), ("txt", b"hello")])
+        message(b"\xfe\xff", b"\x00\x01", [("bin", b"\xff\x00"), ("txt", b"hello")])
     )
     line = json.loads(json.dumps(letter_to_line(letter)))
     assert "key_text" not in line and "event" not in line
