@@ -171,14 +171,18 @@ def chosen_letters(
     return chosen, False
 
 
-def send_letters(settings: CommonSettings, letters: Sequence[Letter]) -> list[str]:
+def send_letters(settings: CommonSettings, letters: Sequence[Letter]) -> tuple[int, list[str]]:
     """Produces the letters to the raw topic (each with its timestamp) and waits for Kafka;
-    returns the delivery errors."""
+    returns how many Kafka acknowledged and the errors."""
     producer = Producer(producer_config(settings))
     errors: list[str] = []
+    acknowledged = 0
 
     def on_delivery(error: KafkaError | None, _message: Message) -> None:
-        if error is not None:
+        nonlocal acknowledged
+        if error is None:
+            acknowledged += 1
+        else:
             errors.append(str(error))
 
     for letter in letters:
@@ -199,7 +203,7 @@ def send_letters(settings: CommonSettings, letters: Sequence[Letter]) -> list[st
     remaining = producer.flush(30)
     if remaining:
         errors.append(f"{remaining} messages not confirmed by Kafka within 30 s")
-    return errors
+    return acknowledged, errors
 
 
 def _filter_of(args: argparse.Namespace) -> LetterFilter:
@@ -266,9 +270,13 @@ def _replay(args: argparse.Namespace) -> int:
         print(f"dlq replay: {exc}", file=sys.stderr)
         return 1
     if args.to_file:
-        with args.to_file.open("w", encoding="utf-8") as handle:
-            for letter in letters:
-                handle.write(json.dumps(letter_to_line(letter), ensure_ascii=False) + "\n")
+        try:
+            with args.to_file.open("w", encoding="utf-8") as handle:
+                for letter in letters:
+                    handle.write(json.dumps(letter_to_line(letter), ensure_ascii=False) + "\n")
+        except OSError as exc:
+            print(f"dlq replay: {exc}", file=sys.stderr)
+            return 1
         print(f"wrote {len(letters)} messages to {args.to_file}; fix them, then --from-file")
         return 0
     limits = load_settings(StoreSettings).event_limits()
@@ -291,13 +299,10 @@ def _replay(args: argparse.Namespace) -> int:
             f"note: {refused_rows} of them were refused by Bigtable; their event ids keep their "
             "claim, so the store drops these replays as duplicates (docs/store.md)"
         )
-    errors = send_letters(settings, valid) if valid else []
+    sent, errors = send_letters(settings, valid) if valid else (0, [])
     for error in errors[:5]:
         print(f"kafka: {error}")
-    print(
-        f"sent {len(valid) - len(errors)} to {settings.raw_topic}; "
-        f"{len(problems)} still invalid (not sent)"
-    )
+    print(f"sent {sent} to {settings.raw_topic}; {len(problems)} still invalid (not sent)")
     return 1 if problems or errors else 0
 
 
