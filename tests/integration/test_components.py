@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.error
-import urllib.request
 from concurrent import futures
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from google.cloud import bigtable
 from google.cloud.bigtable import column_family
 
 from tests.conftest import Isolation
+from tests.helpers.http import http
 
 
 def _create_topic(broker: KafkaBroker, name: str) -> None:
@@ -106,12 +105,8 @@ def test_envoy_accepts_the_rendered_config(tmp_path: Path) -> None:
 
 
 def _http(url: str, method: str = "GET") -> tuple[int, str, str]:
-    request = urllib.request.Request(url, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.headers["content-type"], response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.headers["content-type"], error.read().decode()
+    reply = http(url, method=method, timeout=10)
+    return reply.status, reply.content_type, reply.text
 
 
 def test_an_unimplemented_grpc_answer_comes_back_through_rest_as_json_501(

@@ -13,8 +13,6 @@ from __future__ import annotations
 import importlib
 import json
 import threading
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -25,17 +23,22 @@ from typing import Any
 
 import grpc
 import pytest
+from eventpipe.common.v1 import results_pb2
 from eventpipe.core import errors
 from eventpipe.core.interceptors import ErrorMappingInterceptor
 from eventpipe.core.waiting import wait_until
+from eventpipe.ingest.v1 import ingest_pb2
 from eventpipe.query.v1 import query_pb2, query_pb2_grpc
 from eventpipe.stack.components import GRPC_SERVICES, SERVICE_NAMES, Envoy
 from eventpipe.stack.edge import EdgeSettings
 from eventpipe.stack.probes import free_port
 from google.protobuf import message_factory
 from google.protobuf.message import Message
+from google.rpc import code_pb2
 
 from tests.conftest import start_or_fail
+from tests.helpers.http import Reply
+from tests.helpers.http import http as send
 
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_RESPONSE_BYTES = 1024 * 1024
@@ -152,16 +155,6 @@ def upstream(edge: Edge) -> Iterator[RecordingUpstream]:
     edge.upstream.unimplemented.clear()
 
 
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
 def http(
     edge: Edge,
     path: str,
@@ -170,14 +163,7 @@ def http(
     body: bytes | None = None,
     headers: dict[str, str] | None = None,
 ) -> Reply:
-    request = urllib.request.Request(
-        edge.envoy.base_url + path, data=body, method=method, headers=headers or {}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return Reply(response.status, dict(response.headers.items()), response.read())
-    except urllib.error.HTTPError as error:
-        return Reply(error.code, dict(error.headers.items()), error.read())
+    return send(edge.envoy.base_url + path, method=method, body=body, headers=headers)
 
 
 def post_json(edge: Edge, path: str, body: bytes | str) -> Reply:
@@ -283,6 +269,59 @@ def test_unavailable_keeps_its_retry_advice_in_the_json_details(
 
     (detail,) = document["details"]
     assert detail == {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retry_delay": "2s"}
+
+
+def test_item_results_come_back_through_rest_with_their_code_by_name(
+    edge: Edge, upstream: RecordingUpstream
+) -> None:
+    answer = ingest_pb2.IngestEventsResponse()
+    answer.results.add(index=0, id="e-1", status=results_pb2.ITEM_STATUS_ACCEPTED)
+    invalid = answer.results.add(
+        index=1,
+        id="e-2",
+        status=results_pb2.ITEM_STATUS_REJECTED,
+        code=code_pb2.INVALID_ARGUMENT,
+        message="event_time: is required",
+    )
+    invalid.violations.add(field="event_time", description="is required")
+    answer.results.add(
+        index=2,
+        id="e-3",
+        status=results_pb2.ITEM_STATUS_REJECTED,
+        code=code_pb2.UNAVAILABLE,
+        message="Kafka did not confirm the write (timed out)",
+    )
+    upstream.behaviours[f"{INGEST}/IngestEvents"] = lambda request: answer
+
+    reply = post_json(edge, "/v1/tenants/t1/events:batch", '{"events": []}')
+
+    assert reply.status == 200, reply.body[:200]
+    assert reply.json()["results"] == [
+        {
+            "index": 0,
+            "id": "e-1",
+            "status": "ITEM_STATUS_ACCEPTED",
+            "code": "OK",
+            "message": "",
+            "violations": [],
+        },
+        {
+            "index": 1,
+            "id": "e-2",
+            "status": "ITEM_STATUS_REJECTED",
+            "code": "INVALID_ARGUMENT",
+            "message": "event_time: is required",
+            "violations": [{"field": "event_time", "description": "is required"}],
+        },
+        {
+            "index": 2,
+            "id": "e-3",
+            "status": "ITEM_STATUS_REJECTED",
+            "code": "UNAVAILABLE",
+            "message": "Kafka did not confirm the write (timed out)",
+            "violations": [],
+        },
+    ]
 
 
 def test_a_service_that_is_down_answers_503_json_unavailable(edge: Edge) -> None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ from eventpipe.store.v1 import store_pb2, store_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.conftest import Isolation, start_or_fail
+from tests.helpers.http import http
 from tests.integration.ingest.conftest import IngestUnderTest, start_ingest
 from tests.integration.ingest.events import valid_event
 
@@ -210,15 +209,8 @@ class StoreBehindEnvoy:
     envoy: Envoy
 
     def rest_status(self, token: str) -> int:
-        request = urllib.request.Request(
-            f"{self.envoy.base_url}/v1/store/consumerStatus",
-            headers={"authorization": f"Bearer {token}"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return int(response.status)
-        except urllib.error.HTTPError as error:
-            return error.code
+        url = f"{self.envoy.base_url}/v1/store/consumerStatus"
+        return http(url, headers={"authorization": f"Bearer {token}"}, timeout=10).status
 
     def grpc_status(self, token: str) -> grpc.StatusCode:
         with grpc.insecure_channel(self.store.address) as channel:

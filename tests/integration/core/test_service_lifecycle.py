@@ -5,13 +5,14 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
 from eventpipe.core.waiting import wait_until
 from eventpipe.stack import probes
 from eventpipe.stack.probes import free_port
+
+from tests.helpers.http import metrics_text
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -43,8 +44,7 @@ def test_a_service_turns_serving_then_exits_zero_on_sigterm(
                 return False
 
         wait_until(serving, timeout=90, what=f"{name} to be SERVING")
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
-        assert b"eventpipe_rpc_requests_total" in metrics.read()
+        assert "eventpipe_rpc_requests_total" in metrics_text(metrics_port)
 
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0, (tmp_path / f"{name}.log").read_text()

@@ -6,7 +6,6 @@ Uses a broker of its own, so stopping it disturbs no other test.
 
 from __future__ import annotations
 
-import urllib.request
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -23,6 +22,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from tests.conftest import Isolation, install_or_fail, start_or_fail
+from tests.helpers.http import metric_values
 from tests.integration.ingest.conftest import IngestUnderTest, read_topic, start_ingest
 from tests.integration.ingest.events import valid_event
 
@@ -134,12 +134,7 @@ def test_a_stopped_broker_means_unavailable_and_no_false_ack_and_a_restart_means
 
 
 def _in_flight_events(ingest: IngestUnderTest) -> float:
-    url = f"http://127.0.0.1:{ingest.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as reply:
-        for line in reply.read().decode().splitlines():
-            if line.startswith("eventpipe_ingest_in_flight_events "):
-                return float(line.split()[1])
-    return 0.0
+    return metric_values(ingest.metrics_port).get("eventpipe_ingest_in_flight_events", 0.0)
 
 
 def test_a_full_in_flight_bound_answers_resource_exhausted_with_retry_advice(

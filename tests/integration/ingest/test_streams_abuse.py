@@ -5,9 +5,7 @@ an idle stream is closed after the idle timeout. Real ingest processes, auth on.
 from __future__ import annotations
 
 import queue
-import re
 import threading
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from eventpipe.stack import probes
 from eventpipe.stack.components import KafkaBroker
 
 from tests.conftest import Isolation
+from tests.helpers.http import metric_values
 from tests.integration.ingest.conftest import IngestUnderTest, start_ingest
 from tests.integration.ingest.events import valid_event
 
@@ -126,11 +125,9 @@ def _connection(ingest: IngestUnderTest) -> grpc.Channel:
 
 
 def _open_streams(ingest: IngestUnderTest) -> float:
-    url = f"http://127.0.0.1:{ingest.metrics_port}/metrics"
-    text = urllib.request.urlopen(url, timeout=5).read().decode()
-    match = re.search(r"^eventpipe_streams_open (\S+)$", text, re.MULTILINE)
-    assert match, "eventpipe_streams_open is not exported"
-    return float(match.group(1))
+    values = metric_values(ingest.metrics_port)
+    assert "eventpipe_streams_open" in values, "eventpipe_streams_open is not exported"
+    return values["eventpipe_streams_open"]
 
 
 def _refused(calls: list[grpc.Future]) -> list[grpc.Future]:

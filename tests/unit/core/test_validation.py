@@ -18,6 +18,8 @@ from eventpipe.core.validation import (
 )
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from tests.helpers.rpc import time_range
+
 NOW = 1_700_000_000_000_000
 LIMITS = EventLimits(max_future=timedelta(minutes=5), max_age=timedelta(days=30))
 
@@ -137,18 +139,9 @@ def test_the_extreme_valid_timestamps_pass_the_range_rule() -> None:
     assert check_timestamp("t", Timestamp(nanos=1_000_000_000)) != []
 
 
-def _range(start: Timestamp | None, end: Timestamp | None) -> event_pb2.TimeRange:
-    result = event_pb2.TimeRange()
-    if start is not None:
-        result.start_time.CopyFrom(start)
-    if end is not None:
-        result.end_time.CopyFrom(end)
-    return result
-
-
 def test_the_time_range_rule_allows_open_bounds_unless_required() -> None:
-    assert check_time_range(_range(None, None)) == TimeBounds(None, None, ())
-    required = check_time_range(_range(None, None), start_required=True, end_required=True)
+    assert check_time_range(time_range(None, None)) == TimeBounds(None, None, ())
+    required = check_time_range(time_range(None, None), start_required=True, end_required=True)
     assert [v.field for v in required.violations] == [
         "time_range.start_time",
         "time_range.end_time",
@@ -156,9 +149,9 @@ def test_the_time_range_rule_allows_open_bounds_unless_required() -> None:
 
 
 def test_the_time_range_rule_wants_start_before_end_and_valid_bounds() -> None:
-    bounds = check_time_range(_range(Timestamp(seconds=10), Timestamp(seconds=10)))
+    bounds = check_time_range(time_range(Timestamp(seconds=10), Timestamp(seconds=10)))
     assert [v.field for v in bounds.violations] == ["time_range"]
-    bad_end = check_time_range(_range(None, Timestamp(seconds=-(10**13))), "range")
+    bad_end = check_time_range(time_range(None, Timestamp(seconds=-(10**13))), "range")
     assert [v.field for v in bad_end.violations] == ["range.end_time"]
-    good = check_time_range(_range(Timestamp(seconds=1), Timestamp(seconds=2, nanos=5000)))
+    good = check_time_range(time_range(Timestamp(seconds=1), Timestamp(seconds=2, nanos=5000)))
     assert good == TimeBounds(1_000_000, 2_000_005, ())
