@@ -86,7 +86,7 @@ lint: setup ## ruff, ruff format --check, mypy, import layers (lint-imports), bu
 	$(call TOOL,buf) format -d --exit-code
 	$(PY) -m eventpipe.stack.breaking
 
-breaking: setup ## buf breaking: protos/ against an earlier commit (BUF_BREAKING_AGAINST, else see above).
+breaking: setup ## buf breaking on protos/: against HEAD~1 on main, the merge-base on a branch, or BUF_BREAKING_AGAINST.
 	$(PY) -m eventpipe.stack.breaking
 
 fmt: $(STAMP) ## Format Python and protos in place.
