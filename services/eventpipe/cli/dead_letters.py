@@ -316,14 +316,15 @@ def letter_to_line(letter: Letter) -> dict[str, Any]:
     return line
 
 
-def _position(text: Any) -> tuple[str, int, int]:
+def parse_position(text: Any) -> tuple[str, int, int]:
+    """``<topic>/<partition>/<offset>`` (a dead letter's place, or its source) -> its parts."""
     if not isinstance(text, str):
-        raise LineError("dlq: expected '<topic>/<partition>/<offset>'")
-    topic, _, rest = text.rpartition("/")
+        raise ValueError("expected '<topic>/<partition>/<offset>'")
+    topic, _, offset = text.rpartition("/")
     topic, _, partition = topic.rpartition("/")
-    if not topic or not partition.isdigit() or not rest.isdigit():
-        raise LineError(f"dlq: {text!r} is not '<topic>/<partition>/<offset>'")
-    return topic, int(partition), int(rest)
+    if not topic or not partition.isdigit() or not offset.isdigit():
+        raise ValueError(f"{text!r} is not '<topic>/<partition>/<offset>'")
+    return topic, int(partition), int(offset)
 
 
 def letter_from_line(line: Any) -> Letter:
@@ -353,7 +354,10 @@ def letter_from_line(line: Any) -> Letter:
         isinstance(timestamp_ms, bool) or not isinstance(timestamp_ms, int) or timestamp_ms <= 0
     ):
         raise LineError("timestamp_ms: expected a positive integer or null")
-    topic, partition, offset = _position(line.get("dlq"))
+    try:
+        topic, partition, offset = parse_position(line.get("dlq"))
+    except ValueError as exc:
+        raise LineError(f"dlq: {exc}") from None
     return Letter(
         dlq_topic=topic,
         dlq_partition=partition,

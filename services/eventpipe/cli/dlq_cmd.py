@@ -17,6 +17,7 @@ stack; docs/store.md ("Dead letters: list and replay") has the details.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -47,11 +48,14 @@ from eventpipe.cli.dead_letters import (
     letter_from_message,
     letter_summary,
     letter_to_line,
+    parse_position,
+    reason_class,
     replay_verdict,
 )
 from eventpipe.cli.enrich_cmd import parse_duration, parse_time
 from eventpipe.core.config import CommonSettings, load_settings
 from eventpipe.core.kafka import consumer_config, producer_config
+from eventpipe.core.validation import EventLimits
 from eventpipe.stack.stack import StackConfig
 
 LIST_LIMIT = 100
@@ -148,6 +152,66 @@ def read_letters(
                 raise DlqError(f"Kafka sent nothing for {READ_IDLE_SECONDS:.0f} s; stopped reading")
     finally:
         consumer.close()
+
+
+def original_timestamps(settings: CommonSettings, sources: Sequence[str]) -> dict[str, int]:
+    """The Kafka timestamps of source messages still in the raw topic, by source
+    (``<topic>/<partition>/<offset>``); sources elsewhere or gone are left out."""
+    found: dict[str, int] = {}
+    consumer = Consumer(consumer_config(settings, f"{settings.topic_prefix}dlq-cli"))
+    try:
+        for source in dict.fromkeys(sources):
+            try:
+                topic, partition, offset = parse_position(source)
+            except ValueError:
+                continue
+            if topic != settings.raw_topic:
+                continue
+            consumer.assign([TopicPartition(topic, partition, offset)])
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                message = consumer.poll(0.5)
+                if message is None or message.error() is not None:
+                    continue
+                if message.partition() != partition or (message.offset() or 0) < offset:
+                    continue  # fetched for an earlier assignment
+                # Past retention the read starts later (auto.offset.reset): not the source.
+                timestamp_ms = message.timestamp()[1]
+                if message.offset() == offset and timestamp_ms > 0:
+                    found[source] = timestamp_ms
+                break
+    finally:
+        consumer.close()
+    return found
+
+
+def judge_letters(
+    settings: CommonSettings, letters: Sequence[Letter], limits: EventLimits
+) -> tuple[list[Letter], list[str]]:
+    """The letters the store would take now (to send), and why each other one would be
+    dead-lettered again. A letter whose ``ingest_time`` is untrusted against its own timestamp
+    (dead-lettered long after ingest) is judged again with its source message's timestamp,
+    when the raw topic still holds it, and sent with that timestamp."""
+    now_micros = int(time.time() * 1_000_000)
+    verdicts = [(letter, replay_verdict(letter, limits, now_micros)) for letter in letters]
+    untrusted = [
+        letter.source
+        for letter, reason in verdicts
+        if reason is not None and reason_class(reason) == "untrusted-ingest-time"
+    ]
+    originals = original_timestamps(settings, untrusted) if untrusted else {}
+    valid: list[Letter] = []
+    problems: list[str] = []
+    for letter, reason in verdicts:
+        if reason is not None and letter.source in originals:
+            retimed = dataclasses.replace(letter, timestamp_ms=originals[letter.source])
+            if replay_verdict(retimed, limits, now_micros) is None:
+                letter, reason = retimed, None
+        if reason is None:
+            valid.append(letter)
+        else:
+            problems.append(f"{letter.position} (source {letter.source}): {reason}")
+    return valid, problems
 
 
 def chosen_letters(
@@ -279,15 +343,14 @@ def _replay(args: argparse.Namespace) -> int:
             return 1
         print(f"wrote {len(letters)} messages to {args.to_file}; fix them, then --from-file")
         return 0
-    limits = load_settings(StoreSettings).event_limits()
-    now_micros = int(time.time() * 1_000_000)
-    valid: list[Letter] = []
-    for letter in letters:
-        reason = replay_verdict(letter, limits, now_micros)
-        if reason is None:
-            valid.append(letter)
-        else:
-            problems.append(f"{letter.position} (source {letter.source}): {reason}")
+    try:
+        valid, still_invalid = judge_letters(
+            settings, letters, load_settings(StoreSettings).event_limits()
+        )
+    except KafkaException as exc:
+        print(f"dlq replay: {exc}", file=sys.stderr)
+        return 1
+    problems += still_invalid
     for problem in problems:
         print(f"not sent: {problem}")
     if args.dry_run:

@@ -8,14 +8,16 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from eventpipe.common.v1 import event_pb2
 from eventpipe.core import topic_contract
 from eventpipe.core.config import CommonSettings
-from eventpipe.core.kafka import consumer_config
+from eventpipe.core.kafka import consumer_config, producer_config
+from eventpipe.core.schema import timestamp_from_micros
 from eventpipe.core.waiting import wait_until
 
 from tests.conftest import Isolation
@@ -152,3 +154,44 @@ def test_poison_messages_are_listed_by_tenant_and_reason_then_fixed_and_replayed
     assert status.rows_written == 2  # ok-1 and the fixed event; the second replay was dropped
     assert status.dead_lettered_count == 4
     assert_each_exactly_once(stored_event_cells(common_settings), {"ok-1", "fix-me"})
+
+
+def test_a_letter_dead_lettered_long_after_its_ingest_time_is_replayed_with_its_sources_time(
+    common_settings: CommonSettings,
+    store_stub: Any,
+    isolation: Isolation,
+    service_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """Its ingest_time is 20 minutes before the dead letter's timestamp (untrusted: more than
+    15) but 10 before the source message's, which the replay finds in the raw topic."""
+    env = {**os.environ, **service_env, "EVENTPIPE_RUN_DIR": str(tmp_path / "run")}
+    now_ms = int(time.time() * 1000)
+    late = _event(isolation.tenant_id, "late-1", "u1")
+    late.ingest_time.CopyFrom(timestamp_from_micros((now_ms - 20 * 60_000) * 1000))
+    late.event_time.CopyFrom(timestamp_from_micros((now_ms - 21 * 60_000) * 1000))
+    producer = Producer(producer_config(common_settings))
+    producer.produce(
+        common_settings.raw_topic,
+        key=topic_contract.message_key(isolation.tenant_id, "wrong"),
+        value=late.SerializeToString(),
+        headers=topic_contract.message_headers(late),
+        timestamp=now_ms - 10 * 60_000,
+    )
+    assert producer.flush(30) == 0
+    assert len(dead_letters(common_settings, 1)) == 1
+
+    fix_file = tmp_path / "late.jsonl"
+    written = _dlq(env, "replay", "--tenant", isolation.tenant_id, "--to-file", str(fix_file))
+    assert written.returncode == 0, written.stderr
+    line = json.loads(fix_file.read_text())
+    assert line["timestamp_ms"] >= now_ms  # the dead letter's, not the source's
+    line["key_text"] = f"{isolation.tenant_id}#u1"
+    fix_file.write_text(json.dumps(line) + "\n")
+
+    replayed = _dlq(env, "replay", "--from-file", str(fix_file))
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert f"sent 1 to {common_settings.raw_topic}" in replayed.stdout
+    _wait_consumed_to_end(common_settings, store_stub)
+    assert consumer_status(store_stub).dead_lettered_count == 1
+    assert_each_exactly_once(stored_event_cells(common_settings), {"late-1"})

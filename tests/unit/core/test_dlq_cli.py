@@ -21,6 +21,7 @@ from eventpipe.cli.dead_letters import (
     letter_from_message,
     letter_summary,
     letter_to_line,
+    parse_position,
     reason_class,
     replay_verdict,
 )
@@ -309,3 +310,11 @@ def test_replay_without_a_choice_refuses_to_take_every_letter(
     monkeypatch.setenv("EVENTPIPE_RUN_DIR", str(tmp_path))
     assert main(["dlq", "replay"]) == 2
     assert "--all" in capsys.readouterr().err
+
+
+def test_a_position_is_topic_partition_and_offset_even_with_slashes_in_the_topic() -> None:
+    assert parse_position("a.events.raw.v1/3/41") == ("a.events.raw.v1", 3, 41)
+    assert parse_position("odd/topic/0/7") == ("odd/topic", 0, 7)
+    for bad in ("raw/3", "raw/x/1", "/1/2", None):
+        with pytest.raises(ValueError):
+            parse_position(bad)
