@@ -24,6 +24,7 @@ DESCRIPTOR_SET = BUILD_DIR / "descriptors" / "eventpipe.pb"
 THIRD_PARTY_PROTOS = BUILD_DIR / "third_party" / "protos"
 GOOGLEAPIS_FILES = (
     "google/api/annotations.proto",
+    "google/api/field_behavior.proto",
     "google/api/http.proto",
     "google/rpc/status.proto",
     "google/rpc/error_details.proto",

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 from eventpipe.core.errors import Violation
 
-# Codes of rejected items, as gRPC status code names (the ItemResult.code contract).
+# Codes of rejected items, as google.rpc.Code names; the servicer turns a name into the
+# ItemResult.code enum value, metrics use it as a label.
 INVALID_ARGUMENT = "INVALID_ARGUMENT"
 UNAVAILABLE = "UNAVAILABLE"
 RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
@@ -30,6 +31,13 @@ class ItemOutcome:
     code: str = ""
     violations: tuple[Violation, ...] = ()
     detail: str = ""
+
+    @property
+    def message(self) -> str:
+        """What a person reads about a rejected item: each violation, or the detail."""
+        if self.violations:
+            return "; ".join(f"{v.field}: {v.description}" for v in self.violations)
+        return self.detail
 
     @property
     def reason(self) -> str:

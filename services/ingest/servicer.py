@@ -8,6 +8,7 @@ import grpc
 from eventpipe.common.v1 import results_pb2
 from eventpipe.core.errors import InvalidArgument, Violation
 from eventpipe.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from google.rpc import code_pb2
 
 from ingest.outcome import BatchOutcome, ItemOutcome, ItemStatus
 from ingest.pipeline import IngestPipeline
@@ -21,9 +22,10 @@ _STATUS = {
 
 
 def item_result(item: ItemOutcome) -> results_pb2.ItemResult:
-    result = results_pb2.ItemResult(
-        index=item.index, id=item.id, status=_STATUS[item.status], code=item.code
-    )
+    result = results_pb2.ItemResult(index=item.index, id=item.id, status=_STATUS[item.status])
+    if item.status is ItemStatus.REJECTED:
+        result.code = code_pb2.Code.Value(item.code)
+        result.message = item.message
     for violation in item.violations:
         result.violations.add(field=violation.field, description=violation.description)
     return result

@@ -8,6 +8,7 @@ matched against the caller's token.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,6 +22,8 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 MAX_EVENT_TYPES = 50
 MAX_METRIC_BUCKETS = 10_000
+# GetEntityMetrics without a start_time reaches this far back from its end.
+DEFAULT_METRICS_SPAN_MICROS = 24 * 3_600_000_000
 GRANULARITIES = {"hour": schema.GRANULARITY_HOUR, "day": schema.GRANULARITY_DAY}
 _BUCKET_MICROS = {"hour": 3_600_000_000, "day": 86_400_000_000}
 
@@ -117,6 +120,25 @@ class EventsQuery:
         ).encode()
 
 
+def _default_metrics_range(
+    time_range: TimeBounds, granularity: str, now_micros: int
+) -> tuple[int, int]:
+    """Fills the unset bounds of a metrics range: the last 24 hours by default.
+
+    An unset end is the end of the bucket holding ``now``, not ``now`` itself: the same
+    buckets are returned (their starts lie before ``now`` either way), and the range, so
+    the cached answer, stays the same for the whole bucket.
+    """
+    end = time_range.end_micros
+    if end is None:
+        width = _BUCKET_MICROS[granularity]
+        end = (now_micros // width + 1) * width
+    start = time_range.start_micros
+    if start is None:
+        start = end - DEFAULT_METRICS_SPAN_MICROS
+    return start, end
+
+
 @dataclass(frozen=True)
 class MetricsQuery:
     """GetEntityMetrics, validated: buckets whose start lies in [start, end)."""
@@ -137,15 +159,28 @@ class MetricsQuery:
         time_range: TimeBounds,
         granularity: str,
         event_types: Sequence[str],
+        now_micros: int | None = None,
     ) -> MetricsQuery:
-        """``time_range`` comes from ``check_time_range`` with both bounds required."""
-        start_micros, end_micros = time_range.start_micros, time_range.end_micros
+        """``time_range`` comes from ``check_time_range``; an unset bound is not open here
+        but defaults (``_default_metrics_range``) around ``now_micros`` (the clock if None).
+        """
         violations = _check_ids(tenant_id, entity_id)
         violations += time_range.violations
         violations += _check_event_types(event_types)
         if granularity not in GRANULARITIES:
             violations.append(Violation("granularity", "must be hour or day"))
-        if not violations and start_micros is not None and end_micros is not None:
+        _raise_if(violations)
+        if now_micros is None:
+            now_micros = time.time_ns() // 1000
+        start_micros, end_micros = _default_metrics_range(time_range, granularity, now_micros)
+        if start_micros >= end_micros:  # only when a set start met a defaulted end
+            violations.append(
+                Violation(
+                    "time_range.start_time",
+                    "must be before end_time, which is unset: the end of the current bucket",
+                )
+            )
+        else:
             buckets = (end_micros - start_micros) // _BUCKET_MICROS[granularity]
             if buckets > MAX_METRIC_BUCKETS:
                 violations.append(
@@ -154,7 +189,6 @@ class MetricsQuery:
                     )
                 )
         _raise_if(violations)
-        assert start_micros is not None and end_micros is not None
         return cls(
             tenant_id,
             entity_id,

@@ -55,7 +55,8 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         query = MetricsQuery.parse(
             tenant_id=request.tenant_id,
             entity_id=request.entity_id,
-            time_range=check_time_range(request.time_range, start_required=True, end_required=True),
+            # Unset bounds are not open here: MetricsQuery defaults them to the last 24 hours.
+            time_range=check_time_range(request.time_range),
             granularity=_GRANULARITIES.get(request.granularity, ""),
             event_types=list(request.event_types),
         )

@@ -56,11 +56,14 @@ class ItemStatus(enum.Enum):
 
 @dataclass(frozen=True)
 class ItemOutcome:
+    """The outcome of one record: ``code`` is a google.rpc.Code name for a rejected one."""
+
     index: int
     id: str
     status: ItemStatus
     code: str = ""
     violations: list[Violation] = field(default_factory=list)
+    message: str = ""
 
 
 def check_dimension_name(value: str, field_path: str = "dimension") -> list[Violation]:
@@ -116,7 +119,12 @@ class DimensionStore:
             problems = check_record(record, index)
             if problems:
                 outcomes[index] = ItemOutcome(
-                    index, record.key, ItemStatus.REJECTED, "INVALID_ARGUMENT", problems
+                    index,
+                    record.key,
+                    ItemStatus.REJECTED,
+                    "INVALID_ARGUMENT",
+                    problems,
+                    "; ".join(f"{v.field}: {v.description}" for v in problems),
                 )
                 continue
             assert record.valid_from_micros is not None
@@ -143,7 +151,8 @@ class DimensionStore:
                     records[index].key,
                     ItemStatus.REJECTED,
                     failure.code if failure.retryable else "INTERNAL",
-                    [Violation(f"records[{index}]", f"not written: {failure.message}")],
+                    # Not a field's fault, so no violation: the reason is the message.
+                    message=f"not written: {failure.code}: {failure.message}",
                 )
         if rows and len(failed) == len(rows) and all(f.retryable for f in failed.values()):
             # Nothing was written: say so as a whole, with retry advice, not item by item.

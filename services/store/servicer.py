@@ -9,6 +9,7 @@ from eventpipe.common.v1 import results_pb2
 from eventpipe.core.schema import timestamp_from_micros
 from eventpipe.core.validation import check_time_range, checked_micros
 from eventpipe.store.v1 import store_pb2, store_pb2_grpc
+from google.rpc import code_pb2
 
 from store.consumer.status import ConsumerState, ConsumerStatus
 from store.dimensions import DimensionRecordInput, DimensionStore, ItemStatus
@@ -19,6 +20,7 @@ _ITEM_STATUS = {
     ItemStatus.DUPLICATE: results_pb2.ITEM_STATUS_DUPLICATE,
     ItemStatus.REJECTED: results_pb2.ITEM_STATUS_REJECTED,
 }
+_CODES = dict(code_pb2.Code.items())
 _CONSUMER_STATE = {
     ConsumerState.RUNNING: store_pb2.CONSUMER_STATE_RUNNING,
     ConsumerState.PAUSED: store_pb2.CONSUMER_STATE_PAUSED,
@@ -61,11 +63,12 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         response = store_pb2.UpsertDimensionRecordsResponse()
         for outcome in outcomes:
             result = response.results.add(
-                index=outcome.index,
-                id=outcome.id,
-                status=_ITEM_STATUS[outcome.status],
-                code=outcome.code,
+                index=outcome.index, id=outcome.id, status=_ITEM_STATUS[outcome.status]
             )
+            if outcome.status is ItemStatus.REJECTED:
+                # A Bigtable code name unknown to google.rpc.Code (none today) reads UNKNOWN.
+                result.code = _CODES.get(outcome.code, code_pb2.UNKNOWN)
+                result.message = outcome.message
             for violation in outcome.violations:
                 result.violations.add(field=violation.field, description=violation.description)
         summary = response.summary

@@ -5,8 +5,6 @@ Bigtable emulator and Spark."""
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,6 +13,7 @@ from eventpipe.core.waiting import wait_until
 from eventpipe.stack.stack import Stack
 
 from tests.conftest import Isolation
+from tests.helpers.http import http, json_body
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -24,18 +23,10 @@ def _at(minutes_ago: int) -> str:
 
 
 def _rest(stack: Stack, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        stack.envoy.base_url + path,
-        data=data,
-        method=method,
-        headers={"content-type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
+    data, _ = json_body(body)
+    headers = {"content-type": "application/json"}
+    reply = http(stack.envoy.base_url + path, method=method, body=data, headers=headers, timeout=60)
+    return reply.status, json.loads(reply.body or b"{}")
 
 
 def _purchase(event_id: str, minutes_ago: int, sku: str, quantity: int) -> dict[str, Any]:
@@ -170,3 +161,12 @@ def test_hourly_metrics_add_up_to_the_profile(e2e_stack: Stack, enriched_tenant:
     )
     assert purchases == 3
     assert revenue == pytest.approx(32.0)
+
+
+def test_metrics_without_a_time_range_cover_the_last_24_hours(
+    e2e_stack: Stack, enriched_tenant: str
+) -> None:
+    status, body = _rest(e2e_stack, "GET", f"/v1/tenants/{enriched_tenant}/entities/user-1/metrics")
+    assert status == 200, body
+    purchases = sum(int(b["event_type_counts"].get("purchase", 0)) for b in body["buckets"])
+    assert purchases == 3  # all three happened within the last hour or so

@@ -210,6 +210,7 @@ def _load(args: argparse.Namespace) -> int:
     import grpc
     from tqdm import tqdm
 
+    from eventpipe.common.v1 import results_pb2
     from eventpipe.store.v1 import store_pb2, store_pb2_grpc
 
     path: Path = args.file
@@ -234,9 +235,11 @@ def _load(args: argparse.Namespace) -> int:
         counts["duplicate"] += response.summary.duplicate_count
         counts["rejected"] += response.summary.rejected_count
         for result in response.results:
-            if result.violations and len(reasons) < 20:
-                details = "; ".join(f"{v.field}: {v.description}" for v in result.violations)
-                reasons.append(f"record {file_indices[result.index]} ({result.id}): {details}")
+            if result.status == results_pb2.ITEM_STATUS_REJECTED and len(reasons) < 20:
+                # The message names the fields, or says why the record was not written.
+                reasons.append(
+                    f"record {file_indices[result.index]} ({result.id}): {result.message}"
+                )
 
     with (
         grpc_client.channel(args.address, args.token) as channel,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import grpc
 from google.protobuf import json_format
+from google.rpc import code_pb2
 from tqdm import tqdm
 
 from eventpipe.cli import grpc_client
@@ -43,8 +44,8 @@ class Summary:
                 self.duplicates += 1
             else:
                 self.rejected += 1
-                detail = "; ".join(f"{v.field}: {v.description}" for v in result.violations)
-                self.reasons[f"{result.code} {detail}".strip()] += 1
+                code = code_pb2.Code.Name(result.code)
+                self.reasons[f"{code} {result.message}".strip()] += 1
 
 
 def _typed(value: str) -> object:

@@ -10,6 +10,7 @@ import grpc
 from eventpipe.common.v1 import event_pb2, results_pb2
 from eventpipe.core import topic_contract
 from eventpipe.ingest.v1 import ingest_pb2
+from google.rpc.code_pb2 import INVALID_ARGUMENT, OK
 
 from tests.integration.ingest.conftest import IngestUnderTest, read_topic
 from tests.integration.ingest.events import now_micros, valid_event
@@ -98,13 +99,13 @@ def test_a_mixed_batch_gets_exact_results_per_event(
         (r.index, r.id, r.status, r.code, [v.field for v in r.violations]) for r in response.results
     ]
     assert results == [
-        (0, "mixed-0", ACCEPTED, "", []),
-        (1, "mixed-1", ACCEPTED, "", []),
-        (2, "mixed-2", REJECTED, "INVALID_ARGUMENT", ["event_type"]),
-        (3, "mixed-3", REJECTED, "INVALID_ARGUMENT", ["event_time"]),
-        (4, "mixed-0", DUPLICATE, "", []),
-        (5, "mixed-5", REJECTED, "INVALID_ARGUMENT", ["tenant_id"]),
-        (6, "mixed-6", ACCEPTED, "", []),
+        (0, "mixed-0", ACCEPTED, OK, []),
+        (1, "mixed-1", ACCEPTED, OK, []),
+        (2, "mixed-2", REJECTED, INVALID_ARGUMENT, ["event_type"]),
+        (3, "mixed-3", REJECTED, INVALID_ARGUMENT, ["event_time"]),
+        (4, "mixed-0", DUPLICATE, OK, []),
+        (5, "mixed-5", REJECTED, INVALID_ARGUMENT, ["tenant_id"]),
+        (6, "mixed-6", ACCEPTED, OK, []),
     ]
     assert (
         response.summary.accepted_count,

@@ -23,7 +23,7 @@ from eventpipe.common.v1 import event_pb2, results_pb2
 from eventpipe.core.schema import timestamp_from_micros
 from eventpipe.ingest.v1 import ingest_pb2
 from google.protobuf import json_format
-from google.rpc import error_details_pb2
+from google.rpc import code_pb2, error_details_pb2
 from grpc_status import rpc_status
 
 from tests.integration.ingest.conftest import IngestUnderTest
@@ -213,8 +213,9 @@ def test_each_rule_is_enforced_over_grpc_naming_the_field(
         )
     )
     assert response.results[0].status == results_pb2.ITEM_STATUS_ACCEPTED
-    assert response.results[1].code == "INVALID_ARGUMENT"
+    assert response.results[1].code == code_pb2.INVALID_ARGUMENT
     assert [v.field for v in response.results[1].violations] == [rule.field]
+    assert response.results[1].message.startswith(f"{rule.field}: ")
 
 
 @pytest.mark.parametrize("rule", RULES, ids=lambda r: r.name)
@@ -241,6 +242,7 @@ def test_each_rule_is_enforced_over_rest_as_http_400_json_naming_the_field(
         "ITEM_STATUS_ACCEPTED",
         "ITEM_STATUS_REJECTED",
     ]
+    assert body["results"][1]["code"] == "INVALID_ARGUMENT"
     assert [v["field"] for v in body["results"][1]["violations"]] == [rule.field]
 
 
@@ -390,7 +392,8 @@ def test_rest_accepts_a_valid_event_and_batch_with_exact_results(
         "index": 0,
         "id": "rest-ok",
         "status": "ITEM_STATUS_ACCEPTED",
-        "code": "",
+        "code": "OK",
+        "message": "",
         "violations": [],
     }
     status, _, answer = post(

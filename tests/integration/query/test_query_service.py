@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import time
 
 import grpc
 import pytest
 from eventpipe.core import schema
 from eventpipe.core.waiting import wait_until
 from eventpipe.query.v1 import query_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -357,12 +359,50 @@ def test_get_entity_metrics_returns_buckets_over_grpc_and_rest(
     assert body["buckets"][0]["metrics"][0]["max"] == 15.0
 
 
-def test_metrics_without_a_time_range_are_invalid_argument_over_rest(
+def _current_hour() -> int:
+    return time.time_ns() // 1000 // HOUR * HOUR
+
+
+def _last_24_hours(current_hour: int) -> list[int]:
+    return [current_hour - h * HOUR for h in range(23, -1, -1)]
+
+
+def test_metrics_without_a_time_range_are_the_last_24_hours_over_grpc_and_rest(
     query_service: QueryUnderTest,
     rest: Rest,
 ) -> None:
-    status, body = rest("/v1/tenants/t/entities/e/metrics")
-    assert status == 400, body
+    q, tenant = query_service, query_service.new_tenant()
+    first = _current_hour()
+    q.loader.write(
+        schema.ENTITY_METRICS_TABLE,
+        [
+            metric_row(
+                tenant,
+                "user-1",
+                schema.GRANULARITY_HOUR,
+                first + h * HOUR,
+                type_counts={"purchase": 1},
+                values={},
+            )
+            # A day and more back, and the next hour (a clock ahead of ours, or the hour
+            # turning during the test).
+            for h in range(-26, 2)
+        ],
+    )
+    request = query_pb2.GetEntityMetricsRequest(tenant_id=tenant, entity_id="user-1")
+    grpc_starts = [schema.micros(b.start_time) for b in q.stub.GetEntityMetrics(request).buckets]
+    status, body = rest(f"/v1/tenants/{tenant}/entities/user-1/metrics")
+    last = _current_hour()
+    assert status == 200, body
+    rest_starts = []
+    for bucket in body["buckets"]:
+        start = Timestamp()
+        start.FromJsonString(bucket["start_time"])
+        rest_starts.append(schema.micros(start))
+    # The hour may turn between the two calls: each answer is one of the two windows.
+    windows = [_last_24_hours(first), _last_24_hours(last)]
+    assert grpc_starts in windows, grpc_starts
+    assert rest_starts in windows, rest_starts
 
 
 # ---------------------------------------------------------------- cache invalidation

@@ -11,7 +11,7 @@ from eventpipe.core.config import CommonSettings
 from eventpipe.core.schema import timestamp_from_micros
 from eventpipe.core.waiting import wait_until
 from eventpipe.store.v1 import store_pb2
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from tests.conftest import Isolation
 from tests.integration.store.conftest import consumer_status, make_event, produce_events
@@ -121,7 +121,14 @@ def test_invalid_dimension_records_get_field_level_errors_and_valid_ones_are_wri
     assert fields[1] == {"records[1].key"}
     assert fields[2] == {"records[2].valid_from"}
     assert fields[3] == {"records[3].attributes[9lives]", "records[3].attributes[big]"}
-    assert response.results[1].code == "INVALID_ARGUMENT"
+    assert [r.code for r in response.results] == [
+        code_pb2.OK,
+        code_pb2.INVALID_ARGUMENT,
+        code_pb2.INVALID_ARGUMENT,
+        code_pb2.INVALID_ARGUMENT,
+        code_pb2.OK,
+    ]
+    assert response.results[2].message == "records[2].valid_from: is required"
     assert (response.summary.accepted_count, response.summary.rejected_count) == (1, 3)
     assert _get(store_stub, isolation.tenant_id, "u1").attributes["tier"].string_value == "a"
 

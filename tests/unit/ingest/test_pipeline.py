@@ -8,14 +8,18 @@ from datetime import timedelta
 
 import pytest
 from eventpipe.common.v1 import event_pb2
+from eventpipe.common.v1.results_pb2 import ITEM_STATUS_ACCEPTED
 from eventpipe.core.errors import InvalidArgument, ResourceExhausted, Unavailable
 from eventpipe.core.schema import timestamp_from_micros
 from eventpipe.core.validation import EventLimits
 from eventpipe.core.waiting import wait_until
+from google.protobuf import json_format
+from google.rpc import code_pb2
 from ingest.capacity import InFlightLimiter
 from ingest.event_log import DeliveryReport, OutgoingMessage
 from ingest.outcome import ItemStatus
 from ingest.pipeline import IngestPipeline
+from ingest.servicer import item_result
 from ingest.streaming import StreamBatch, ingest_stream
 
 NOW = 1_700_000_000_000_000
@@ -135,6 +139,38 @@ def test_an_event_kafka_did_not_confirm_is_never_accepted() -> None:
         (ItemStatus.REJECTED, "UNAVAILABLE"),
         (ItemStatus.ACCEPTED, ""),
     ]
+
+
+def test_item_results_carry_the_typed_code_a_message_and_the_violations() -> None:
+    outcome = pipeline(FakeLog(fail={1})).ingest(
+        "acme", [event("a"), event("b"), event("c", event_type="Bad")]
+    )
+    accepted, unconfirmed, invalid = (item_result(item) for item in outcome.items)
+    assert (accepted.status, accepted.code, accepted.message) == (
+        ITEM_STATUS_ACCEPTED,
+        code_pb2.OK,
+        "",
+    )
+    assert (unconfirmed.code, list(unconfirmed.violations)) == (code_pb2.UNAVAILABLE, [])
+    assert unconfirmed.message.startswith("Kafka did not confirm the write")
+    assert invalid.code == code_pb2.INVALID_ARGUMENT
+    assert [v.field for v in invalid.violations] == ["event_type"]
+    assert invalid.message == f"event_type: {invalid.violations[0].description}"
+
+
+def test_an_item_result_in_json_names_its_code() -> None:
+    outcome = pipeline(FakeLog()).ingest("acme", [event("a"), event("b", event_type="Bad")])
+    accepted, invalid = (
+        json_format.MessageToDict(
+            item_result(item),
+            preserving_proto_field_name=True,
+            always_print_fields_with_no_presence=True,
+        )
+        for item in outcome.items
+    )
+    assert (accepted["code"], accepted["message"], accepted["violations"]) == ("OK", "", [])
+    assert (invalid["status"], invalid["code"]) == ("ITEM_STATUS_REJECTED", "INVALID_ARGUMENT")
+    assert [v["field"] for v in invalid["violations"]] == ["event_type"]
 
 
 def test_a_batch_of_which_nothing_was_confirmed_is_unavailable() -> None:

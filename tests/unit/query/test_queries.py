@@ -95,18 +95,69 @@ def test_event_type_order_and_repeats_do_not_change_the_query() -> None:
     assert parse_events(event_types=["b", "a", "b"]) == parse_events(event_types=["a", "b"])
 
 
-def test_metrics_need_both_bounds_and_a_known_granularity() -> None:
+HOUR = 3_600_000_000
+DAY = 24 * HOUR
+# 2026-11-27T10:20:00Z: a moment inside an hour and inside a day.
+NOW = 1_795_737_600_000_000 + 10 * HOUR + 20 * 60_000_000
+
+
+def parse_metrics(
+    start_seconds: int | None, end_seconds: int | None, granularity: str = "hour"
+) -> MetricsQuery:
+    return MetricsQuery.parse(
+        tenant_id="t",
+        entity_id="e",
+        time_range=check_time_range(time_range(start_seconds, end_seconds)),
+        granularity=granularity,
+        event_types=[],
+        now_micros=NOW,
+    )
+
+
+def test_metrics_without_a_time_range_cover_the_current_hour_and_the_23_before_it() -> None:
+    query = parse_metrics(None, None)
+    current_hour = NOW // HOUR * HOUR
+    assert (query.start_micros, query.end_micros) == (current_hour - 23 * HOUR, current_hour + HOUR)
+
+
+def test_daily_metrics_without_a_time_range_cover_the_current_utc_day() -> None:
+    query = parse_metrics(None, None, "day")
+    today = NOW // DAY * DAY
+    assert (query.start_micros, query.end_micros) == (today, today + DAY)
+
+
+def test_metrics_with_only_an_end_reach_24_hours_back_from_it() -> None:
+    end_seconds = 1_700_000_000
+    query = parse_metrics(None, end_seconds)
+    assert (query.start_micros, query.end_micros) == (
+        end_seconds * 10**6 - DAY,
+        end_seconds * 10**6,
+    )
+
+
+def test_metrics_with_only_a_start_end_with_the_current_bucket() -> None:
+    start = NOW - 3 * DAY
+    query = parse_metrics(start // 10**6, None)
+    assert (query.start_micros, query.end_micros) == (start, NOW // HOUR * HOUR + HOUR)
+
+
+def test_a_start_after_the_current_bucket_without_an_end_is_refused() -> None:
+    with pytest.raises(InvalidArgument) as error:
+        parse_metrics((NOW + 2 * HOUR) // 10**6, None)
+    assert fields_of(error) == ["time_range.start_time"]
+
+
+def test_metrics_refuse_an_unknown_granularity_and_bad_bounds_together() -> None:
     with pytest.raises(InvalidArgument) as error:
         MetricsQuery.parse(
             tenant_id="t",
             entity_id="e",
-            time_range=check_time_range(
-                time_range(None, None), start_required=True, end_required=True
-            ),
+            time_range=check_time_range(time_range(10, 5)),
             granularity="week",
             event_types=[],
+            now_micros=NOW,
         )
-    assert fields_of(error) == ["time_range.start_time", "time_range.end_time", "granularity"]
+    assert fields_of(error) == ["time_range", "granularity"]
 
 
 def test_metrics_over_too_many_buckets_are_refused() -> None:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from eventpipe.common.v1 import event_pb2
+from eventpipe.common.v1 import event_pb2, results_pb2
 from eventpipe.core.errors import InvalidArgument, NotFound, Unavailable
+from eventpipe.core.schema import dimension_record_to_row
+from eventpipe.store.v1 import store_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import code_pb2
 from store.dimensions import DimensionRecordInput, DimensionStore, ItemStatus
+from store.servicer import StoreServicer
 
 from tests.unit.store.fakes import FakeTable
 
@@ -80,3 +85,40 @@ def test_a_transient_failure_is_retried_and_then_accepted(
     table.fail_next = ["UNAVAILABLE"]
     outcomes = store.upsert("t", "users", [record("u", 0)])
     assert outcomes[0].status is ItemStatus.ACCEPTED
+
+
+def test_a_record_bigtable_refuses_for_good_is_rejected_with_the_reason_and_no_violation(
+    store: DimensionStore, table: FakeTable
+) -> None:
+    refused = record("v", 0)
+    key = dimension_record_to_row("t", "users", "v", 0, refused.attributes).key
+    table.fail_keys[key] = "INVALID_ARGUMENT"
+    outcomes = store.upsert("t", "users", [record("u", 0), refused])
+    assert [(o.status, o.code) for o in outcomes] == [
+        (ItemStatus.ACCEPTED, ""),
+        (ItemStatus.REJECTED, "INTERNAL"),
+    ]
+    assert (outcomes[1].violations, outcomes[1].message) == (
+        [],
+        "not written: INVALID_ARGUMENT: refused",
+    )
+
+
+def test_the_servicer_answers_each_record_with_a_typed_code_and_a_message(
+    store: DimensionStore,
+) -> None:
+    servicer = StoreServicer(store, None, lambda: None)  # type: ignore[arg-type]
+    request = store_pb2.UpsertDimensionRecordsRequest(tenant_id="t", dimension="users")
+    request.records.add(key="u", valid_from=Timestamp(seconds=0))
+    request.records.add(key="", valid_from=Timestamp(seconds=0))
+    request.records.add(key="u", valid_from=Timestamp(seconds=0))
+    response = servicer.UpsertDimensionRecords(request, None)  # type: ignore[arg-type]
+    assert [(r.status, r.code) for r in response.results] == [
+        (results_pb2.ITEM_STATUS_ACCEPTED, code_pb2.OK),
+        (results_pb2.ITEM_STATUS_REJECTED, code_pb2.INVALID_ARGUMENT),
+        (results_pb2.ITEM_STATUS_DUPLICATE, code_pb2.OK),
+    ]
+    rejected = response.results[1]
+    assert [v.field for v in rejected.violations] == ["records[1].key"]
+    assert rejected.message == f"records[1].key: {rejected.violations[0].description}"
+    assert (response.summary.accepted_count, response.summary.rejected_count) == (1, 1)
