@@ -26,21 +26,10 @@ from eventpipe.stack.components import BigtableEmulator, Envoy, GrpcService, Kaf
 from eventpipe.stack.probes import free_port
 
 from tests.conftest import Isolation, start_or_fail
+from tests.helpers.http import http, metric_values
 from tests.integration.query.loader import RowLoader
 
 PAGE_TOKEN_SECRET = "integration-test-page-token-secret"
-
-
-def scrape(metrics_port: int) -> dict[str, float]:
-    """Prometheus text of the service, as {"name{labels}": value}."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:
-        text = reply.read().decode()
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
 
 
 @dataclass
@@ -61,7 +50,7 @@ class QueryUnderTest:
         return f"tenant-{uuid.uuid4().hex[:10]}"
 
     def metrics(self) -> dict[str, float]:
-        return scrape(self.metrics_port)
+        return metric_values(self.metrics_port)
 
     def announce_change(self, tenant_id: str, entity_id: str) -> None:
         """Produces an EntityChange to real Kafka, as enrichment does, and waits for the ack."""
@@ -80,11 +69,8 @@ class Rest:
     def __call__(self, path: str, params: list[tuple[str, str]] | None = None) -> tuple[int, Any]:
         """Returns (HTTP status, JSON body)."""
         query = f"?{urllib.parse.urlencode(params)}" if params else ""
-        try:
-            with urllib.request.urlopen(f"{self.envoy.base_url}{path}{query}", timeout=10) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read() or b"{}")
+        reply = http(f"{self.envoy.base_url}{path}{query}", timeout=10)
+        return reply.status, json.loads(reply.body or b"{}")
 
 
 @pytest.fixture

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from eventpipe.common.v1 import event_pb2
 from eventpipe.core import schema
 from eventpipe.query.v1 import query_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from tests.helpers.rpc import time_range
 from tests.integration.query.conftest import QueryUnderTest, Rest
 from tests.unit.query.rows import (
     BASE_MICROS,
@@ -98,13 +98,10 @@ def test_events_with_an_unreadable_cell_are_served_without_it_and_a_broken_row_i
 def test_query_ranges_outside_protobufs_timestamp_range_are_refused_naming_the_field(
     query_service: QueryUnderTest, start: Timestamp | None, end: Timestamp | None, field: str
 ) -> None:
-    time_range = event_pb2.TimeRange()
-    if start is not None:
-        time_range.start_time.CopyFrom(start)
-    if end is not None:
-        time_range.end_time.CopyFrom(end)
     request = query_pb2.ListEntityEventsRequest(
-        tenant_id=query_service.new_tenant(), entity_id="user-1", time_range=time_range
+        tenant_id=query_service.new_tenant(),
+        entity_id="user-1",
+        time_range=time_range(start, end),
     )
     with pytest.raises(grpc.RpcError) as error:
         query_service.stub.ListEntityEvents(request, timeout=10)

@@ -32,11 +32,10 @@ from eventpipe.stack.components import GrpcService
 from eventpipe.stack.probes import free_port, grpc_health
 from eventpipe.store.v1 import store_pb2, store_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from store.adapters.bigtable import BigtableRowWriter
 
 from tests.conftest import Isolation, start_or_fail
+from tests.helpers.rpc import field_violations, time_range
 from tests.integration.store.conftest import (
     FAST_STORE_ENV,
     consumer_status,
@@ -69,23 +68,12 @@ def _event(
     return event
 
 
-def _violations(error: grpc.RpcError) -> list[str]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    fields: list[str] = []
-    for detail in status.details:
-        bad_request = error_details_pb2.BadRequest()
-        if detail.Unpack(bad_request):
-            fields += [v.field for v in bad_request.field_violations]
-    return fields
-
-
 def _refused(method: Callable[..., Any], request: Any) -> list[str]:
     """The field violations of ``method(request)``, which must be INVALID_ARGUMENT."""
     with pytest.raises(grpc.RpcError) as error:
         method(request, timeout=10)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, error.value.details()
-    return _violations(error.value)
+    return field_violations(error.value)
 
 
 def _raw_events(stub: Any, tenant: str, entity: str) -> list[event_pb2.Event]:
@@ -200,32 +188,23 @@ def test_poison_messages_straight_to_kafka_are_dead_lettered_and_another_tenants
 # ---------------------------------------------------------------- 3. bounds everywhere
 
 
-def _range(start: Timestamp | None = None, end: Timestamp | None = None) -> event_pb2.TimeRange:
-    time_range = event_pb2.TimeRange()
-    if start is not None:
-        time_range.start_time.CopyFrom(start)
-    if end is not None:
-        time_range.end_time.CopyFrom(end)
-    return time_range
-
-
 def test_bad_time_bounds_are_refused_naming_the_field_on_every_store_rpc(
     store_stub: Any, isolation: Isolation
 ) -> None:
     tenant = isolation.tenant_id
 
-    def list_raw(time_range: event_pb2.TimeRange) -> list[str]:
+    def list_raw(bounds: event_pb2.TimeRange) -> list[str]:
         request = store_pb2.ListRawEventsRequest(
-            tenant_id=tenant, entity_id="user-1", time_range=time_range
+            tenant_id=tenant, entity_id="user-1", time_range=bounds
         )
         return _refused(store_stub.ListRawEvents, request)
 
-    assert list_raw(_range(end=Timestamp(seconds=-(10**13)))) == ["time_range.end_time"]
+    assert list_raw(time_range(end=Timestamp(seconds=-(10**13)))) == ["time_range.end_time"]
     for seconds, nanos in OUT_OF_RANGE:
-        assert list_raw(_range(start=Timestamp(seconds=seconds, nanos=nanos))) == [
+        assert list_raw(time_range(start=Timestamp(seconds=seconds, nanos=nanos))) == [
             "time_range.start_time"
         ]
-    assert list_raw(_range(Timestamp(seconds=100), Timestamp(seconds=100))) == ["time_range"]
+    assert list_raw(time_range(Timestamp(seconds=100), Timestamp(seconds=100))) == ["time_range"]
 
     for seconds, nanos in OUT_OF_RANGE:
         request = store_pb2.GetDimensionRecordRequest(
@@ -282,7 +261,7 @@ def test_events_ingest_acknowledged_at_the_five_minute_bound_are_all_stored(
             accepted.append(event.event_id)
         except grpc.RpcError as error:
             assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert _violations(error) == ["event.event_time"]
+            assert field_violations(error) == ["event.event_time"]
             refused += 1
     assert accepted, "ingest accepted none: the test did not reach the bound"
     wait_until(
