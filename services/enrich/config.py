@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
-from eventpipe.core.config import ServiceSettings
-from eventpipe.core.validation import EventLimits
+from eventpipe.core.config import EventLimitSettings, ServiceSettings
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from enrich.domain.jobs import Quotas
 
 
-class EnrichSettings(ServiceSettings):
+class EnrichSettings(ServiceSettings, EventLimitSettings):
     """The enrich service's settings; shared ones are in eventpipe.core.config.CommonSettings."""
 
     model_config = SettingsConfigDict(env_prefix="EVENTPIPE_ENRICH_", extra="ignore", frozen=True)
@@ -96,32 +93,6 @@ class EnrichSettings(ServiceSettings):
         description="How long the check of the Spark session after a failed job may take "
         "before the session counts as broken and is rebuilt.",
     )
-    event_max_future_seconds: int = Field(
-        300,
-        ge=0,
-        description="Streaming decode of the raw topic: event_time at most this far after "
-        "ingest_time (keep equal to EVENTPIPE_STORE_EVENT_MAX_FUTURE_SECONDS).",
-    )
-    event_max_age_days: float = Field(
-        30,
-        gt=0,
-        description="Streaming decode of the raw topic: event_time at most this old at "
-        "ingest_time (keep equal to EVENTPIPE_STORE_EVENT_MAX_AGE_DAYS).",
-    )
-    ingest_time_max_lead_seconds: float = Field(
-        60,
-        ge=0,
-        le=3600,
-        description="Streaming decode: ingest_time trusted up to this far after the Kafka "
-        "timestamp (keep equal to EVENTPIPE_STORE_INGEST_TIME_MAX_LEAD_SECONDS).",
-    )
-    ingest_time_max_lag_seconds: float = Field(
-        900,
-        ge=0,
-        le=86_400,
-        description="Streaming decode: ingest_time trusted up to this far before the Kafka "
-        "timestamp (keep equal to EVENTPIPE_STORE_INGEST_TIME_MAX_LAG_SECONDS).",
-    )
     scheduler_tick_seconds: float = Field(
         1.0, gt=0, le=60, description="How often due scheduled windows are looked for."
     )
@@ -171,14 +142,6 @@ class EnrichSettings(ServiceSettings):
             tenant_max_scheduled_jobs=self.tenant_max_scheduled_jobs,
             max_streams=self.max_streams,
             tenant_max_streams=self.tenant_max_streams,
-        )
-
-    def event_limits(self) -> EventLimits:
-        return EventLimits(
-            max_future=timedelta(seconds=self.event_max_future_seconds),
-            max_age=timedelta(days=self.event_max_age_days),
-            ingest_time_max_lead=timedelta(seconds=self.ingest_time_max_lead_seconds),
-            ingest_time_max_lag=timedelta(seconds=self.ingest_time_max_lag_seconds),
         )
 
     def extra_spark_conf(self) -> tuple[tuple[str, str], ...]:

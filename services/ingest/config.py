@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
-from eventpipe.core.config import ServiceSettings
+from eventpipe.core.config import EventLimitSettings, ServiceSettings
 from eventpipe.core.validation import EventLimits
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 
-class IngestSettings(ServiceSettings):
+class IngestSettings(ServiceSettings, EventLimitSettings):
     """The ingest service's settings; shared ones are in eventpipe.core.config.CommonSettings."""
 
     model_config = SettingsConfigDict(env_prefix="EVENTPIPE_INGEST_", extra="ignore", frozen=True)
@@ -18,18 +16,6 @@ class IngestSettings(ServiceSettings):
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
     metrics_port: int = Field(
         9101, ge=0, le=65535, description="Prometheus /metrics port; 0 picks a free one."
-    )
-    event_max_future_seconds: float = Field(
-        300.0,
-        ge=0,
-        le=7 * 86400,
-        description="How far past the server clock an event_time may be (clock skew allowance).",
-    )
-    event_max_age_days: float = Field(
-        30.0,
-        gt=0,
-        le=3650,
-        description="How old an event_time may be; keep it within the raw Bigtable retention.",
     )
     max_batch_bytes: int = Field(
         4 * 1024 * 1024,
@@ -88,8 +74,7 @@ class IngestSettings(ServiceSettings):
         return self
 
     @property
-    def event_limits(self) -> EventLimits:
-        return EventLimits(
-            max_future=timedelta(seconds=self.event_max_future_seconds),
-            max_age=timedelta(days=self.event_max_age_days),
-        )
+    def event_limits(self) -> EventLimits:  # type: ignore[override]
+        # A property (ingest/server.py reads ``settings.event_limits``); built by the
+        # shared EventLimitSettings so the bounds cannot drift from the store's.
+        return EventLimitSettings.event_limits(self)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
-from eventpipe.core.config import CommonSettings, ServiceSettings
-from eventpipe.core.validation import EventLimits
+from eventpipe.core.config import CommonSettings, EventLimitSettings, ServiceSettings
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 
-class StoreSettings(ServiceSettings):
-    """The store service's settings; shared ones are in eventpipe.core.config.CommonSettings."""
+class StoreSettings(ServiceSettings, EventLimitSettings):
+    """The store service's settings; shared ones are in eventpipe.core.config.CommonSettings,
+    the event-time limits (re-validation) in EventLimitSettings."""
 
     model_config = SettingsConfigDict(env_prefix="EVENTPIPE_STORE_", extra="ignore", frozen=True)
 
@@ -55,26 +53,6 @@ class StoreSettings(ServiceSettings):
         le=300_000,
         description="Kafka session timeout: how soon a killed consumer's partitions move on.",
     )
-    event_max_future_seconds: int = Field(
-        300, ge=0, description="Re-validation: event_time at most this far after ingest_time."
-    )
-    event_max_age_days: float = Field(
-        30, gt=0, description="Re-validation: event_time at most this old at ingest_time."
-    )
-    ingest_time_max_lead_seconds: float = Field(
-        60,
-        ge=0,
-        le=3600,
-        description="A message's ingest_time is trusted up to this far after its Kafka "
-        "timestamp and after this consumer's clock (clock skew).",
-    )
-    ingest_time_max_lag_seconds: float = Field(
-        900,
-        ge=0,
-        le=86_400,
-        description="A message's ingest_time is trusted up to this far before its Kafka "
-        "timestamp (time spent in a producer before the broker stamped it).",
-    )
     page_token_secret: SecretStr | None = Field(
         None,
         description="HMAC key of ListRawEvents page tokens; unset means a random per-process "
@@ -83,11 +61,3 @@ class StoreSettings(ServiceSettings):
 
     def group_id(self, common: CommonSettings) -> str:
         return self.consumer_group or f"{common.topic_prefix}store"
-
-    def event_limits(self) -> EventLimits:
-        return EventLimits(
-            max_future=timedelta(seconds=self.event_max_future_seconds),
-            max_age=timedelta(days=self.event_max_age_days),
-            ingest_time_max_lead=timedelta(seconds=self.ingest_time_max_lead_seconds),
-            ingest_time_max_lag=timedelta(seconds=self.ingest_time_max_lag_seconds),
-        )

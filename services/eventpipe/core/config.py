@@ -8,10 +8,13 @@ start with a message naming the variable, instead of failing later under load.
 from __future__ import annotations
 
 import sys
+from datetime import timedelta
 from typing import TypeVar
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from eventpipe.core.validation import EventLimits
 
 DEFAULT_PORTS = {"ingest": 50051, "store": 50052, "enrich": 50053, "query": 50054}
 DEFAULT_METRICS_PORTS = {"ingest": 9101, "store": 9102, "enrich": 9103, "query": 9104}
@@ -124,6 +127,57 @@ class ServiceSettings(BaseSettings):
         description="Streaming RPCs one client connection may hold open; beyond it "
         "RESOURCE_EXHAUSTED.",
     )
+
+
+class EventLimitSettings(BaseSettings):
+    """The event-time limits, one definition for every service that judges an event.
+
+    Mixed into a service's settings class (``class StoreSettings(ServiceSettings,
+    EventLimitSettings)``), so each field reads that service's prefix: the variables stay
+    ``EVENTPIPE_<SERVICE>_EVENT_MAX_FUTURE_SECONDS`` and so on. Ingest judges against its own
+    clock, the store and streaming enrichment against a message's trusted ``ingest_time``
+    (the two trust-window fields); keep the store's and enrich's values equal.
+    """
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    event_max_future_seconds: float = Field(
+        300.0,
+        ge=0,
+        le=7 * 86400,
+        description="event_time at most this far after the reference time (ingest: the "
+        "server clock; store and enrich: the message's ingest_time); clock skew allowance.",
+    )
+    event_max_age_days: float = Field(
+        30.0,
+        gt=0,
+        le=3650,
+        description="event_time at most this old at the reference time; keep it within the "
+        "raw Bigtable retention.",
+    )
+    ingest_time_max_lead_seconds: float = Field(
+        60.0,
+        ge=0,
+        le=3600,
+        description="A raw-topic message's ingest_time is trusted up to this far after its "
+        "Kafka timestamp and after the reader's clock (clock skew).",
+    )
+    ingest_time_max_lag_seconds: float = Field(
+        900.0,
+        ge=0,
+        le=86_400,
+        description="A raw-topic message's ingest_time is trusted up to this far before its "
+        "Kafka timestamp (time spent in a producer before the broker stamped it).",
+    )
+
+    def event_limits(self) -> EventLimits:
+        """The limits as the validation and topic-contract code takes them."""
+        return EventLimits(
+            max_future=timedelta(seconds=self.event_max_future_seconds),
+            max_age=timedelta(days=self.event_max_age_days),
+            ingest_time_max_lead=timedelta(seconds=self.ingest_time_max_lead_seconds),
+            ingest_time_max_lag=timedelta(seconds=self.ingest_time_max_lag_seconds),
+        )
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
