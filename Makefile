@@ -45,7 +45,7 @@ setup: $(STAMP) $(DESCRIPTORS) tools ## Install everything missing: Python deps,
 # which has it built in, is not on PATH.
 tools: $(STAMP)
 	$(EVENTPIPE) stack install
-	$(PY) -m enrich.adapters.connectors
+	$(PY) -m eventpipe.stack.spark_connectors
 
 protos: $(STAMP) ## Generate Python stubs (.py, _grpc.py, .pyi) and the Envoy descriptor set.
 	$(PY) -m eventpipe.codegen

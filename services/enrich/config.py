@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from eventpipe.core.config import EventLimitSettings, ServiceSettings
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from enrich.domain.jobs import Quotas
+
+
+def default_spark_jars() -> str:
+    """Where ``python -m eventpipe.stack.spark_connectors`` puts the jars (the tooling's cache
+    rule, repeated here because the runtime never imports the tooling; a unit test holds the
+    two equal)."""
+    override = os.environ.get("EVENTPIPE_CACHE_DIR")
+    root = Path(override) if override else Path.home() / ".cache" / "eventpipe"
+    return str(root.expanduser().resolve() / "spark-connectors" / "spark-4.2.0" / "jars")
+
+
+def _entries(value: str) -> list[str]:
+    return [item.strip() for item in value.split(";") if item.strip()]
 
 
 class EnrichSettings(ServiceSettings, EventLimitSettings):
@@ -117,9 +133,23 @@ class EnrichSettings(ServiceSettings, EventLimitSettings):
     dimension_refresh_seconds: float = Field(
         30.0, ge=0, description="How long a streaming job reuses the dimension versions it read."
     )
-    resolve_connectors: bool = Field(
-        True, description="Resolve the Spark Kafka source with Maven at start (first run only)."
+    spark_jars: str = Field(
+        default_factory=lambda: default_spark_jars(),
+        description="Jars for spark.jars (the Kafka source), ';'-separated; a folder stands "
+        "for every *.jar in it; empty = none. Default: the folder `make tools` fills "
+        "($EVENTPIPE_CACHE_DIR/spark-connectors/spark-4.2.0/jars). The service never resolves "
+        "them itself (python -m eventpipe.stack.spark_connectors does).",
     )
+
+    @model_validator(mode="after")
+    def _spark_jars_exist(self) -> EnrichSettings:
+        # A path set on purpose must exist; the default folder may be missing on a machine
+        # that never ran `make tools` (batch jobs work; a streaming job's source then fails).
+        if "spark_jars" in self.model_fields_set:
+            for entry in _entries(self.spark_jars):
+                if not Path(entry).exists():
+                    raise ValueError(f"spark_jars: {entry} does not exist")
+        return self
 
     @model_validator(mode="after")
     def _scheduler_settings_fit(self) -> EnrichSettings:
@@ -143,6 +173,17 @@ class EnrichSettings(ServiceSettings, EventLimitSettings):
             max_streams=self.max_streams,
             tenant_max_streams=self.tenant_max_streams,
         )
+
+    def spark_jar_paths(self) -> tuple[str, ...]:
+        """The jars of ``spark_jars``, folders expanded to their sorted ``*.jar``."""
+        jars: list[str] = []
+        for entry in _entries(self.spark_jars):
+            path = Path(entry)
+            if path.is_dir():
+                jars.extend(str(jar) for jar in sorted(path.glob("*.jar")))
+            elif path.exists():
+                jars.append(str(path))
+        return tuple(jars)
 
     def extra_spark_conf(self) -> tuple[tuple[str, str], ...]:
         pairs = []

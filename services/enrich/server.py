@@ -15,7 +15,6 @@ from eventpipe.core.server import ServiceDefinition, run_service
 from eventpipe.enrich.v1 import enrich_pb2, enrich_pb2_grpc
 
 from enrich.adapters.bigtable_io import BigtableTarget
-from enrich.adapters.connectors import connector_jars
 from enrich.adapters.engine_adapter import EntityChangePublisher, SparkJobEngine
 from enrich.adapters.repository import (
     ENRICH_JOBS_TABLE,
@@ -53,14 +52,13 @@ class JobWorker:
 
 def build(settings: EnrichSettings, common: CommonSettings) -> ServiceDefinition:
     ensure_enrich_tables(common)
-    jars = tuple(str(j) for j in connector_jars()) if settings.resolve_connectors else ()
     spark = SparkEngine(
         SparkSettings(
             master=settings.spark_master,
             partitions=settings.spark_partitions,
             shuffle_partitions=settings.spark_shuffle_partitions,
             broadcast_max_rows=settings.broadcast_max_rows,
-            jars=jars,
+            jars=settings.spark_jar_paths(),
             extra_conf=settings.extra_spark_conf(),
         ),
         BigtableTarget(

@@ -12,7 +12,6 @@ from typing import Any
 import grpc
 import pytest
 from enrich.adapters.bigtable_io import BigtableTarget
-from enrich.adapters.connectors import connector_jars
 from enrich.adapters.spark_engine import (
     SparkEngine,
     SparkSettings,
@@ -25,6 +24,7 @@ from eventpipe.common.v1 import event_pb2
 from eventpipe.core import bigtable as core_bigtable
 from eventpipe.core import schema
 from eventpipe.enrich.v1 import enrich_pb2_grpc
+from eventpipe.stack.spark_connectors import connector_jars
 from pyspark.sql import SparkSession
 
 from tests.integration.enrich import dataset

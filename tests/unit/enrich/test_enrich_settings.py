@@ -3,6 +3,8 @@ job manager's quotas and the streaming decode's limits."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from enrich.config import EnrichSettings
 from pydantic import ValidationError
@@ -46,3 +48,32 @@ def test_quotas_and_event_limits_come_from_the_environment(
         8,
     )
     assert settings.event_limits().max_future_micros == 60_000_000
+
+
+def test_the_default_spark_jars_folder_is_the_one_the_tooling_fills(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from eventpipe.stack.spark_connectors import connector_jars_dir
+
+    monkeypatch.setenv("EVENTPIPE_CACHE_DIR", str(tmp_path))
+    assert EnrichSettings().spark_jars == str(connector_jars_dir())
+
+
+def test_a_spark_jars_folder_stands_for_its_jars_and_a_missing_path_is_refused(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "b.jar").write_text("")
+    (tmp_path / "a.jar").write_text("")
+    (tmp_path / "notes.txt").write_text("")
+    extra = tmp_path / "extra.jar"
+    extra.write_text("")
+    settings = EnrichSettings(spark_jars=f"{tmp_path}; {extra}")
+    assert settings.spark_jar_paths() == (
+        str(tmp_path / "a.jar"),
+        str(tmp_path / "b.jar"),
+        str(tmp_path / "extra.jar"),
+        str(extra),
+    )
+    assert EnrichSettings(spark_jars="").spark_jar_paths() == ()
+    with pytest.raises(ValidationError, match="does not exist"):
+        EnrichSettings(spark_jars=str(tmp_path / "missing.jar"))

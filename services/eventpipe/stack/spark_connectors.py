@@ -6,7 +6,12 @@ the pinned version, filled in a staging folder and renamed into place only once 
 Jars that pyspark already ships (lz4, snappy, hadoop client, ...) are dropped so that Spark's
 own copy is the only one on the classpath.
 
-Command: ``python -m enrich.adapters.connectors`` (prints the jar paths).
+This is tooling: the enrich runtime never imports it. ``make tools``, the image build and the
+tests resolve the jars here; the enrich service receives their folder through its settings
+(``EVENTPIPE_ENRICH_SPARK_JARS``, default: the folder this module fills, see
+``enrich.config.default_spark_jars``).
+
+Command: ``python -m eventpipe.stack.spark_connectors`` (prints the jar paths).
 """
 
 from __future__ import annotations
@@ -31,6 +36,11 @@ def connectors_dir() -> Path:
     return install.cache_dir() / "spark-connectors" / f"spark-{SPARK_CONNECTOR_VERSION}"
 
 
+def connector_jars_dir() -> Path:
+    """The folder of the resolved jars: what ``EVENTPIPE_ENRICH_SPARK_JARS`` names."""
+    return connectors_dir() / "jars"
+
+
 def _artifact_name(jar: str) -> str:
     return _VERSION_SUFFIX.sub("", jar)
 
@@ -52,7 +62,7 @@ def connector_jars() -> list[Path]:
 
         def fill(staging: Path) -> None:
             (staging / "pom.xml").write_text(
-                resources.files("enrich.adapters").joinpath(_POM).read_text()
+                resources.files("eventpipe.stack").joinpath(_POM).read_text()
             )
             install._run(
                 [
@@ -73,7 +83,7 @@ def connector_jars() -> list[Path]:
             (staging / ".complete").write_text(SPARK_CONNECTOR_VERSION + "\n")
 
         install._install_into(folder, fill)
-    return sorted((folder / "jars").glob("*.jar"))
+    return sorted(connector_jars_dir().glob("*.jar"))
 
 
 def main() -> int:
