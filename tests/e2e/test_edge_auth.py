@@ -8,11 +8,8 @@ to the service (inside the mesh a caller can skip Envoy, so the services check t
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +26,8 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.conftest import EDGE_MAX_REQUEST_BYTES, EDGE_TENANT_BURST
+from tests.helpers.http import Reply, json_body
+from tests.helpers.http import http as send
 
 UNAUTHENTICATED_MESSAGE = "missing or invalid token"
 DENIED_MESSAGE = "permission denied"
@@ -51,16 +50,6 @@ def event(event_id: str, padding: int = 0) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
 def http(
     stack: Stack,
     path: str,
@@ -69,19 +58,10 @@ def http(
     method: str = "GET",
     body: Any = None,
 ) -> Reply:
-    headers = {"authorization": f"Bearer {token}"} if token is not None else {}
-    data = None
-    if body is not None:
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        headers["content-type"] = "application/json"
-    request = urllib.request.Request(
-        stack.envoy.base_url + path, data=data, method=method, headers=headers
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return Reply(response.status, dict(response.headers.items()), response.read())
-    except urllib.error.HTTPError as error:
-        return Reply(error.code, dict(error.headers.items()), error.read())
+    data, headers = json_body(body)
+    if token is not None:
+        headers["authorization"] = f"Bearer {token}"
+    return send(stack.envoy.base_url + path, method=method, body=data, headers=headers)
 
 
 def ingest_rest(stack: Stack, tenant: str, token: str | None) -> Reply:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import importlib
 import json
 import subprocess
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,8 @@ from eventpipe.stack.probes import free_port
 from eventpipe.stack.stack import Stack, StackConfig
 from google.protobuf import json_format
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from tests.helpers.http import http, json_body
 
 # How Envoy's transcoder (and google.rpc) map gRPC codes to HTTP statuses.
 HTTP_STATUS_FOR_GRPC_CODE = {
@@ -123,15 +123,9 @@ def _grpc_status(address: str, case: RestCase) -> grpc.StatusCode:
 
 
 def _http(method: str, url: str, body: dict[str, Any] | None) -> tuple[int, str, str]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        request.add_header("content-type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, response.headers["content-type"], response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.headers["content-type"], error.read().decode()
+    data, headers = json_body(body)
+    reply = http(url, method=method, body=data, headers=headers)
+    return reply.status, reply.content_type, reply.text
 
 
 def _listed_services(address: str) -> set[str]:
