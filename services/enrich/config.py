@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from eventpipe.core.config import EventLimitSettings, ServiceSettings
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from enrich.domain.jobs import Quotas
@@ -139,6 +139,14 @@ class EnrichSettings(ServiceSettings, EventLimitSettings):
         "for every *.jar in it; empty = none. Default: the folder `make tools` fills "
         "($EVENTPIPE_CACHE_DIR/spark-connectors/spark-4.2.0/jars). The service never resolves "
         "them itself (python -m eventpipe.stack.spark_connectors does).",
+    )
+
+    page_token_secret: SecretStr | None = Field(
+        None,
+        min_length=16,
+        description="HMAC key of ListEnrichmentJobs page tokens (at least 16 characters); unset "
+        "means a random per-process key (tokens then only work against the replica that "
+        "issued them, and not after a restart).",
     )
 
     @model_validator(mode="after")

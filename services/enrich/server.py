@@ -89,6 +89,11 @@ def build(settings: EnrichSettings, common: CommonSettings) -> ServiceDefinition
         retry_initial_micros=round(settings.scheduler_retry_initial_seconds * 1e6),
         retry_max_micros=round(settings.scheduler_retry_max_seconds * 1e6),
         claim_lease_micros=round(settings.scheduler_claim_lease_seconds * 1e6),
+        page_token_secret=(
+            settings.page_token_secret.get_secret_value().encode()
+            if settings.page_token_secret
+            else None
+        ),
     )
     servicer = EnrichServicer(manager)
     return ServiceDefinition(

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import grpc
 from eventpipe.core.errors import invalid
+from eventpipe.core.validation import check_id
 from eventpipe.enrich.v1 import enrich_pb2, enrich_pb2_grpc
 
 from enrich.domain.jobs import JobManager
 
 
 def _tenant(tenant_id: str) -> str:
-    if not tenant_id:
-        raise invalid("tenant_id", "required")
+    """The shared id rule (1-128 of A-Z a-z 0-9 . _ : -), as ingest, store and query check it."""
+    violations = check_id("tenant_id", tenant_id)
+    if violations:
+        raise invalid(violations[0].field, violations[0].description)
     return tenant_id
 
 

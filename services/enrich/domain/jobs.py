@@ -63,6 +63,7 @@ from eventpipe.core.errors import (
     ResourceExhausted,
     Violation,
 )
+from eventpipe.core.page_tokens import PageTokenCodec
 from eventpipe.enrich.v1 import enrich_pb2
 
 from enrich.domain.records import JobRecord, JobStore, SpecStore, new_job_id
@@ -76,6 +77,7 @@ DEFAULT_TRIGGER_MICROS = 1_000_000
 DEFAULT_RETRY_INITIAL_MICROS = 5_000_000
 DEFAULT_RETRY_MAX_MICROS = 600_000_000
 DEFAULT_CLAIM_LEASE_MICROS = 120_000_000
+LIST_ENRICHMENT_JOBS = "eventpipe.enrich.v1.EnrichService/ListEnrichmentJobs"
 TERMINAL = {
     enrich_pb2.JOB_STATE_SUCCEEDED,
     enrich_pb2.JOB_STATE_FAILED,
@@ -388,6 +390,7 @@ class JobManager:
         retry_initial_micros: int = DEFAULT_RETRY_INITIAL_MICROS,
         retry_max_micros: int = DEFAULT_RETRY_MAX_MICROS,
         claim_lease_micros: int = DEFAULT_CLAIM_LEASE_MICROS,
+        page_token_secret: bytes | None = None,
     ) -> None:
         self.specs = specs
         self.jobs = jobs
@@ -400,6 +403,10 @@ class JobManager:
         self.retry_initial_micros = retry_initial_micros
         self.retry_max_micros = retry_max_micros
         self.claim_lease_micros = claim_lease_micros
+        # Unset: a random key per process (tokens then work only on the replica that issued them).
+        self._page_tokens = PageTokenCodec(
+            page_token_secret or secrets.token_bytes(32), LIST_ENRICHMENT_JOBS
+        )
         self._slots = FairSlots(self.quotas.max_running_jobs, self.quotas.tenant_max_running_jobs)
         self._stream_threads: dict[str, threading.Thread] = {}
         self._active: dict[str, _Active] = {}
@@ -523,9 +530,17 @@ class JobManager:
                 "page_size must be 1..1000", violations=[Violation("page_size", "1..1000")]
             )
         size = page_size or 100
-        records = self.jobs.list_page(tenant_id, size + 1, page_token or None)
+        # The token is bound to the tenant: another tenant's token (or an altered one) is
+        # refused with INVALID_ARGUMENT instead of listing from an arbitrary position.
+        binding = tenant_id.encode()
+        after = self._page_tokens.verify(page_token, binding).decode() if page_token else None
+        records = self.jobs.list_page(tenant_id, size + 1, after)
         page = records[:size]
-        token = page[-1].job.job_id if len(records) > size else ""
+        token = (
+            self._page_tokens.issue(binding, page[-1].job.job_id.encode())
+            if len(records) > size
+            else ""
+        )
         return [r.job for r in page], token
 
     def cancel_job(self, tenant_id: str, job_id: str) -> enrich_pb2.EnrichmentJob:

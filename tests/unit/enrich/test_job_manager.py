@@ -534,3 +534,43 @@ def test_a_replica_with_a_stale_record_does_not_rerun_a_window_another_one_finis
         clock.now += LEASE  # and the first replica's claim has expired by its next tick
         assert tick_starts_no_window(second, job_id)
         assert len(engine.windows) == 1
+
+
+def test_job_pages_continue_with_signed_tokens_bound_to_their_tenant(parts: Any) -> None:
+    manager = manager_of(parts)
+    manager.put_spec("t", spec())
+    created = {manager.create_job("t", batch_job(0, MINUTE)).job_id for _ in range(3)}
+    first, token = manager.list_jobs("t", 2, "")
+    assert len(first) == 2 and token
+    assert first[-1].job_id not in token  # opaque, not the bare job id
+    rest, last_token = manager.list_jobs("t", 2, token)
+    assert {j.job_id for j in first + rest} == created and last_token == ""
+    for bad in (first[-1].job_id, token[:-2], token + "A"):
+        with pytest.raises(InvalidArgument) as refused:
+            manager.list_jobs("t", 2, bad)
+        assert refused.value.violations[0].field == "page_token"
+    with pytest.raises(InvalidArgument):
+        manager.list_jobs("other", 2, token)  # another tenant's token
+    parts[2].release.set()
+    manager.stop()
+
+
+def test_the_servicer_refuses_a_tenant_id_the_shared_id_rule_refuses() -> None:
+    from unittest import mock
+
+    from enrich.servicer import EnrichServicer
+
+    manager = mock.Mock()
+    servicer = EnrichServicer(manager)
+    for bad in ("", "a b", "t\n", "x" * 129, "tenant/1"):
+        with pytest.raises(InvalidArgument) as refused:
+            servicer.GetEnrichmentJob(
+                enrich_pb2.GetEnrichmentJobRequest(tenant_id=bad, job_id="j1"), mock.Mock()
+            )
+        assert refused.value.violations[0].field == "tenant_id"
+    manager.get_job.assert_not_called()
+    manager.get_job.return_value = enrich_pb2.EnrichmentJob(job_id="j1")
+    servicer.GetEnrichmentJob(
+        enrich_pb2.GetEnrichmentJobRequest(tenant_id="acme-1.eu:x_y", job_id="j1"), mock.Mock()
+    )
+    manager.get_job.assert_called_once_with("acme-1.eu:x_y", "j1")
