@@ -23,9 +23,9 @@ from eventpipe.common.v1 import event_pb2, results_pb2
 from eventpipe.core.schema import timestamp_from_micros
 from eventpipe.ingest.v1 import ingest_pb2
 from google.protobuf import json_format
-from google.rpc import code_pb2, error_details_pb2
-from grpc_status import rpc_status
+from google.rpc import code_pb2
 
+from tests.helpers.rpc import field_violations
 from tests.integration.ingest.conftest import IngestUnderTest
 from tests.integration.ingest.events import now_micros, valid_event
 
@@ -137,18 +137,6 @@ def _broken(rule: Rule, event_id: str) -> event_pb2.Event:
     return event
 
 
-def _violations(error: grpc.RpcError) -> list[str]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    fields = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad_request = error_details_pb2.BadRequest()
-            detail.Unpack(bad_request)
-            fields += [v.field for v in bad_request.field_violations]
-    return fields
-
-
 def post(url: str, body: bytes, content_type: str = "application/json") -> tuple[int, str, Any]:
     """POSTs ``body`` and reads the reply while still sending, as curl does: Envoy answers an
     oversized body (413) before it has all of it, then closes the connection."""
@@ -203,7 +191,7 @@ def test_each_rule_is_enforced_over_grpc_naming_the_field(
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     expected = "event" if rule.field == "event" else f"event.{rule.field}"
-    assert _violations(caught.value) == [expected]
+    assert field_violations(caught.value) == [expected]
 
     # In a batch the same rule refuses only that event, naming the field relative to it.
     response = stub.IngestEvents(
@@ -254,7 +242,7 @@ def test_a_bad_tenant_refuses_the_request_over_grpc_and_rest(
             ingest_pb2.IngestEventsRequest(tenant_id="bad tenant!", events=[valid_event("t-1")])
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert _violations(caught.value) == ["tenant_id"]
+    assert field_violations(caught.value) == ["tenant_id"]
 
     status, _, body = post(
         f"{envoy_url}/v1/tenants/bad%21tenant/events:batch",
@@ -278,7 +266,7 @@ def test_batch_size_is_1_to_1000_over_grpc_and_rest(
             ingest_pb2.IngestEventsRequest(tenant_id=ingest_service.tenant_id, events=events)
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert _violations(caught.value) == ["events"]
+    assert field_violations(caught.value) == ["events"]
     assert reason in (caught.value.details() or "")
 
     status, _, body = post(

@@ -11,9 +11,8 @@ from eventpipe.core import schema
 from eventpipe.core.waiting import wait_until
 from eventpipe.query.v1 import query_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
+from tests.helpers.rpc import field_violations
 from tests.integration.query.conftest import QueryUnderTest, Rest
 from tests.unit.query.rows import (
     BASE_MICROS,
@@ -94,17 +93,6 @@ def rest_pages(rest: Rest, path: str, params: list[tuple[str, str]]) -> list[str
             return ids
 
 
-def violations(error: grpc.RpcError) -> list[str]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    fields = []
-    for detail in status.details:
-        bad_request = error_details_pb2.BadRequest()
-        if detail.Unpack(bad_request):
-            fields += [v.field for v in bad_request.field_violations]
-    return fields
-
-
 # ---------------------------------------------------------------- GetEntity
 
 
@@ -148,7 +136,7 @@ def test_a_malformed_id_is_invalid_argument_with_the_field_named(
     with pytest.raises(grpc.RpcError) as error:
         query_service.stub.GetEntity(query_pb2.GetEntityRequest(tenant_id="a#b", entity_id="x"))
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert violations(error.value) == ["tenant_id"]
+    assert field_violations(error.value) == ["tenant_id"]
 
 
 # ---------------------------------------------------------------- ListEntityEvents
@@ -239,7 +227,7 @@ def test_a_forged_or_altered_page_token_is_invalid_argument(
         with pytest.raises(grpc.RpcError) as error:
             q.stub.ListEntityEvents(request)
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name
-        assert violations(error.value) == ["page_token"], name
+        assert field_violations(error.value) == ["page_token"], name
         status, body = rest(path, [("page_size", "2"), ("page_token", bad)])
         assert status == 400, (name, body)
 
@@ -256,7 +244,7 @@ def test_page_size_above_the_maximum_is_invalid_argument(query_service: QueryUnd
     request = query_pb2.ListEntityEventsRequest(tenant_id="t", entity_id="e", page_size=1001)
     with pytest.raises(grpc.RpcError) as error:
         query_service.stub.ListEntityEvents(request)
-    assert violations(error.value) == ["page_size"]
+    assert field_violations(error.value) == ["page_size"]
 
 
 # ---------------------------------------------------------------- isolation

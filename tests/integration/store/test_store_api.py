@@ -11,9 +11,10 @@ from eventpipe.core.config import CommonSettings
 from eventpipe.core.schema import timestamp_from_micros
 from eventpipe.core.waiting import wait_until
 from eventpipe.store.v1 import store_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import code_pb2
 
 from tests.conftest import Isolation
+from tests.helpers.rpc import field_violations
 from tests.integration.store.conftest import consumer_status, make_event, produce_events
 
 DAY = 86_400_000_000
@@ -144,12 +145,7 @@ def test_a_bad_dimension_name_refuses_the_whole_request_with_a_field_violation(
             timeout=10,
         )
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    status = status_pb2.Status.FromString(
-        dict(refused.value.trailing_metadata())["grpc-status-details-bin"]
-    )
-    bad_request = error_details_pb2.BadRequest()
-    status.details[0].Unpack(bad_request)
-    assert [v.field for v in bad_request.field_violations] == ["dimension"]
+    assert field_violations(refused.value) == ["dimension"]
 
 
 def test_raw_events_of_one_entity_page_newest_first_within_the_time_range(
