@@ -14,7 +14,6 @@ import threading
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -26,6 +25,8 @@ from eventpipe.stack.stack import Stack, dev_token
 from google.protobuf import json_format
 
 from tests.conftest import EDGE_TENANT_BURST
+from tests.helpers.events import event_json as event
+from tests.helpers.events import new_tenant
 
 pytestmark = [pytest.mark.abuse]
 
@@ -35,23 +36,10 @@ IDLE_STREAMS = 40
 IDLERS = 4
 
 
-def new_tenant(label: str) -> str:
-    return f"{label}-{uuid.uuid4().hex[:10]}"
-
-
 def bearer(stack: Stack, tenant: str) -> list[tuple[str, str]]:
     token = dev_token(stack.config, tenant, ("ingest", "query"))
     assert token is not None
     return [("authorization", f"Bearer {token}")]
-
-
-def event(event_id: str) -> dict[str, Any]:
-    return {
-        "event_id": event_id,
-        "event_type": "page_view",
-        "entity_id": "user-1",
-        "event_time": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-    }
 
 
 def _idle_until(released: threading.Event) -> Iterator[ingest_pb2.StreamEventsRequest]:

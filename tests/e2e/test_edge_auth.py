@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,28 +25,13 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.conftest import EDGE_MAX_REQUEST_BYTES, EDGE_TENANT_BURST
+from tests.helpers.events import event_json as event
+from tests.helpers.events import new_tenant
 from tests.helpers.http import Reply, json_body
 from tests.helpers.http import http as send
 
 UNAUTHENTICATED_MESSAGE = "missing or invalid token"
 DENIED_MESSAGE = "permission denied"
-
-
-def new_tenant(label: str) -> str:
-    return f"{label}-{uuid.uuid4().hex[:10]}"
-
-
-def event(event_id: str, padding: int = 0) -> dict[str, Any]:
-    attributes: dict[str, Any] = {"path": {"string_value": "/home"}}
-    if padding:
-        attributes["pad"] = {"string_value": "p" * padding}
-    return {
-        "event_id": event_id,
-        "event_type": "page_view",
-        "entity_id": "user-1",
-        "event_time": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        "attributes": attributes,
-    }
 
 
 def http(

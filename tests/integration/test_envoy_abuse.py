@@ -14,7 +14,6 @@ from __future__ import annotations
 import http.client
 import json
 import threading
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +28,7 @@ from eventpipe.stack.edge import EdgeSettings, MiB
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from tests.helpers.events import new_tenant
 from tests.integration.test_envoy_transcoding import RecordingUpstream, Reply, recording_edge
 
 pytestmark = [pytest.mark.abuse]
@@ -141,10 +141,6 @@ def assert_status_json(reply: Reply, status: int, code: grpc.StatusCode) -> dict
     assert isinstance(document["message"], str) and document["message"], document
     assert isinstance(document["details"], list), document
     return document
-
-
-def new_tenant(label: str) -> str:
-    return f"{label}-{uuid.uuid4().hex[:8]}"
 
 
 def batch_of_exact_size(tenant: str, size: int, *, last_event: str = "") -> bytes:
