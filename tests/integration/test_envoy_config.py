@@ -1,29 +1,27 @@
-"""Every Envoy config the repo ships, checked by a real Envoy (``envoy --mode validate``): the
-local one with and without auth, and the Kubernetes dev and prod ones, all rendered from the one
-template envoy/envoy.yaml (tests/unit/test_k8s_manifests.py proves the committed Kubernetes files
-are its rendering), and the limits each takes from the edge's settings."""
+"""The Envoy configs the repo ships, all rendered from the one template envoy/envoy.yaml: the
+local one, with and without auth, checked by a real Envoy (``envoy --mode validate``; the
+Kubernetes dev and prod ones are checked so in test_k8s_render.py, and
+tests/unit/test_k8s_manifests.py proves the committed Kubernetes files are the rendering), and
+the limits each config takes from the edge's settings."""
 
 from __future__ import annotations
 
 import copy
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from eventpipe.codegen import BODY_FILTER
 from eventpipe.core.auth import generate_local_keys
 from eventpipe.core.config import ConfigError, load_settings
-from eventpipe.stack import install
 from eventpipe.stack.components import DESCRIPTOR_SET, Envoy, render_envoy_config
 from eventpipe.stack.edge import JWT_AUTHN_MARKER, EdgeAuth, EdgeSettings, http_filters
 from eventpipe.stack.stack import StackConfig, dev_token
 
+from tests.helpers.envoy import envoy_validate
 from tests.helpers.k8s import rendered_envoy_config
 
 PORTS = {"ingest": 50051, "store": 50052, "enrich": 50053, "query": 50054}
-IMAGE_DESCRIPTOR_SET = "/etc/envoy/descriptors/eventpipe.pb"
 JWT = "envoy.filters.http.jwt_authn"
 RATE_LIMIT = "envoy.filters.http.local_ratelimit"
 BUFFER = "envoy.filters.http.buffer"
@@ -43,21 +41,6 @@ def local_config(tmp_path: Path, *, auth: bool, **edge: Any) -> str:
         edge_settings=EdgeSettings(**edge),
         auth=edge_auth,
     )
-
-
-def validate(config: str, tmp_path: Path) -> str:
-    path = tmp_path / "envoy-under-test.yaml"
-    path.write_text(config)
-    result = subprocess.run(
-        [str(install.tool_path("envoy")), "--mode", "validate", "-c", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
-    return output
 
 
 def names(config: dict[str, Any]) -> list[str]:
@@ -94,20 +77,7 @@ def _tools() -> None:
 def test_envoy_accepts_the_local_config_without_deprecated_fields(
     tmp_path: Path, auth: bool
 ) -> None:
-    output = validate(local_config(tmp_path, auth=auth), tmp_path)
-
-    assert "Deprecated field" not in output
-
-
-@pytest.mark.parametrize("overlay", ["dev", "prod"])
-def test_envoy_accepts_the_kubernetes_config_of_each_overlay(tmp_path: Path, overlay: str) -> None:
-    config = (
-        rendered_envoy_config(overlay)
-        .replace(IMAGE_DESCRIPTOR_SET, str(DESCRIPTOR_SET))
-        .replace("/etc/envoy/lua/reject_unknown_fields.lua", str(BODY_FILTER))
-    )
-
-    output = validate(config, tmp_path)
+    output = envoy_validate(local_config(tmp_path, auth=auth), tmp_path)
 
     assert "Deprecated field" not in output
 
