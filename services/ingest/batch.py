@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from eventpipe.common.v1 import event_pb2
 from eventpipe.core.errors import InvalidArgument, ResourceExhausted, Violation
-from eventpipe.core.schema import timestamp_from_micros
+from eventpipe.core.storage.times import timestamp_from_micros
 from eventpipe.core.topic_contract import message_headers, message_key
 from eventpipe.core.validation import MAX_BATCH_EVENTS, EventLimits, check_id, validate_event
 

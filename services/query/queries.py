@@ -12,8 +12,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from eventpipe.core import schema
 from eventpipe.core.errors import InvalidArgument, Violation
+from eventpipe.core.storage.granularity import Granularity
 from eventpipe.core.validation import EVENT_TYPE_PATTERN, TimeBounds, check_id
 
 from query.store import EventView
@@ -24,8 +24,6 @@ MAX_EVENT_TYPES = 50
 MAX_METRIC_BUCKETS = 10_000
 # GetEntityMetrics without a start_time reaches this far back from its end.
 DEFAULT_METRICS_SPAN_MICROS = 24 * 3_600_000_000
-GRANULARITIES = {"hour": schema.GRANULARITY_HOUR, "day": schema.GRANULARITY_DAY}
-_BUCKET_MICROS = {"hour": 3_600_000_000, "day": 86_400_000_000}
 
 
 def _raise_if(violations: list[Violation]) -> None:
@@ -120,6 +118,14 @@ class EventsQuery:
         ).encode()
 
 
+def _granularity(label: str) -> Granularity:
+    """The granularity of a label already checked by ``MetricsQuery.parse``."""
+    granularity = Granularity.from_label(label)
+    if granularity is None:
+        raise ValueError(f"unknown granularity {label!r}")
+    return granularity
+
+
 def _default_metrics_range(
     time_range: TimeBounds, granularity: str, now_micros: int
 ) -> tuple[int, int]:
@@ -131,7 +137,7 @@ def _default_metrics_range(
     """
     end = time_range.end_micros
     if end is None:
-        width = _BUCKET_MICROS[granularity]
+        width = _granularity(granularity).width_micros
         end = (now_micros // width + 1) * width
     start = time_range.start_micros
     if start is None:
@@ -167,7 +173,7 @@ class MetricsQuery:
         violations = _check_ids(tenant_id, entity_id)
         violations += time_range.violations
         violations += _check_event_types(event_types)
-        if granularity not in GRANULARITIES:
+        if Granularity.from_label(granularity) is None:
             violations.append(Violation("granularity", "must be hour or day"))
         _raise_if(violations)
         if now_micros is None:
@@ -181,7 +187,7 @@ class MetricsQuery:
                 )
             )
         else:
-            buckets = (end_micros - start_micros) // _BUCKET_MICROS[granularity]
+            buckets = (end_micros - start_micros) // _granularity(granularity).width_micros
             if buckets > MAX_METRIC_BUCKETS:
                 violations.append(
                     Violation(
@@ -199,5 +205,5 @@ class MetricsQuery:
         )
 
     @property
-    def granularity_code(self) -> str:
-        return GRANULARITIES[self.granularity]
+    def granularity_code(self) -> Granularity:
+        return _granularity(self.granularity)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from eventpipe.core import schema
 from eventpipe.core.errors import NotFound, invalid
 from eventpipe.core.page_tokens import INVALID_TOKEN_REASON, PageTokenCodec
+from eventpipe.core.storage import keys, tables
+from eventpipe.core.storage.rows import skip_bad_row
 from eventpipe.query.v1 import query_pb2
 
 from query import decode
@@ -49,7 +50,7 @@ class EntityReader:
         return answer
 
     def _load_profile(self, ref: EntityRef) -> query_pb2.GetEntityResponse | None:
-        cells = self._store.read_profile(schema.row_key_for_profile(ref.tenant_id, ref.entity_id))
+        cells = self._store.read_profile(keys.row_key_for_profile(ref.tenant_id, ref.entity_id))
         if cells is None:
             return None
         return query_pb2.GetEntityResponse(
@@ -84,8 +85,8 @@ class EntityReader:
     def _load_events(
         self, query: EventsQuery, cursor: bytes | None
     ) -> query_pb2.ListEntityEventsResponse:
-        prefix = schema.entity_prefix(query.tenant_id, query.entity_id)
-        start_key, end_key = schema.event_key_range(
+        prefix = keys.entity_prefix(query.tenant_id, query.entity_id)
+        start_key, end_key = keys.event_key_range(
             query.tenant_id, query.entity_id, query.start_micros, query.end_micros
         )
         start_inclusive = True
@@ -112,9 +113,9 @@ class EntityReader:
         for row in page:
             try:
                 response.events.append(decode.entity_event_from_cells(row.cells, enriched=enriched))
-            except ValueError as exc:  # its envelope is unreadable (schema.BadCell)
-                table = schema.ENRICHED_EVENTS_TABLE if enriched else schema.RAW_EVENTS_TABLE
-                schema.skip_bad_row(table, row.key, exc)
+            except ValueError as exc:  # its envelope is unreadable (BadCell)
+                table = tables.ENRICHED_EVENTS_TABLE if enriched else tables.RAW_EVENTS_TABLE
+                skip_bad_row(table, row.key, exc)
         if len(rows) > query.page_size:
             # Continue strictly after the last row returned: keys are unique and stable, so
             # every row of the range is returned exactly once, whatever is written meanwhile.
@@ -140,7 +141,7 @@ class EntityReader:
         return answer
 
     def _load_metrics(self, query: MetricsQuery) -> query_pb2.GetEntityMetricsResponse:
-        start_key, end_key = schema.metric_key_range(
+        start_key, end_key = keys.metric_key_range(
             query.tenant_id,
             query.entity_id,
             query.granularity_code,
@@ -152,7 +153,7 @@ class EntityReader:
             try:
                 bucket = decode.metric_bucket_from_cells(row.key, row.cells, query.event_types)
             except ValueError as exc:  # its bucket key is unreadable
-                schema.skip_bad_row(schema.ENTITY_METRICS_TABLE, row.key, exc)
+                skip_bad_row(tables.ENTITY_METRICS_TABLE, row.key, exc)
                 continue
             if bucket is not None:
                 response.buckets.append(bucket)

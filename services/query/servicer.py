@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from eventpipe.core.storage.granularity import Granularity
 from eventpipe.core.validation import check_time_range
 from eventpipe.query.v1 import query_pb2, query_pb2_grpc
 
@@ -16,11 +17,12 @@ _VIEWS = {
     query_pb2.EVENT_VIEW_ENRICHED: EventView.ENRICHED,
     query_pb2.EVENT_VIEW_RAW: EventView.RAW,
 }
-_GRANULARITIES = {
-    query_pb2.GRANULARITY_UNSPECIFIED: "hour",
-    query_pb2.GRANULARITY_HOUR: "hour",
-    query_pb2.GRANULARITY_DAY: "day",
-}
+
+
+def _granularity_label(value: int) -> str:
+    """ "hour" or "day"; "" for a value this version does not know (parse rejects it)."""
+    granularity = Granularity.from_proto(value)
+    return "" if granularity is None else granularity.label
 
 
 class QueryServicer(query_pb2_grpc.QueryServiceServicer):
@@ -57,7 +59,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             entity_id=request.entity_id,
             # Unset bounds are not open here: MetricsQuery defaults them to the last 24 hours.
             time_range=check_time_range(request.time_range),
-            granularity=_GRANULARITIES.get(request.granularity, ""),
+            granularity=_granularity_label(request.granularity),
             event_types=list(request.event_types),
         )
         return self._reader.get_entity_metrics(query)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from eventpipe.core.schema import Cells
+from eventpipe.core.storage.rows import Cells
 
 
 class EventView(enum.Enum):
@@ -26,7 +26,7 @@ class StoredRow:
 
 
 class EntityStore(Protocol):
-    """Reads of the tables enrichment and the store write; keys come from eventpipe.core.schema.
+    """Reads of the tables enrichment and the store write; keys come from eventpipe.core.storage.
 
     Raises eventpipe.core.errors.Unavailable when the backend cannot answer.
     """

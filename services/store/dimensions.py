@@ -1,6 +1,6 @@
 """Dimension (reference) data: versioned records, upserted in batches, read as of a time.
 
-Each version is its own row (``schema.row_key_for_dimension``), newest ``valid_from`` first,
+Each version is its own row (``keys.row_key_for_dimension``), newest ``valid_from`` first,
 so "the version valid at T" is the first row at or after ``dimension_as_of_start(T)``.
 Upserting a (key, valid_from) that exists replaces that version whole: its row is cleared
 and rewritten in one atomic row mutation, so a dropped attribute does not linger.
@@ -16,21 +16,23 @@ from dataclasses import dataclass, field
 
 from eventpipe.common.v1 import event_pb2
 from eventpipe.core.errors import InvalidArgument, NotFound, Unavailable, Violation
-from eventpipe.core.schema import (
-    DIMENSIONS_TABLE,
+from eventpipe.core.storage.keys import (
     REVERSED_TIME_MAX,
+    dimension_as_of_start,
+    dimension_prefix,
+    prefix_end,
+    valid_from_of_dimension_key,
+)
+from eventpipe.core.storage.rows import (
     BadCell,
     DimensionVersion,
     EventRow,
     attributes_from_cells,
-    dimension_as_of_start,
-    dimension_prefix,
     dimension_record_to_row,
     dimension_version_from_cells,
-    prefix_end,
     skip_bad_cells,
-    valid_from_of_dimension_key,
 )
+from eventpipe.core.storage.tables import DIMENSIONS_TABLE
 from eventpipe.core.validation import DIMENSION_NAME_PATTERN, check_attributes, check_id
 
 from store.ports import RowFailure, RowReader, RowWriter

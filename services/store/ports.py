@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from eventpipe.core.schema import Cells, EventRow
+from eventpipe.core.storage.rows import Cells, EventRow
 
 # Codes worth retrying as they are: the dependency is (temporarily) unable to take the write.
 # NOT_FOUND is here because a table that vanished (a fresh emulator, a deleted table) is

@@ -5,13 +5,9 @@ from __future__ import annotations
 from eventpipe.common.v1 import event_pb2
 from eventpipe.core.errors import InvalidArgument, Unavailable, Violation
 from eventpipe.core.page_tokens import PageTokenCodec
-from eventpipe.core.schema import (
-    RAW_EVENTS_TABLE,
-    event_from_cells,
-    event_key_range,
-    skip_bad_cells,
-    skip_bad_row,
-)
+from eventpipe.core.storage.keys import event_key_range
+from eventpipe.core.storage.rows import event_from_cells, skip_bad_cells, skip_bad_row
+from eventpipe.core.storage.tables import RAW_EVENTS_TABLE
 from eventpipe.core.validation import TimeBounds, check_id
 
 from store.ports import RowReader

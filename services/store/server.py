@@ -24,8 +24,8 @@ from eventpipe.core.kafka import check_kafka, consumer_config
 from eventpipe.core.logging import configure_logging
 from eventpipe.core.metrics import start_metrics_server
 from eventpipe.core.page_tokens import PageTokenCodec
-from eventpipe.core.schema import table_specs
 from eventpipe.core.server import BackgroundWorker, ServiceDefinition, run_service
+from eventpipe.core.storage.tables import table_specs
 from eventpipe.core.topology import ensure_topology
 from eventpipe.core.waiting import wait_until
 from eventpipe.store.v1 import store_pb2, store_pb2_grpc

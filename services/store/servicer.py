@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import grpc
 from eventpipe.common.v1 import results_pb2
-from eventpipe.core.schema import timestamp_from_micros
+from eventpipe.core.storage.times import timestamp_from_micros
 from eventpipe.core.validation import check_time_range, checked_micros
 from eventpipe.store.v1 import store_pb2, store_pb2_grpc
 from google.rpc import code_pb2

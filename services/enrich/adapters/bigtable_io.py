@@ -32,27 +32,54 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from eventpipe.core import bigtable_rows, schema
+from eventpipe.core import bigtable_rows
 from eventpipe.core.bigtable_rows import RowCells
-from eventpipe.core.schema import Cells, EventRow
+from eventpipe.core.storage import keys, tables
+from eventpipe.core.storage.attributes import (
+    ATTRIBUTE_KINDS,
+    DOUBLE,
+    INT,
+    KIND_BY_ENRICHED_FAMILY,
+    KIND_BY_FAMILY,
+    AttributeKind,
+    decode_double,
+    decode_int,
+    encode_double,
+    encode_int,
+)
+from eventpipe.core.storage.granularity import DAY_MICROS, HOUR_MICROS, Granularity
+from eventpipe.core.storage.keys import KeyRange, tenant_event_ranges
+from eventpipe.core.storage.rows import (
+    METRIC_STATS,
+    PROFILE_EVENT_COUNT_QUALIFIER,
+    PROFILE_FIRST_SEEN_QUALIFIER,
+    PROFILE_LAST_SEEN_QUALIFIER,
+    PROFILE_UPDATE_TIME_QUALIFIER,
+    SPEC_VERSION_QUALIFIER,
+    UNMATCHED_QUALIFIER,
+    Cells,
+    EventRow,
+    metric_value_qualifier,
+    split_metric_value_qualifier,
+)
+from eventpipe.core.storage.times import cell_timestamp_micros
 from google.cloud.bigtable_v2 import BigtableClient
 from prometheus_client import Counter as PrometheusCounter
 
 MUTATION_BATCH = 500
-HOUR_MICROS = 3_600_000_000
-DAY_MICROS = 24 * HOUR_MICROS
-GRANULARITIES = {"h": HOUR_MICROS, "d": DAY_MICROS}
+GRANULARITIES = {str(granularity): granularity.width_micros for granularity in Granularity}
+"""Key letter -> bucket width, for the Spark columns (``eventpipe.core.storage.granularity``)."""
 
-# Qualifiers of the output tables, pinned in the shared schema so query reads the same names.
-Q_UNMATCHED = schema.UNMATCHED_QUALIFIER
-Q_SPEC_VERSION = schema.SPEC_VERSION_QUALIFIER
-Q_FIRST_SEEN = schema.PROFILE_FIRST_SEEN_QUALIFIER
-Q_LAST_SEEN = schema.PROFILE_LAST_SEEN_QUALIFIER
-Q_UPDATE_TIME = schema.PROFILE_UPDATE_TIME_QUALIFIER
-Q_EVENT_COUNT = schema.PROFILE_EVENT_COUNT_QUALIFIER
-METRIC_STATS = ("sum", "min", "max", "count")
-
-_FAMILY_BY_TYPE = {"s": "s", "i": "i", "d": "d", "b": "b", "t": "t"}
+# Names the Spark engine and the tests call through this module; their home is the storage
+# package (keys, granularity, rows).
+__all__ = [
+    "DAY_MICROS",
+    "GRANULARITIES",
+    "HOUR_MICROS",
+    "METRIC_STATS",
+    "KeyRange",
+    "tenant_event_ranges",
+]
 
 # ---------------------------------------------------------------- finite numbers out
 
@@ -96,7 +123,7 @@ def count_non_finite(counts: Mapping[str, int]) -> None:
 def finite_double(value: float, where: str) -> bytes | None:
     """The cell of a double, or None (write nothing, tally ``where``) when it is not finite."""
     if math.isfinite(value):
-        return schema.encode_double(value)
+        return encode_double(value)
     note_non_finite(where)
     return None
 
@@ -133,17 +160,6 @@ def _read(target: BigtableTarget, name: str, **query: Any) -> Iterator[tuple[byt
 
 # ---------------------------------------------------------------- key ranges
 
-KeyRange = tuple[bytes, bytes]
-
-
-def tenant_event_ranges(tenant_id: str) -> list[KeyRange]:
-    """One range per salt prefix: every event row of the tenant lies in one of them."""
-    ranges = []
-    for bucket in range(schema.SALT_BUCKETS):
-        prefix = f"{bucket:02x}#{tenant_id}#".encode()
-        ranges.append((prefix, schema.prefix_end(prefix)))
-    return ranges
-
 
 def split_ranges(ranges: Sequence[KeyRange], sample_keys: Iterable[bytes]) -> list[KeyRange]:
     """Splits ranges at the tablet boundaries Bigtable reports, so no task reads two tablets'
@@ -172,29 +188,19 @@ EventTuple = tuple[Any, ...]
 s, i, d, b, t): the columns of EVENT_SCHEMA in enrich.adapters.spark_engine."""
 
 
-def _typed_maps(cells: RowCells, families: Sequence[str]) -> list[dict[str, Any]]:
-    maps: list[dict[str, Any]] = [{}, {}, {}, {}, {}]
-    for index, family in enumerate(families):
-        kind = "sidbt"[index]
-        target = maps[index]
-        for qualifier, raw in cells.get(family, {}).items():
-            name = qualifier.decode()
-            if kind == "s":
-                target[name] = raw.decode()
-            elif kind == "d":
-                target[name] = schema.decode_double(raw)
-            elif kind == "b":
-                target[name] = raw != b"\x00"
-            else:
-                target[name] = schema.decode_int(raw)
-    return maps
-
-
-_ATTRIBUTE_FAMILIES = list(schema.ATTRIBUTE_FAMILIES.values())
+def _typed_maps(cells: RowCells, kinds: Mapping[str, AttributeKind]) -> list[dict[str, Any]]:
+    """One map (name -> Python value) per family in ``kinds``, in its order."""
+    return [
+        {
+            qualifier.decode(): kind.decode_value(raw)
+            for qualifier, raw in cells.get(family, {}).items()
+        }
+        for family, kind in kinds.items()
+    ]
 
 
 def event_tuple_from_cells(key: bytes, cells: RowCells) -> EventTuple:
-    meta = cells.get(schema.META_FAMILY, {})
+    meta = cells.get(tables.META_FAMILY, {})
     ingest = meta.get(b"ingest_time")
     return (
         bytes(key),
@@ -202,9 +208,9 @@ def event_tuple_from_cells(key: bytes, cells: RowCells) -> EventTuple:
         meta[b"entity_id"].decode(),
         meta[b"event_id"].decode(),
         meta[b"event_type"].decode(),
-        schema.decode_int(meta[b"event_time"]),
-        schema.decode_int(ingest) if ingest else 0,
-        *_typed_maps(cells, _ATTRIBUTE_FAMILIES),
+        decode_int(meta[b"event_time"]),
+        decode_int(ingest) if ingest else 0,
+        *_typed_maps(cells, KIND_BY_FAMILY),
     )
 
 
@@ -221,10 +227,10 @@ def read_events(
         return
     rows = _read(
         target,
-        schema.RAW_EVENTS_TABLE,
+        tables.RAW_EVENTS_TABLE,
         ranges=ranges,
-        start_micros=schema.cell_timestamp_micros(start_micros),
-        end_micros=schema.cell_timestamp_micros(end_micros + 999),
+        start_micros=cell_timestamp_micros(start_micros),
+        end_micros=cell_timestamp_micros(end_micros + 999),
     )
     for key, cells in rows:
         try:
@@ -236,23 +242,20 @@ def read_events(
 
 
 DimensionTuple = tuple[Any, ...]
-"""(key, valid_from, deleted, s, i, d, b, t)."""
+"""(key, valid_from, deleted, s, i, d, b, t). ``deleted`` is always False: nothing writes a
+deletion yet (issue 18 brings deletion as a tombstone version); the column stays so the Spark
+join keeps its shape."""
 
 
 def read_dimension(target: BigtableTarget, tenant_id: str, dimension: str) -> list[DimensionTuple]:
     """Every version of every record of one dimension (the key and valid_from come from the
-    row key, which schema.row_key_for_dimension fixes)."""
-    prefix = f"{tenant_id}#{dimension}#".encode()
-    rows = _read(target, schema.DIMENSIONS_TABLE, ranges=[(prefix, schema.prefix_end(prefix))])
+    row key: ``keys.parse_dimension_key``)."""
+    prefix = keys.dimension_records_prefix(tenant_id, dimension)
+    rows = _read(target, tables.DIMENSIONS_TABLE, ranges=[keys.prefix_range(prefix)])
     result: list[DimensionTuple] = []
     for row_key, cells in rows:
-        rest = row_key[len(prefix) :].decode()
-        key, _, reversed_time = rest.rpartition("#")
-        valid_from = schema.REVERSED_TIME_MAX - int(reversed_time)
-        meta = cells.get(schema.META_FAMILY, {})
-        deleted = meta.get(b"deleted", b"\x00") not in (b"\x00", b"", b"0", b"false")
-        maps = _typed_maps(cells, _ATTRIBUTE_FAMILIES)
-        result.append((key, valid_from, deleted, *maps))
+        key, valid_from = keys.parse_dimension_key(tenant_id, dimension, row_key)
+        result.append((key, valid_from, False, *_typed_maps(cells, KIND_BY_FAMILY)))
     return result
 
 
@@ -260,43 +263,37 @@ def read_dimension(target: BigtableTarget, tenant_id: str, dimension: str) -> li
 
 
 def _set_typed_cell(
-    cells: Cells, family_prefix: str, kind: str, name: str, value: Any, where: str
+    cells: Cells, enriched: bool, family: str, name: str, value: Any, where: str
 ) -> None:
-    """Sets one typed cell; a double that is not finite is left out (and tallied)."""
-    raw: bytes | None
-    if kind == "s":
-        raw = str(value).encode()
-    elif kind == "d":
-        raw = finite_double(float(value), where)
-    elif kind == "b":
-        raw = b"\x01" if value else b"\x00"
-    else:
-        raw = schema.encode_int(int(value))
+    """Sets one typed cell of the attribute ``family`` ("s", "i", ...), or of its enriched
+    twin; a double that is not finite is left out (and tallied)."""
+    kind = KIND_BY_FAMILY[family]
+    raw = finite_double(float(value), where) if kind is DOUBLE else kind.encode_value(value)
     if raw is not None:
-        cells[(family_prefix + kind, name.encode())] = raw
+        cells[(kind.enriched_family if enriched else kind.family, name.encode())] = raw
 
 
 def enriched_row(record: dict[str, Any], spec_version: int) -> EventRow:
     """The enriched-events row for one output record of the Spark job (see spark_engine)."""
     event_time = record["event_time"]
-    meta = schema.META_FAMILY
+    meta = tables.META_FAMILY
     cells: Cells = {
         (meta, b"tenant_id"): record["tenant_id"].encode(),
         (meta, b"event_id"): record["event_id"].encode(),
         (meta, b"event_type"): record["event_type"].encode(),
         (meta, b"entity_id"): record["entity_id"].encode(),
-        (meta, b"event_time"): schema.encode_int(event_time),
-        (meta, b"ingest_time"): schema.encode_int(record["ingest_time"] or 0),
-        (meta, Q_UNMATCHED): ",".join(record["unmatched"]).encode(),
-        (meta, Q_SPEC_VERSION): schema.encode_int(spec_version),
+        (meta, b"event_time"): encode_int(event_time),
+        (meta, b"ingest_time"): encode_int(record["ingest_time"] or 0),
+        (meta, UNMATCHED_QUALIFIER): ",".join(record["unmatched"]).encode(),
+        (meta, SPEC_VERSION_QUALIFIER): encode_int(spec_version),
     }
-    for kind in "sidbt":
-        for name, value in (record[kind] or {}).items():
-            _set_typed_cell(cells, "", kind, name, value, EVENT_FIELD)
-    for (kind, name), value in record["enriched"].items():
+    for kind in ATTRIBUTE_KINDS:
+        for name, value in (record[kind.family] or {}).items():
+            _set_typed_cell(cells, False, kind.family, name, value, EVENT_FIELD)
+    for (family, name), value in record["enriched"].items():
         # Joined fields are named "dimension.field"; derived fields have no dot.
         where = EVENT_FIELD if "." in name else DERIVED_FIELD
-        _set_typed_cell(cells, "x", kind, name, value, where)
+        _set_typed_cell(cells, True, family, name, value, where)
     return EventRow(record["row_key"], cells, event_time)
 
 
@@ -334,17 +331,17 @@ class BucketAggregate:
 def metric_row(agg: BucketAggregate) -> EventRow:
     cells: Cells = {}
     for event_type, count in sorted(agg.counts.items()):
-        cells[(schema.COUNTS_FAMILY, event_type.encode())] = schema.encode_int(count)
+        cells[(tables.COUNTS_FAMILY, event_type.encode())] = encode_int(count)
     for name, (total, low, high, count) in sorted(agg.values.items()):
         for stat, value in (("sum", total), ("min", low), ("max", high)):
             raw = finite_double(value, METRIC)
             if raw is not None:
-                cells[(schema.VALUES_FAMILY, f"{name}.{stat}".encode())] = raw
-        cells[(schema.VALUES_FAMILY, f"{name}.count".encode())] = schema.encode_int(count)
+                cells[(tables.VALUES_FAMILY, metric_value_qualifier(name, stat))] = raw
+        cells[(tables.VALUES_FAMILY, metric_value_qualifier(name, "count"))] = encode_int(count)
     # Not read by the query service: they let a profile be rebuilt from day rows alone.
-    cells[(schema.META_FAMILY, Q_FIRST_SEEN)] = schema.encode_int(agg.first_seen)
-    cells[(schema.META_FAMILY, Q_LAST_SEEN)] = schema.encode_int(agg.last_seen)
-    key = schema.row_key_for_metric(agg.tenant_id, agg.entity_id, agg.granularity, agg.bucket_start)
+    cells[(tables.META_FAMILY, PROFILE_FIRST_SEEN_QUALIFIER)] = encode_int(agg.first_seen)
+    cells[(tables.META_FAMILY, PROFILE_LAST_SEEN_QUALIFIER)] = encode_int(agg.last_seen)
+    key = keys.row_key_for_metric(agg.tenant_id, agg.entity_id, agg.granularity, agg.bucket_start)
     return EventRow(key, cells, agg.bucket_start)
 
 
@@ -354,37 +351,36 @@ def decode_metric_cells(cells: RowCells) -> BucketAggregate | None:
     A statistic metric_row left out because it was not finite reads as NaN, so what is
     computed from it (a profile total) is not finite either, and left out in its turn.
     """
-    meta = cells.get(schema.META_FAMILY, {})
-    if Q_FIRST_SEEN not in meta:
+    meta = cells.get(tables.META_FAMILY, {})
+    if PROFILE_FIRST_SEEN_QUALIFIER not in meta:
         return None
-    counts = {
-        q.decode(): schema.decode_int(v) for q, v in cells.get(schema.COUNTS_FAMILY, {}).items()
+    counts = {q.decode(): decode_int(v) for q, v in cells.get(tables.COUNTS_FAMILY, {}).items()}
+    raw_values = {
+        split_metric_value_qualifier(q): v for q, v in cells.get(tables.VALUES_FAMILY, {}).items()
     }
-    raw_values = {q.decode(): v for q, v in cells.get(schema.VALUES_FAMILY, {}).items()}
 
     def stat(name: str, which: str) -> float:
-        raw = raw_values.get(f"{name}.{which}")
-        return math.nan if raw is None else schema.decode_double(raw)
+        raw = raw_values.get((name, which))
+        return math.nan if raw is None else decode_double(raw)
 
     values: dict[str, tuple[float, float, float, int]] = {}
-    for qualifier in raw_values:
-        name, _, which = qualifier.rpartition(".")
+    for (name, which), raw in raw_values.items():
         if which == "count":
             values[name] = (
                 stat(name, "sum"),
                 stat(name, "min"),
                 stat(name, "max"),
-                schema.decode_int(raw_values[qualifier]),
+                decode_int(raw),
             )
     return BucketAggregate(
         "",
         "",
-        "d",
+        Granularity.DAY,
         0,
         counts,
         values,
-        schema.decode_int(meta[Q_FIRST_SEEN]),
-        schema.decode_int(meta[Q_LAST_SEEN]),
+        decode_int(meta[PROFILE_FIRST_SEEN_QUALIFIER]),
+        decode_int(meta[PROFILE_LAST_SEEN_QUALIFIER]),
     )
 
 
@@ -411,27 +407,27 @@ def refresh_profiles(
     day_ranges = []
     profile_keys = []
     for item in pending:
-        prefix = schema.entity_prefix(item.tenant_id, item.entity_id) + b"d#"
-        day_ranges.append((prefix, schema.prefix_end(prefix)))
-        profile_keys.append(schema.row_key_for_profile(item.tenant_id, item.entity_id))
+        day_ranges.append(
+            keys.metric_buckets_range(item.tenant_id, item.entity_id, Granularity.DAY)
+        )
+        profile_keys.append(keys.row_key_for_profile(item.tenant_id, item.entity_id))
     days: dict[bytes, list[BucketAggregate]] = {}
-    for row_key, cells in _read(target, schema.ENTITY_METRICS_TABLE, ranges=day_ranges):
+    for row_key, cells in _read(target, tables.ENTITY_METRICS_TABLE, ranges=day_ranges):
         agg = decode_metric_cells(cells)
         if agg is not None:
-            entity_key = row_key.rsplit(b"#", 2)[0]
-            days.setdefault(entity_key, []).append(agg)
+            days.setdefault(keys.profile_key_of_metric_key(row_key), []).append(agg)
     existing: dict[bytes, dict[tuple[str, str], Any]] = {}
-    for row_key, cells in _read(target, schema.ENTITY_PROFILES_TABLE, keys=profile_keys):
+    for row_key, cells in _read(target, tables.ENTITY_PROFILES_TABLE, keys=profile_keys):
         fields: dict[tuple[str, str], Any] = {}
-        maps = _typed_maps(cells, [f"x{k}" for k in "sidbt"])
-        for index, kind in enumerate("sidbt"):
-            for name, value in maps[index].items():
-                fields[(kind, name)] = value
+        maps = _typed_maps(cells, KIND_BY_ENRICHED_FAMILY)
+        for kind, values in zip(ATTRIBUTE_KINDS, maps, strict=True):
+            for name, value in values.items():
+                fields[(kind.family, name)] = value
         existing[row_key] = fields
     out: list[EventRow] = []
     written: list[tuple[str, str]] = []
     for item in pending:
-        key = schema.row_key_for_profile(item.tenant_id, item.entity_id)
+        key = keys.row_key_for_profile(item.tenant_id, item.entity_id)
         aggregates = days.get(key, [])
         if not aggregates:
             continue
@@ -450,39 +446,42 @@ def refresh_profiles(
             if item.newest_event_time >= last_seen
             else existing.get(key, item.newest_fields)
         )
-        meta = schema.META_FAMILY
+        meta = tables.META_FAMILY
         profile: Cells = {
-            (meta, Q_FIRST_SEEN): schema.encode_int(first_seen),
-            (meta, Q_LAST_SEEN): schema.encode_int(last_seen),
-            (meta, Q_UPDATE_TIME): schema.encode_int(update_time),
-            (meta, Q_EVENT_COUNT): schema.encode_int(sum(counts.values())),
+            (meta, PROFILE_FIRST_SEEN_QUALIFIER): encode_int(first_seen),
+            (meta, PROFILE_LAST_SEEN_QUALIFIER): encode_int(last_seen),
+            (meta, PROFILE_UPDATE_TIME_QUALIFIER): encode_int(update_time),
+            (meta, PROFILE_EVENT_COUNT_QUALIFIER): encode_int(sum(counts.values())),
         }
         for event_type, count in sorted(counts.items()):
-            profile[(schema.COUNTS_FAMILY, event_type.encode())] = schema.encode_int(count)
+            profile[(tables.COUNTS_FAMILY, event_type.encode())] = encode_int(count)
         for name, total in sorted(totals.items()):
             raw = finite_double(total, PROFILE_TOTAL)
             if raw is not None:
-                profile[(schema.VALUES_FAMILY, name.encode())] = raw
-        for (kind, name), value in sorted(fields.items()):
-            _set_typed_cell(profile, "x", kind, name, value, EVENT_FIELD)
+                profile[(tables.VALUES_FAMILY, name.encode())] = raw
+        for (family, name), value in sorted(fields.items()):
+            _set_typed_cell(profile, True, family, name, value, EVENT_FIELD)
         out.append(EventRow(key, profile, last_seen))
         written.append((item.tenant_id, item.entity_id))
-    write_rows(target, schema.ENTITY_PROFILES_TABLE, out)
+    write_rows(target, tables.ENTITY_PROFILES_TABLE, out)
     return written
+
+
+_NUMERIC_FAMILIES = [
+    (DOUBLE.family, DOUBLE),
+    (INT.family, INT),
+    (DOUBLE.enriched_family, DOUBLE),
+    (INT.enriched_family, INT),
+]
 
 
 def _field_value(cells: RowCells, name: str) -> float | None:
     """A numeric field of an enriched row: an attribute (d, i) or an added field (xd, xi)."""
     qualifier = name.encode()
-    for family, decode in (
-        ("d", schema.decode_double),
-        ("i", schema.decode_int),
-        ("xd", schema.decode_double),
-        ("xi", schema.decode_int),
-    ):
+    for family, kind in _NUMERIC_FAMILIES:
         raw = cells.get(family, {}).get(qualifier)
         if raw is not None:
-            return float(decode(raw))
+            return float(kind.decode_value(raw))
     return None
 
 
@@ -496,19 +495,19 @@ def aggregates_from_enriched(
     """Recomputes the day bucket and its hour buckets of one entity from its stored enriched
     rows (one contiguous key range). Streaming uses it: a micro-batch holds only part of a
     bucket, and recomputing the whole bucket keeps re-deliveries from double counting."""
-    start_key, end_key = schema.event_key_range(
+    start_key, end_key = keys.event_key_range(
         tenant_id, entity_id, day_start, day_start + DAY_MICROS
     )
-    rows = _read(target, schema.ENRICHED_EVENTS_TABLE, ranges=[(start_key, end_key)])
+    rows = _read(target, tables.ENRICHED_EVENTS_TABLE, ranges=[(start_key, end_key)])
     buckets: dict[tuple[str, int], dict[str, Any]] = {}
     for _key, cells in rows:
-        meta = cells.get(schema.META_FAMILY, {})
-        event_time = schema.decode_int(meta[b"event_time"])
+        meta = cells.get(tables.META_FAMILY, {})
+        event_time = decode_int(meta[b"event_time"])
         event_type = meta[b"event_type"].decode()
         values = {name: _field_value(cells, name) for name in metric_fields}
-        for granularity, size in GRANULARITIES.items():
+        for granularity in Granularity:
             bucket = buckets.setdefault(
-                (granularity, event_time // size * size),
+                (granularity, granularity.bucket_start(event_time)),
                 {"counts": Counter(), "values": {}, "first": event_time, "last": event_time},
             )
             bucket["counts"][event_type] += 1

@@ -22,9 +22,16 @@ from __future__ import annotations
 import re
 
 from eventpipe.core import bigtable as core_bigtable
-from eventpipe.core import schema
-from eventpipe.core.bigtable import FamilySpec, TableSpec
 from eventpipe.core.config import CommonSettings
+from eventpipe.core.storage import keys
+from eventpipe.core.storage.attributes import decode_int, encode_int
+from eventpipe.core.storage.rows import latest_cells
+from eventpipe.core.storage.tables import (
+    ENRICH_JOBS_TABLE,
+    ENRICH_SPECS_TABLE,
+    META_FAMILY,
+    enrich_table_specs,
+)
 from eventpipe.enrich.v1 import enrich_pb2
 from google.cloud.bigtable.row_filters import (
     BlockAllFilter,
@@ -42,15 +49,18 @@ from google.cloud.bigtable.table import Table
 
 from enrich.domain.records import JobRecord
 
-ENRICH_SPECS_TABLE = "enrich_specs"
-ENRICH_JOBS_TABLE = "enrich_jobs"
-FAMILY = "m"
-CLAIM_OWNER_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+__all__ = [
+    "CLAIM_OWNER_PATTERN",
+    "ENRICH_JOBS_TABLE",
+    "ENRICH_SPECS_TABLE",
+    "BigtableJobStore",
+    "BigtableSpecStore",
+    "ensure_enrich_tables",
+]
 
-
-def enrich_table_specs() -> list[TableSpec]:
-    family = (FamilySpec(FAMILY, max_versions=1),)
-    return [TableSpec(ENRICH_SPECS_TABLE, family), TableSpec(ENRICH_JOBS_TABLE, family)]
+FAMILY = META_FAMILY
+CLAIM_OWNER_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
+"""A claim owner, matched whole (``fullmatch``): a trailing newline does not pass."""
 
 
 def ensure_enrich_tables(settings: CommonSettings) -> None:
@@ -61,10 +71,6 @@ class BigtableSpecStore:
     def __init__(self, table: Table) -> None:
         self.table = table
 
-    @staticmethod
-    def _key(tenant_id: str, version: int) -> bytes:
-        return f"{tenant_id}#{schema.REVERSED_TIME_MAX - version:019d}".encode()
-
     def put(self, tenant_id: str, spec: enrich_pb2.EnrichmentSpec) -> enrich_pb2.EnrichmentSpec:
         for _attempt in range(20):
             latest = self.get(tenant_id)
@@ -72,7 +78,7 @@ class BigtableSpecStore:
             stored.CopyFrom(spec)
             stored.version = (latest.version if latest else 0) + 1
             row = self.table.conditional_row(
-                self._key(tenant_id, stored.version), filter_=PassAllFilter(True)
+                keys.row_key_for_spec(tenant_id, stored.version), filter_=PassAllFilter(True)
             )
             row.set_cell(FAMILY, b"spec", stored.SerializeToString(), state=False)
             if not row.commit():  # False: the row was empty and the write applied
@@ -81,56 +87,49 @@ class BigtableSpecStore:
 
     def get(self, tenant_id: str, version: int = 0) -> enrich_pb2.EnrichmentSpec | None:
         if version:
-            row = self.table.read_row(self._key(tenant_id, version))
+            row = self.table.read_row(keys.row_key_for_spec(tenant_id, version))
             rows = [row] if row is not None else []
         else:
-            prefix = f"{tenant_id}#".encode()
-            rows = list(
-                self.table.read_rows(start_key=prefix, end_key=schema.prefix_end(prefix), limit=1)
-            )
+            start, end = keys.prefix_range(keys.tenant_prefix(tenant_id))
+            rows = list(self.table.read_rows(start_key=start, end_key=end, limit=1))
         if not rows:
             return None
-        return enrich_pb2.EnrichmentSpec.FromString(rows[0].cells[FAMILY][b"spec"][0].value)
+        return enrich_pb2.EnrichmentSpec.FromString(latest_cells(rows[0])[(FAMILY, b"spec")])
 
 
 class BigtableJobStore:
     def __init__(self, table: Table) -> None:
         self.table = table
 
-    @staticmethod
-    def _key(tenant_id: str, job_id: str) -> bytes:
-        return f"{tenant_id}#{job_id}".encode()
-
     def save(self, record: JobRecord) -> None:
-        row = self.table.direct_row(self._key(record.tenant_id, record.job.job_id))
+        row = self.table.direct_row(keys.row_key_for_job(record.tenant_id, record.job.job_id))
         row.set_cell(FAMILY, b"tenant_id", record.tenant_id.encode())
         row.set_cell(FAMILY, b"job", record.job.SerializeToString())
-        row.set_cell(FAMILY, b"next_run", schema.encode_int(record.next_run_micros))
+        row.set_cell(FAMILY, b"next_run", encode_int(record.next_run_micros))
         status = row.commit()
         if status is not None and getattr(status, "code", 0) != 0:
             raise RuntimeError(f"saving job {record.job.job_id} failed: {status}")
 
     @staticmethod
     def _record(row: object) -> JobRecord:
-        cells = schema.cells_from_row_data(row)
+        cells = latest_cells(row)
         return JobRecord(
             cells[(FAMILY, b"tenant_id")].decode(),
             enrich_pb2.EnrichmentJob.FromString(cells[(FAMILY, b"job")]),
-            schema.decode_int(cells.get((FAMILY, b"next_run"), schema.encode_int(0))),
+            decode_int(cells.get((FAMILY, b"next_run"), encode_int(0))),
         )
 
     def get(self, tenant_id: str, job_id: str) -> JobRecord | None:
-        row = self.table.read_row(self._key(tenant_id, job_id))
+        row = self.table.read_row(keys.row_key_for_job(tenant_id, job_id))
         return None if row is None else self._record(row)
 
     def list_page(
         self, tenant_id: str, page_size: int, after_job_id: str | None
     ) -> list[JobRecord]:
-        prefix = f"{tenant_id}#".encode()
-        start = self._key(tenant_id, after_job_id) + b"\x00" if after_job_id else prefix
-        rows = self.table.read_rows(
-            start_key=start, end_key=schema.prefix_end(prefix), limit=page_size
-        )
+        start, end = keys.prefix_range(keys.tenant_prefix(tenant_id))
+        if after_job_id:
+            start = keys.row_key_for_job(tenant_id, after_job_id) + b"\x00"
+        rows = self.table.read_rows(start_key=start, end_key=end, limit=page_size)
         return [self._record(row) for row in rows]
 
     def all_records(self) -> list[JobRecord]:
@@ -145,12 +144,13 @@ class BigtableJobStore:
         now_micros: int,
         lease_micros: int,
     ) -> bool:
-        if not CLAIM_OWNER_PATTERN.match(owner):
+        if not CLAIM_OWNER_PATTERN.fullmatch(owner):
             raise ValueError(f"claim owner must match {CLAIM_OWNER_PATTERN.pattern}: {owner!r}")
         if min(due_micros, now_micros, lease_micros) < 0:
             raise ValueError("claim times must not be negative")
         row = self.table.conditional_row(
-            self._key(tenant_id, job_id), filter_=_claim_allowed(due_micros, owner, now_micros)
+            keys.row_key_for_job(tenant_id, job_id),
+            filter_=_claim_allowed(due_micros, owner, now_micros),
         )
         value = _claim_value(due_micros, now_micros + lease_micros, owner)
         # Older versions wait for garbage collection and would still meet the predicate: the

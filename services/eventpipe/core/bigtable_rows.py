@@ -22,7 +22,8 @@ from google.cloud.bigtable_v2 import BigtableClient
 from google.cloud.bigtable_v2.services.bigtable.transports import BigtableGrpcTransport
 from google.cloud.bigtable_v2.types import bigtable as bigtable_types
 
-from eventpipe.core.schema import EventRow, cell_timestamp_micros
+from eventpipe.core.storage.rows import EventRow
+from eventpipe.core.storage.times import cell_timestamp_micros
 
 MutateRowsRequest = bigtable_types.MutateRowsRequest
 MutateRowsResponse = bigtable_types.MutateRowsResponse

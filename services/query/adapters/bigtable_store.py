@@ -14,15 +14,14 @@ import threading
 import time
 from collections.abc import Sequence
 
-from eventpipe.core import schema
 from eventpipe.core.config import CommonSettings
 from eventpipe.core.errors import Unavailable
-from eventpipe.core.schema import Cells
+from eventpipe.core.storage import tables
+from eventpipe.core.storage.rows import Cells, latest_cells
 from google.api_core import exceptions as api_exceptions
 from google.cloud.bigtable.data import BigtableDataClient, ReadRowsQuery, RowRange
 from google.cloud.bigtable.data import row_filters as rf
 from google.cloud.bigtable.data.exceptions import RetryExceptionGroup
-from google.cloud.bigtable.data.row import Row
 
 from query import metrics
 from query.store import EventView, StoredRow
@@ -40,7 +39,7 @@ def event_type_filter(event_types: Sequence[str]) -> rf.RowFilter:
     pattern = "|".join(re.escape(t) for t in event_types).encode()
     condition = rf.RowFilterChain(
         [
-            rf.FamilyNameRegexFilter(schema.META_FAMILY),
+            rf.FamilyNameRegexFilter(tables.META_FAMILY),
             rf.ColumnQualifierRegexFilter(b"event_type"),
             rf.ValueRegexFilter(pattern),
         ]
@@ -53,14 +52,6 @@ def event_type_filter(event_types: Sequence[str]) -> rf.RowFilter:
     )
 
 
-def _cells(row: Row) -> Cells:
-    cells: Cells = {}
-    for cell in row.cells:
-        # Cells of a column come newest first; keep the first one seen.
-        cells.setdefault((cell.family, cell.qualifier), cell.value)
-    return cells
-
-
 class BigtableEntityStore:
     """Reads the enrichment tables and the raw events table."""
 
@@ -71,11 +62,11 @@ class BigtableEntityStore:
         def table(name: str):  # type: ignore[no-untyped-def]
             return self._client.get_table(common.bigtable_instance, common.table_prefix + name)
 
-        self._profiles = table(schema.ENTITY_PROFILES_TABLE)
-        self._metrics = table(schema.ENTITY_METRICS_TABLE)
+        self._profiles = table(tables.ENTITY_PROFILES_TABLE)
+        self._metrics = table(tables.ENTITY_METRICS_TABLE)
         self._events = {
-            EventView.ENRICHED: table(schema.ENRICHED_EVENTS_TABLE),
-            EventView.RAW: table(schema.RAW_EVENTS_TABLE),
+            EventView.ENRICHED: table(tables.ENRICHED_EVENTS_TABLE),
+            EventView.RAW: table(tables.RAW_EVENTS_TABLE),
         }
         self._reads_lock = threading.Lock()
         self.reads: collections.Counter[str] = collections.Counter()
@@ -86,7 +77,7 @@ class BigtableEntityStore:
     def read_profile(self, key: bytes) -> Cells | None:
         with self._timed("read_profile"):
             row = self._profiles.read_row(key, row_filter=_LATEST, operation_timeout=self._timeout)
-        return None if row is None else _cells(row)
+        return None if row is None else latest_cells(row)
 
     def scan_events(
         self,
@@ -107,7 +98,7 @@ class BigtableEntityStore:
         )
         with self._timed(f"scan_{view.value}_events"):
             rows = self._events[view].read_rows(query, operation_timeout=self._timeout)
-        return [StoredRow(row.row_key, _cells(row)) for row in rows]
+        return [StoredRow(row.row_key, latest_cells(row)) for row in rows]
 
     def scan_metrics(self, start_key: bytes, end_key: bytes) -> list[StoredRow]:
         query = ReadRowsQuery(
@@ -115,7 +106,7 @@ class BigtableEntityStore:
         )
         with self._timed("scan_metrics"):
             rows = self._metrics.read_rows(query, operation_timeout=self._timeout)
-        return [StoredRow(row.row_key, _cells(row)) for row in rows]
+        return [StoredRow(row.row_key, latest_cells(row)) for row in rows]
 
     def close(self) -> None:
         self._client.close()

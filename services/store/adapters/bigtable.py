@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 from eventpipe.core import bigtable_rows
 from eventpipe.core.config import CommonSettings
-from eventpipe.core.schema import Cells, EventRow
+from eventpipe.core.storage.rows import EventRow, latest_cells
 from google.cloud.bigtable.data import BigtableDataClient, ReadRowsQuery, RowRange
 
 from store.ports import RowFailure, StoredRow
@@ -157,13 +157,7 @@ class BigtableRowReader:
         rows = self._table(table).read_rows(
             query, operation_timeout=self._timeout, attempt_timeout=self._timeout
         )
-        result: list[StoredRow] = []
-        for row in rows:
-            cells: Cells = {}
-            for cell in row.cells:  # newest version of a column comes first
-                cells.setdefault((cell.family, cell.qualifier), cell.value)
-            result.append(StoredRow(row.row_key, cells))
-        return result
+        return [StoredRow(row.row_key, latest_cells(row)) for row in rows]
 
     def close(self) -> None:
         with self._lock:

@@ -20,7 +20,7 @@ from typing import Protocol
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
 from eventpipe.core import topic_contract
-from eventpipe.core.schema import EventRow, event_to_row
+from eventpipe.core.storage.rows import EventRow, event_to_row
 from eventpipe.core.validation import EventLimits
 
 from store.consumer import metrics

@@ -2,7 +2,7 @@
 
 An event row's key holds its event time, so a re-sent event id with another event_time (or
 another entity) would be a second row. Before a batch's rows are written, the consumer
-claims each event id in the ``event_ids`` table (``schema.event_id_claim_row``): the claim
+claims each event id in the ``event_ids`` table (``rows.event_id_claim_row``): the claim
 names the event row and the Kafka message (``topic/partition/offset``) that stored it.
 
 - no claim: the message claims the id (the claim is written before the row);
@@ -24,14 +24,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from eventpipe.core.schema import (
-    EVENT_ID_CLAIM_QUALIFIER,
-    EVENT_IDS_TABLE,
-    META_FAMILY,
-    RAW_EVENTS_TABLE,
-    EventRow,
-    event_id_claim_row,
-)
+from eventpipe.core.storage.rows import EVENT_ID_CLAIM_QUALIFIER, EventRow, event_id_claim_row
+from eventpipe.core.storage.tables import EVENT_IDS_TABLE, META_FAMILY, RAW_EVENTS_TABLE
 
 from store.ports import KeyReader, RowFailure, RowWriter
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from eventpipe.common.v1 import event_pb2
-from eventpipe.core.schema import timestamp_from_micros
+from eventpipe.core.storage.times import timestamp_from_micros
 
 
 def now_micros() -> int:

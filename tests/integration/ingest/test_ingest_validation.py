@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 import pytest
 from eventpipe.common.v1 import event_pb2, results_pb2
-from eventpipe.core.schema import timestamp_from_micros
+from eventpipe.core.storage.times import timestamp_from_micros
 from eventpipe.ingest.v1 import ingest_pb2
 from google.protobuf import json_format
 from google.rpc import code_pb2

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from eventpipe.core.config import CommonSettings
-from eventpipe.core.schema import EventRow
+from eventpipe.core.storage.rows import EventRow
 from google.cloud.bigtable.data import BigtableDataClient, RowMutationEntry, SetCell
 
 

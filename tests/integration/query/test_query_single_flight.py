@@ -13,8 +13,8 @@ import grpc
 import pytest
 from eventpipe.core import schema
 from eventpipe.core.config import CommonSettings
-from eventpipe.core.schema import Cells
 from eventpipe.core.server import RunningServer, ServiceDefinition, create_server
+from eventpipe.core.storage.rows import Cells
 from eventpipe.core.topology import ensure_topology
 from eventpipe.core.waiting import DeadlineExceeded, wait_until
 from eventpipe.query.v1 import query_pb2, query_pb2_grpc

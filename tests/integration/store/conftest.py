@@ -16,7 +16,8 @@ from eventpipe.common.v1 import event_pb2
 from eventpipe.core import topic_contract
 from eventpipe.core.config import CommonSettings
 from eventpipe.core.kafka import consumer_config, producer_config
-from eventpipe.core.schema import RAW_EVENTS_TABLE, timestamp_from_micros
+from eventpipe.core.storage.tables import RAW_EVENTS_TABLE
+from eventpipe.core.storage.times import timestamp_from_micros
 from eventpipe.stack.components import GrpcService
 from eventpipe.store.v1 import store_pb2, store_pb2_grpc
 from google.cloud.bigtable.data import BigtableDataClient, ReadRowsQuery, RowRange

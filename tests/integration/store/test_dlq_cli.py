@@ -17,7 +17,7 @@ from eventpipe.common.v1 import event_pb2
 from eventpipe.core import topic_contract
 from eventpipe.core.config import CommonSettings
 from eventpipe.core.kafka import consumer_config, producer_config
-from eventpipe.core.schema import timestamp_from_micros
+from eventpipe.core.storage.times import timestamp_from_micros
 from eventpipe.core.waiting import wait_until
 
 from tests.conftest import Isolation

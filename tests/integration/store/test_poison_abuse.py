@@ -16,16 +16,11 @@ import pytest
 from eventpipe.common.v1 import event_pb2, results_pb2
 from eventpipe.core import topic_contract
 from eventpipe.core.config import CommonSettings
-from eventpipe.core.schema import (
-    ATTRIBUTE_FAMILIES,
-    META_FAMILY,
-    RAW_EVENTS_TABLE,
-    encode_int,
-    event_to_row,
-    micros,
-    timestamp_from_micros,
-)
 from eventpipe.core.server import LIVENESS_SERVICE
+from eventpipe.core.storage.attributes import ATTRIBUTE_FAMILIES, encode_int
+from eventpipe.core.storage.rows import event_to_row
+from eventpipe.core.storage.tables import META_FAMILY, RAW_EVENTS_TABLE
+from eventpipe.core.storage.times import micros, timestamp_from_micros
 from eventpipe.core.waiting import wait_until
 from eventpipe.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from eventpipe.stack.components import GrpcService

@@ -8,7 +8,7 @@ import grpc
 import pytest
 from eventpipe.common.v1 import event_pb2, results_pb2
 from eventpipe.core.config import CommonSettings
-from eventpipe.core.schema import timestamp_from_micros
+from eventpipe.core.storage.times import timestamp_from_micros
 from eventpipe.core.waiting import wait_until
 from eventpipe.store.v1 import store_pb2
 from google.rpc import code_pb2

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from eventpipe.core import bigtable_rows
-from eventpipe.core.schema import EventRow
+from eventpipe.core.storage.rows import EventRow
 from google.cloud.bigtable_v2.types import bigtable as bigtable_types
 
 Chunk = bigtable_types.ReadRowsResponse.CellChunk

@@ -27,7 +27,7 @@ from eventpipe.cli.dead_letters import (
 )
 from eventpipe.common.v1 import event_pb2
 from eventpipe.core import topic_contract
-from eventpipe.core.schema import timestamp_from_micros
+from eventpipe.core.storage.times import timestamp_from_micros
 from eventpipe.core.validation import EventLimits
 
 from tests.unit.store.fakes import FakeMessage

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from eventpipe.common.v1 import event_pb2
 from eventpipe.core import topic_contract
-from eventpipe.core.schema import timestamp_from_micros
+from eventpipe.core.storage.times import timestamp_from_micros
 from eventpipe.core.topic_contract import PoisonMessage, decode_raw_event
 from eventpipe.core.validation import EventLimits
 from hypothesis import given, settings

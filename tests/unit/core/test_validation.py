@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 from eventpipe.common.v1 import event_pb2
-from eventpipe.core.schema import timestamp_from_micros
+from eventpipe.core.storage.times import timestamp_from_micros
 from eventpipe.core.validation import (
     MAX_TIMESTAMP_SECONDS,
     MIN_TIMESTAMP_SECONDS,

@@ -10,7 +10,7 @@ import pytest
 from eventpipe.common.v1 import event_pb2
 from eventpipe.common.v1.results_pb2 import ITEM_STATUS_ACCEPTED
 from eventpipe.core.errors import InvalidArgument, ResourceExhausted, Unavailable
-from eventpipe.core.schema import timestamp_from_micros
+from eventpipe.core.storage.times import timestamp_from_micros
 from eventpipe.core.validation import EventLimits
 from eventpipe.core.waiting import wait_until
 from google.protobuf import json_format

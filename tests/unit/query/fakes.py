@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from eventpipe.core import schema
-from eventpipe.core.schema import Cells, EventRow
+from eventpipe.core.storage.rows import Cells, EventRow
 from query.store import EventView, StoredRow
 
 

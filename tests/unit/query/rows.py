@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from eventpipe.common.v1 import event_pb2
 from eventpipe.core import schema
-from eventpipe.core.schema import Cells, EventRow
+from eventpipe.core.storage.rows import Cells, EventRow
 
 BASE_MICROS = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
 HOUR = 3_600_000_000

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import TIMESTAMP_CREATE_TIME, TopicPartition
-from eventpipe.core.schema import EventRow, cell_timestamp_micros
+from eventpipe.core.storage.rows import EventRow
+from eventpipe.core.storage.times import cell_timestamp_micros
 from store.consumer.batch import DeadLetter
 from store.ports import RowFailure, StoredRow
 

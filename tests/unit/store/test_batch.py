@@ -6,7 +6,8 @@ import time
 
 from eventpipe.common.v1 import event_pb2
 from eventpipe.core import topic_contract
-from eventpipe.core.schema import decode_int, micros, timestamp_from_micros
+from eventpipe.core.storage.attributes import decode_int
+from eventpipe.core.storage.times import micros, timestamp_from_micros
 from eventpipe.core.validation import EventLimits
 from store.consumer.batch import prepare_batch
 

@@ -6,7 +6,8 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from eventpipe.core.schema import RAW_EVENTS_TABLE, event_to_row
+from eventpipe.core.storage.rows import event_to_row
+from eventpipe.core.storage.tables import RAW_EVENTS_TABLE
 from eventpipe.core.validation import EventLimits
 from eventpipe.core.waiting import wait_until
 from store.consumer.backoff import Backoff

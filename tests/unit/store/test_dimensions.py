@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from eventpipe.common.v1 import event_pb2, results_pb2
 from eventpipe.core.errors import InvalidArgument, NotFound, Unavailable
-from eventpipe.core.schema import dimension_record_to_row
+from eventpipe.core.storage.rows import dimension_record_to_row
 from eventpipe.store.v1 import store_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import code_pb2

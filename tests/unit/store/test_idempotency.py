@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-from eventpipe.core.schema import (
-    EVENT_IDS_TABLE,
-    RAW_EVENTS_TABLE,
-    EventRow,
-    event_id_claim_row,
-    event_to_row,
-)
+from eventpipe.core.storage.rows import EventRow, event_id_claim_row, event_to_row
+from eventpipe.core.storage.tables import EVENT_IDS_TABLE, RAW_EVENTS_TABLE
 from store.consumer.idempotency import store_once
 from store.ports import StoredRow
 

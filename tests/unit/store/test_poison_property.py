@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from eventpipe.common.v1 import event_pb2
 from eventpipe.core import topic_contract
-from eventpipe.core.schema import event_from_cells
+from eventpipe.core.storage.rows import event_from_cells
 from eventpipe.core.validation import EventLimits
 from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import HealthCheck, given, settings
