@@ -12,6 +12,7 @@ import os
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,7 +254,8 @@ def enrich_frame(
     broadcast: dict[str, bool],
 ) -> DataFrame:
     """Adds per join n: j{n}_m (matched) and j{n}_s.. maps of the copied fields, as of the
-    event's time; and per derived field k: dv{k}_n / dv{k}_s (number / text).
+    event's time; and per derived field k: dv{k}_n / dv{k}_s (number / text) and dv{k}_x
+    (true where the result was nulled because it was not a finite number).
 
     ``dimensions`` maps each joined dimension to its prepared_dimension frame."""
     frame = events
@@ -290,7 +292,11 @@ def enrich_frame(
 
     for k, derived in enumerate(spec.derived):
         value = compile_expression(derived.ast, resolve)
-        frame = frame.withColumn(f"dv{k}_n", value.number).withColumn(f"dv{k}_s", value.text)
+        frame = (
+            frame.withColumn(f"dv{k}_n", value.number)
+            .withColumn(f"dv{k}_s", value.text)
+            .withColumn(f"dv{k}_x", value.non_finite)
+        )
         derived_index[derived.name] = k
 
     for m, name in enumerate(spec.metric_fields):
@@ -359,6 +365,30 @@ def joined_fields(
     return joined, unmatched
 
 
+NON_FINITE_COLUMNS = tuple(f"non_finite_{where}" for where in bigtable_io.NON_FINITE_WHERE)
+NON_FINITE_DDL = ", ".join(f"{column} long" for column in NON_FINITE_COLUMNS)
+"""The columns a write task adds to its one result row: its tally of non-finite values."""
+
+
+def task_non_finite_columns() -> dict[str, list[int]]:
+    """This task's tally (taken and reset, see bigtable_io) as one-row result columns."""
+    counts = bigtable_io.take_non_finite_counts()
+    return {
+        column: [counts.get(where, 0)]
+        for column, where in zip(NON_FINITE_COLUMNS, bigtable_io.NON_FINITE_WHERE, strict=True)
+    }
+
+
+def count_tasks_non_finite(results: Iterable[Any]) -> None:
+    """Adds the tallies the tasks returned (rows with NON_FINITE_COLUMNS) to the driver's
+    ``eventpipe_enrich_non_finite_values_total``: the tasks ran in other processes."""
+    totals = dict.fromkeys(bigtable_io.NON_FINITE_WHERE, 0)
+    for row in results:
+        for column, where in zip(NON_FINITE_COLUMNS, bigtable_io.NON_FINITE_WHERE, strict=True):
+            totals[where] += int(row[column] or 0)
+    bigtable_io.count_non_finite(totals)
+
+
 def output_record(row: dict[str, Any], spec: CheckedSpec) -> dict[str, Any]:
     """A row of enrich_frame (as Arrow's to_pylist gives it) as the dict
     bigtable_io.enriched_row writes; ``joined`` holds the copied dimension fields alone (what
@@ -374,6 +404,8 @@ def output_record(row: dict[str, Any], spec: CheckedSpec) -> dict[str, Any]:
             enriched[("d", derived.name)] = number
         elif text is not None:
             enriched[("s", derived.name)] = text
+        elif values.get(f"dv{k}_x"):
+            bigtable_io.note_non_finite(bigtable_io.DERIVED_FIELD)
     values["joined"] = joined
     values["enriched"] = enriched
     values["unmatched"] = unmatched
@@ -753,6 +785,7 @@ class SparkEngine:
             import pyarrow as pa
 
             counts = {"read": 0, "unmatched": 0}
+            bigtable_io.take_non_finite_counts()  # a reused worker: drop a failed task's tally
 
             def rows() -> Iterator[Any]:
                 for values in arrow_rows(batches):
@@ -762,9 +795,14 @@ class SparkEngine:
                     yield bigtable_io.enriched_row(record, spec_version)
 
             bigtable_io.write_rows(target, schema.ENRICHED_EVENTS_TABLE, rows())
-            yield pa.RecordBatch.from_pydict({k: [v] for k, v in counts.items()})
+            yield pa.RecordBatch.from_pydict(
+                {**{k: [v] for k, v in counts.items()}, **task_non_finite_columns()}
+            )
 
-        totals = in_window.mapInArrow(write_enriched, "read long, unmatched long").collect()
+        totals = in_window.mapInArrow(
+            write_enriched, f"read long, unmatched long, {NON_FINITE_DDL}"
+        ).collect()
+        count_tasks_non_finite(totals)
         counters.read = sum(int(t["read"]) for t in totals)
         counters.unmatched = sum(int(t["unmatched"]) for t in totals)
         counters.enriched = counters.read - counters.unmatched
@@ -776,6 +814,7 @@ class SparkEngine:
         def write_metrics(batches: Iterable[Any]) -> Iterator[Any]:
             import pyarrow as pa
 
+            bigtable_io.take_non_finite_counts()
             written = bigtable_io.write_rows(
                 target,
                 schema.ENTITY_METRICS_TABLE,
@@ -784,9 +823,13 @@ class SparkEngine:
                     for row in arrow_rows(batches)
                 ),
             )
-            yield pa.RecordBatch.from_pydict({"written": [written]})
+            yield pa.RecordBatch.from_pydict({"written": [written], **task_non_finite_columns()})
 
-        aggregate_frame(frame, spec).mapInArrow(write_metrics, "written long").collect()
+        count_tasks_non_finite(
+            aggregate_frame(frame, spec)
+            .mapInArrow(write_metrics, f"written long, {NON_FINITE_DDL}")
+            .collect()
+        )
         request.on_progress(0.8, counters)
         self._check(request)
 
@@ -809,7 +852,8 @@ class SparkEngine:
         )
         update_time = time.time_ns() // 1000
 
-        def refresh(rows: Iterable[Any]) -> Iterator[tuple[str, str]]:
+        def refresh(rows: Iterable[Any]) -> Iterator[tuple[str, str, int]]:
+            bigtable_io.take_non_finite_counts()
             inputs = []
             for row in rows:
                 newest_values = row["newest"].asDict()
@@ -819,9 +863,19 @@ class SparkEngine:
                         row["tenant_id"], row["entity_id"], newest_values["event_time"], fields
                     )
                 )
-            yield from _refresh_profiles(target, inputs, update_time)
+            for tenant_id, entity_id in _refresh_profiles(target, inputs, update_time):
+                yield tenant_id, entity_id, 0
+            # The tally rides along as ("", where, count) rows: no tenant id is empty.
+            for where, count in bigtable_io.take_non_finite_counts().items():
+                yield "", where, count
 
-        return newest.rdd.mapPartitions(refresh).collect()
+        results = newest.rdd.mapPartitions(refresh).collect()
+        non_finite: Counter[str] = Counter()
+        for tenant_id, name, count in results:
+            if not tenant_id:
+                non_finite[name] += count
+        bigtable_io.count_non_finite(non_finite)
+        return [(tenant_id, entity_id) for tenant_id, entity_id, _ in results if tenant_id]
 
 
 def _refresh_profiles(
@@ -842,8 +896,10 @@ def write_micro_batch(
 
     Every event of an entity must be in this partition (_by_entity sees to it), or
     two tasks could recompute one bucket from different states. Yields result rows: kind
-    "read" and "unmatched" with n, and kind "entity" per profile written.
+    "read" and "unmatched" with n, kind "entity" per profile written, and kind "non_finite"
+    with ``where`` and n: the task's tally of non-finite values (bigtable_io).
     """
+    bigtable_io.take_non_finite_counts()  # a reused worker: drop a failed task's tally
     records = [output_record(row, spec) for row in rows]
     if not records:
         return
@@ -886,6 +942,8 @@ def write_micro_batch(
     yield {"kind": "unmatched", "n": sum(1 for record in records if record["unmatched"])}
     for tenant_id, entity_id in _refresh_profiles(target, inputs, time.time_ns() // 1000):
         yield {"kind": "entity", "tenant_id": tenant_id, "entity_id": entity_id}
+    for where, count in bigtable_io.take_non_finite_counts().items():
+        yield {"kind": "non_finite", "where": where, "n": count}
 
 
 MICRO_BATCH_RESULT = T.StructType(
@@ -894,6 +952,7 @@ MICRO_BATCH_RESULT = T.StructType(
         T.StructField("n", T.LongType()),
         T.StructField("tenant_id", T.StringType()),
         T.StructField("entity_id", T.StringType()),
+        T.StructField("where", T.StringType()),
     ]
 )
 """The rows write_micro_batch yields, as the schema of its mapInArrow."""
@@ -1077,6 +1136,11 @@ def _start_streaming(engine: SparkEngine, request: StreamingRequest) -> Streamin
             yield pa.RecordBatch.from_pylist(results, schema=to_arrow_schema(MICRO_BATCH_RESULT))
 
         results = frame.mapInArrow(write, MICRO_BATCH_RESULT).collect()
+        non_finite: Counter[str] = Counter()
+        for r in results:
+            if r["kind"] == "non_finite":
+                non_finite[r["where"]] += r["n"]
+        bigtable_io.count_non_finite(non_finite)
         read = sum(r["n"] for r in results if r["kind"] == "read")
         skipped = int(poison.value)
         if skipped:

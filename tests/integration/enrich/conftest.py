@@ -25,6 +25,7 @@ from eventpipe.core import bigtable as core_bigtable
 from eventpipe.core import schema
 from eventpipe.enrich.v1 import enrich_pb2_grpc
 from eventpipe.stack.spark_connectors import connector_jars
+from google.rpc import error_details_pb2, status_pb2
 from pyspark.sql import SparkSession
 
 from tests.integration.enrich import dataset
@@ -121,6 +122,25 @@ def start_enrich(start_service: Any) -> Iterator[StartEnrich]:
     yield start
     for channel in channels:
         channel.close()
+
+
+@pytest.fixture
+def enrich_stub(start_enrich: StartEnrich) -> tuple[Any, enrich_pb2_grpc.EnrichServiceStub]:
+    """The enrich service with the default test settings, and a stub."""
+    return start_enrich()
+
+
+def field_violations(error: grpc.RpcError) -> dict[str, str]:
+    """The google.rpc.BadRequest field violations of a refused call: {field: description}."""
+    for key, value in error.trailing_metadata() or ():  # type: ignore[attr-defined]
+        if key == "grpc-status-details-bin":
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                    bad = error_details_pb2.BadRequest()
+                    detail.Unpack(bad)
+                    return {v.field: v.description for v in bad.field_violations}
+    return {}
 
 
 def write_dimensions(tables: dict[str, Any], data: dataset.Dataset) -> None:

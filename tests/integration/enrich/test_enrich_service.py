@@ -9,9 +9,9 @@ import pytest
 from eventpipe.core import schema
 from eventpipe.enrich.v1 import enrich_pb2
 from eventpipe.stack.waiting import wait_until
-from google.rpc import error_details_pb2, status_pb2
 
 from tests.integration.enrich import dataset
+from tests.integration.enrich.conftest import field_violations
 from tests.integration.enrich.dataset import BASE, DAY
 
 INJECTIONS = [
@@ -24,23 +24,6 @@ INJECTIONS = [
     "quantity || 'x'",
     "quantity) OR (1 = 1",
 ]
-
-
-def field_violations(error: grpc.RpcError) -> dict[str, str]:
-    for key, value in error.trailing_metadata() or ():  # type: ignore[attr-defined]
-        if key == "grpc-status-details-bin":
-            status = status_pb2.Status.FromString(value)
-            for detail in status.details:
-                if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                    bad = error_details_pb2.BadRequest()
-                    detail.Unpack(bad)
-                    return {v.field: v.description for v in bad.field_violations}
-    return {}
-
-
-@pytest.fixture
-def enrich_stub(start_enrich: Any) -> Any:
-    return start_enrich()
 
 
 def test_a_bad_spec_is_refused_with_a_violation_per_field(enrich_stub: Any, isolation: Any) -> None:

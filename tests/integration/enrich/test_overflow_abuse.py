@@ -1,6 +1,8 @@
 """Finite numbers out, on real Spark and the emulator: events whose double attribute is 1.7e308
 overflow derived fields, metric sums and profile totals; what is written holds no Infinity or
-NaN (the overflowed values are absent), and what the query service would serve neither."""
+NaN (the overflowed values are absent), what the query service would serve neither, and the
+enrich service's ``eventpipe_enrich_non_finite_values_total`` counts what its Spark tasks
+left out."""
 
 from __future__ import annotations
 
@@ -15,10 +17,13 @@ from enrich.domain.spec import validate_spec
 from eventpipe.common.v1 import event_pb2
 from eventpipe.core import schema
 from eventpipe.enrich.v1 import enrich_pb2
+from eventpipe.stack.probes import free_port
+from eventpipe.stack.waiting import wait_until
 from google.cloud.bigtable.table import Table
 from google.protobuf import json_format
 from query import decode
 
+from tests.helpers.http import metric_values
 from tests.integration.enrich import dataset
 from tests.integration.enrich.dataset import BASE, DAY, HOUR
 
@@ -65,6 +70,17 @@ def doubles(cells: dict[tuple[str, bytes], bytes]) -> dict[str, float]:
     }
 
 
+def overflow_events(tenant: str) -> list[event_pb2.Event]:
+    """e1: two 1.7e308 in one day; e2: one 1.7e308 on each of two days; e3: 1.0."""
+    return [
+        event(tenant, 1, "e1", BASE, BIG),
+        event(tenant, 2, "e1", BASE + HOUR, BIG),
+        event(tenant, 3, "e2", BASE, BIG),
+        event(tenant, 4, "e2", BASE + DAY, BIG),
+        event(tenant, 5, "e3", BASE, 1.0),
+    ]
+
+
 @pytest.fixture
 def overflowed(
     engine: SparkEngine, tables: dict[str, Table], isolation: Any
@@ -72,13 +88,7 @@ def overflowed(
     """e1: two 1.7e308 in one day (its day sum overflows, each hour's does not); e2: one
     1.7e308 on each of two days (each day is finite, the profile total overflows); e3: 1.0."""
     tenant = isolation.tenant_id
-    events = [
-        event(tenant, 1, "e1", BASE, BIG),
-        event(tenant, 2, "e1", BASE + HOUR, BIG),
-        event(tenant, 3, "e2", BASE, BIG),
-        event(tenant, 4, "e2", BASE + DAY, BIG),
-        event(tenant, 5, "e3", BASE, 1.0),
-    ]
+    events = overflow_events(tenant)
     dataset.write_events(tables[schema.RAW_EVENTS_TABLE], events)
     spec = validate_spec(overflow_spec(), version=1)
     counters = engine.run_batch(BatchRequest("job-overflow", tenant, spec, BASE, BASE + 2 * DAY))
@@ -177,3 +187,51 @@ def test_streaming_recomputation_and_profile_refresh_leave_out_and_count_the_ove
     )
     assert written == [(isolation.tenant_id, "e2")]
     assert bigtable_io.take_non_finite_counts() == {bigtable_io.PROFILE_TOTAL: 1}
+
+
+def non_finite_counted(metrics_port: int) -> dict[str, float]:
+    values = metric_values(metrics_port)
+    return {
+        where: values.get(f'eventpipe_enrich_non_finite_values_total{{where="{where}"}}', 0.0)
+        for where in bigtable_io.NON_FINITE_WHERE
+    }
+
+
+def test_the_enrich_service_counts_what_its_spark_tasks_left_out_in_its_own_metrics(
+    start_enrich: Any, tables: dict[str, Table], isolation: Any
+) -> None:
+    metrics_port = free_port()
+    _service, stub = start_enrich(EVENTPIPE_ENRICH_METRICS_PORT=str(metrics_port))
+    tenant = isolation.tenant_id
+    assert set(non_finite_counted(metrics_port).values()) == {0.0}
+    dataset.write_events(tables[schema.RAW_EVENTS_TABLE], overflow_events(tenant))
+    stub.PutEnrichmentSpec(
+        enrich_pb2.PutEnrichmentSpecRequest(tenant_id=tenant, spec=overflow_spec())
+    )
+    job = enrich_pb2.EnrichmentJob(mode=enrich_pb2.JOB_MODE_BATCH)
+    job.time_range.start_time.CopyFrom(schema.timestamp_from_micros(BASE))
+    job.time_range.end_time.CopyFrom(schema.timestamp_from_micros(BASE + 2 * DAY))
+    created = stub.CreateEnrichmentJob(
+        enrich_pb2.CreateEnrichmentJobRequest(tenant_id=tenant, job=job)
+    ).job
+
+    def state() -> int:
+        request = enrich_pb2.GetEnrichmentJobRequest(tenant_id=tenant, job_id=created.job_id)
+        return stub.GetEnrichmentJob(request).job.state
+
+    # Generous: the 2-core machine is shared, and the first job also starts the Spark session.
+    wait_until(
+        lambda: state() in (enrich_pb2.JOB_STATE_SUCCEEDED, enrich_pb2.JOB_STATE_FAILED),
+        timeout=600,
+        what="the overflow job ends",
+    )
+    assert state() == enrich_pb2.JOB_STATE_SUCCEEDED
+    # The four 1.7e308 events overflow `twice` and `doubled` (2 numeric derived fields each;
+    # `label` is text: its overflowed operand makes it absent, not a non-finite number); e1's
+    # day sum of amount (one metric); e1's and e2's running totals of amount (two profiles).
+    assert non_finite_counted(metrics_port) == {
+        bigtable_io.DERIVED_FIELD: 8.0,
+        bigtable_io.EVENT_FIELD: 0.0,
+        bigtable_io.METRIC: 1.0,
+        bigtable_io.PROFILE_TOTAL: 2.0,
+    }

@@ -18,11 +18,8 @@ from google.cloud.bigtable.table import Table
 from pyspark.sql import DataFrame, SparkSession
 
 from tests.integration.enrich import dataset
+from tests.integration.enrich.conftest import field_violations
 from tests.integration.enrich.dataset import BASE, DAY
-from tests.integration.enrich.test_enrich_service import (  # the service fixture, shared
-    enrich_stub,  # noqa: F401
-    field_violations,
-)
 
 pytestmark = [pytest.mark.abuse]
 
@@ -191,7 +188,7 @@ def put_spec(stub: Any, tenant_id: str, spec: enrich_pb2.EnrichmentSpec) -> grpc
 
 
 def test_deep_nesting_and_trailing_newline_names_are_refused_by_the_service_naming_the_field(
-    enrich_stub: Any,  # noqa: F811
+    enrich_stub: Any,
     isolation: Any,
 ) -> None:
     _service, stub = enrich_stub
