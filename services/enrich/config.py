@@ -9,7 +9,7 @@ from eventpipe.core.config import EventLimitSettings, ServiceSettings
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from enrich.domain.jobs import Quotas
+from enrich.domain.fair_shares import Quotas
 
 
 def default_spark_jars() -> str:

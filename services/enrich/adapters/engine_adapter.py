@@ -11,17 +11,15 @@ from eventpipe.core.config import CommonSettings
 from eventpipe.core.entity_changes import EntityChange
 from eventpipe.core.kafka import producer_config
 from eventpipe.core.validation import EventLimits
-from eventpipe.enrich.v1 import enrich_pb2
 
 from enrich.adapters.spark_engine import (
     BatchRequest,
-    Counters,
-    JobCancelled,
     SparkEngine,
     StreamingHandle,
     StreamingRequest,
 )
-from enrich.domain.jobs import BatchWork, Cancelled, RunningStream, StreamWork
+from enrich.domain.work import BatchWork, Counters, StreamWork
+from enrich.ports import RunningStream
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +85,6 @@ class RestartingStream:
         handle.stop()
 
 
-def _proto(counters: Counters) -> enrich_pb2.JobCounters:
-    return enrich_pb2.JobCounters(
-        read=counters.read,
-        enriched=counters.enriched,
-        unmatched=counters.unmatched,
-        failed=counters.failed,
-    )
-
-
 class SparkJobEngine:
     def __init__(
         self,
@@ -117,7 +106,8 @@ class SparkJobEngine:
         if self.publisher is not None and entities:
             self.publisher.publish(entities)
 
-    def run_batch(self, work: BatchWork) -> enrich_pb2.JobCounters:
+    def run_batch(self, work: BatchWork) -> Counters:
+        """Raises JobCancelled (a domain Cancelled) when ``work.cancelled`` stopped it."""
         request = BatchRequest(
             work.job_id,
             work.tenant_id,
@@ -125,13 +115,10 @@ class SparkJobEngine:
             work.start_micros,
             work.end_micros,
             cancelled=work.cancelled,
-            on_progress=lambda p, c: work.on_progress(p, _proto(c)),
+            on_progress=work.on_progress,
             on_entities_changed=self._changed,
         )
-        try:
-            return _proto(self.engine.run_batch(request))
-        except JobCancelled as exc:
-            raise Cancelled(work.job_id) from exc
+        return self.engine.run_batch(request)
 
     def start_stream(self, work: StreamWork) -> RunningStream:
         checkpoint = self.checkpoint_root / work.tenant_id / work.job_id
@@ -146,7 +133,7 @@ class SparkJobEngine:
             str(checkpoint),
             dimension_refresh_seconds=self.dimension_refresh_seconds,
             event_limits=self.event_limits,
-            on_batch=lambda c: work.on_batch(_proto(c)),
+            on_batch=work.on_batch,
             on_entities_changed=self._changed,
         )
         return RestartingStream(self.engine, request)

@@ -32,6 +32,7 @@ from enrich.adapters.spark_expressions import (
     null_double,
 )
 from enrich.domain.spec import CheckedSpec
+from enrich.domain.work import Cancelled, Counters
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,8 @@ DIMENSION_SCHEMA = T.StructType(
 )
 
 
-class JobCancelled(Exception):
-    """The job's cancel flag was set; raised between Spark actions."""
+class JobCancelled(Cancelled):
+    """The job's cancellation token stopped it (the domain's Cancelled, raised by Spark)."""
 
 
 class SessionBroken(RuntimeError):
@@ -160,17 +161,9 @@ class SparkSettings:
 
 
 class CancelFlag(Protocol):
-    """A job's cancellation token (enrich.domain.jobs.CancellationToken, or an Event)."""
+    """A job's cancellation token (enrich.domain.work.CancellationToken, or an Event)."""
 
     def is_set(self) -> bool: ...
-
-
-@dataclass
-class Counters:
-    read: int = 0
-    enriched: int = 0
-    unmatched: int = 0
-    failed: int = 0
 
 
 @dataclass

@@ -5,35 +5,13 @@ job store first, so a restart of the service finds each job where it was: PENDIN
 batch jobs run again from the start (their output is idempotent), scheduled jobs resume at
 their persisted next window, streaming jobs restart from their checkpoint.
 
-Scheduled windows. ``tick`` starts a window when it is due (``next_run``, persisted, advanced
-only when the window succeeded, so a failed window is retried until it succeeds, never skipped)
-and this replica wins its claim:
+Scheduled windows: see enrich.domain.scheduler; pure window arithmetic: enrich.domain.windows.
 
-- Claim: several replicas (or the old and new pod of a rolling update) may tick the same job.
-  Before running a window a replica claims it with ``JobStore.claim_window``, a conditional
-  write on the job's row holding (due time, owner, lease expiry). Only the winner runs the
-  window; it renews the lease at every tick past half of it while the window runs, so a lease
-  expires only when its owner stopped (crashed, hung): then another replica takes the window
-  over. After winning, the replica reads the record again and runs only if ``next_run`` still
-  is the claimed due time, so a record read just before another replica finished cannot run a
-  window twice. A replica that shuts down mid-window releases its claim.
-- Backoff: after a failed window the replica waits before retrying it, ``retry_initial`` at
-  first, doubling per failure, capped at ``retry_max`` and at the schedule's interval; a success
-  resets it. The failing replica keeps its claim until the retry is due, so the other replicas
-  wait too and the backoff holds for the whole deployment. The job's ``error`` shows the last
-  failure; the attempt count is logged (the job message has no field for it).
-  The failure count and retry time live in memory only: a restarted replica retries at once,
-  or once the claim of its previous incarnation expires, and its backoff starts again from
-  ``retry_initial``. That costs at most one early retry; no window is skipped or run twice.
-- Index: the ticker keeps a heap of (due time, job) of the schedules it runs, updated when a
-  job is created, recovered, claimed, finished or cancelled, so a tick reads only the records
-  of the windows that are due, never the whole job table.
-
-Fair shares (``Quotas``). Batch jobs and scheduled windows wait for one of
-``max_running_jobs`` slots in a queue served round-robin across tenants, a tenant holding at
-most ``tenant_max_running_jobs`` of them; streams run on threads of their own, outside those
-slots, so streams never hold batch work back. A create beyond a tenant's (or the process')
-limit of pending batch jobs, schedules or streams is refused with RESOURCE_EXHAUSTED.
+Fair shares (``Quotas``, enrich.domain.fair_shares). Batch jobs and scheduled windows wait for
+one of ``max_running_jobs`` slots in a queue served round-robin across tenants, a tenant holding
+at most ``tenant_max_running_jobs`` of them; streams run on threads of their own, outside those
+slots, so streams never hold batch work back. A create beyond a tenant's (or the process') limit
+of pending batch jobs, schedules or streams is refused with RESOURCE_EXHAUSTED.
 
 Cancel. Each job has a ``CancellationToken``: cancel sets it and asks the engine to interrupt
 the job (Spark: cancel its job group and stop its driver call, planning included); the job's
@@ -42,18 +20,11 @@ thread checks the token between steps, ends CANCELLED and frees its slot.
 
 from __future__ import annotations
 
-import heapq
 import logging
-import os
-import re
 import secrets
-import socket
 import threading
 import time
-from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 from eventpipe.core import schema
 from eventpipe.core.errors import (
@@ -66,17 +37,25 @@ from eventpipe.core.errors import (
 from eventpipe.core.page_tokens import PageTokenCodec
 from eventpipe.enrich.v1 import enrich_pb2
 
-from enrich.domain.records import JobRecord, JobStore, SpecStore, new_job_id
+from enrich.domain.fair_shares import FairSlots, Quotas
+from enrich.domain.records import JobRecord, new_job_id
+from enrich.domain.scheduler import (
+    DEFAULT_CLAIM_LEASE_MICROS,
+    DEFAULT_RETRY_INITIAL_MICROS,
+    DEFAULT_RETRY_MAX_MICROS,
+    ActiveJob,
+    WindowScheduler,
+    default_owner_id,
+    describe_failure,
+)
 from enrich.domain.spec import CheckedSpec, validate_spec
+from enrich.domain.windows import batch_window, duration_micros, validate_job
+from enrich.domain.work import BatchWork, Cancelled, Counters, StreamWork
+from enrich.ports import Engine, JobStore, SpecStore
 
 log = logging.getLogger(__name__)
 
-MIN_SCHEDULE_INTERVAL_MICROS = 60_000_000
-MIN_TRIGGER_MICROS = 100_000
 DEFAULT_TRIGGER_MICROS = 1_000_000
-DEFAULT_RETRY_INITIAL_MICROS = 5_000_000
-DEFAULT_RETRY_MAX_MICROS = 600_000_000
-DEFAULT_CLAIM_LEASE_MICROS = 120_000_000
 LIST_ENRICHMENT_JOBS = "eventpipe.enrich.v1.EnrichService/ListEnrichmentJobs"
 TERMINAL = {
     enrich_pb2.JOB_STATE_SUCCEEDED,
@@ -85,297 +64,16 @@ TERMINAL = {
 }
 
 
-def _duration_micros(duration: Any) -> int:
-    return int(duration.seconds) * 1_000_000 + int(duration.nanos) // 1000
+def copy_counters(target: enrich_pb2.JobCounters, counters: Counters) -> None:
+    """The job record's counters (a proto, as the job store keeps it) from the engine's."""
+    target.read, target.enriched = counters.read, counters.enriched
+    target.unmatched, target.failed = counters.unmatched, counters.failed
 
 
-class Cancelled(Exception):
-    """Raised by an engine when a job's cancel flag stopped it."""
+class JobManager(WindowScheduler):
+    """Specs and jobs of every tenant: create, list, cancel, run, recover; the scheduling
+    half is ``WindowScheduler``."""
 
-
-class CancellationToken:
-    """Set once when a job is cancelled (or the process stops); the job's thread checks it
-    between steps, and callbacks registered with ``on_cancel`` run when it is set."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self._lock = threading.Lock()
-        self._callbacks: list[Callable[[], None]] = []
-
-    def cancel(self) -> None:
-        with self._lock:
-            if self._event.is_set():
-                return
-            self._event.set()
-            callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            try:
-                callback()
-            except Exception:
-                log.warning("a cancel callback failed", exc_info=True)
-
-    def is_set(self) -> bool:
-        return self._event.is_set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self._event.wait(timeout)
-
-    def raise_if_cancelled(self, job_id: str) -> None:
-        if self._event.is_set():
-            raise Cancelled(job_id)
-
-    def on_cancel(self, callback: Callable[[], None]) -> None:
-        """Runs ``callback`` when the token is set (at once if it already is)."""
-        with self._lock:
-            if not self._event.is_set():
-                self._callbacks.append(callback)
-                return
-        callback()
-
-
-@dataclass(frozen=True)
-class Quotas:
-    """Fair shares of one enrich process (see docs/enrich.md for the variables)."""
-
-    max_running_jobs: int = 2  # batch jobs and scheduled windows running at once
-    tenant_max_running_jobs: int = 1  # of those slots, held by one tenant at once
-    tenant_max_batch_jobs: int = 4  # a tenant's batch jobs pending or running
-    tenant_max_scheduled_jobs: int = 50  # a tenant's active schedules
-    max_streams: int = 8  # streaming jobs running at once, each on a thread of its own
-    tenant_max_streams: int = 2  # a tenant's streaming jobs
-
-    def __post_init__(self) -> None:
-        if min(self.max_running_jobs, self.tenant_max_running_jobs, self.max_streams) < 1:
-            raise ValueError("job and stream slots must be at least 1")
-
-
-class FairSlots:
-    """``slots`` worker threads running queued work, round-robin across tenants, a tenant
-    holding at most ``per_tenant`` of them, so one tenant's queue never starves another's."""
-
-    def __init__(self, slots: int, per_tenant: int, name: str = "enrich-job") -> None:
-        self.per_tenant = per_tenant
-        self._cond = threading.Condition()
-        self._queues: dict[str, deque[Callable[[], None]]] = {}
-        self._turns: deque[str] = deque()  # tenants with queued work, next turn first
-        self._running: Counter[str] = Counter()
-        self._closed = False
-        self._threads = [
-            threading.Thread(target=self._serve, name=f"{name}-{n}", daemon=True)
-            for n in range(slots)
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def submit(self, tenant_id: str, work: Callable[[], None]) -> None:
-        with self._cond:
-            if self._closed:
-                return
-            queue = self._queues.setdefault(tenant_id, deque())
-            if not queue:
-                self._turns.append(tenant_id)
-            queue.append(work)
-            self._cond.notify()
-
-    def running(self, tenant_id: str) -> int:
-        with self._cond:
-            return self._running[tenant_id]
-
-    def _take(self) -> tuple[str, Callable[[], None]] | None:
-        for _ in range(len(self._turns)):
-            tenant_id = self._turns.popleft()
-            queue = self._queues[tenant_id]
-            if self._running[tenant_id] >= self.per_tenant:
-                self._turns.append(tenant_id)
-                continue
-            work = queue.popleft()
-            if queue:
-                self._turns.append(tenant_id)  # its next item waits for the others' turns
-            else:
-                del self._queues[tenant_id]
-            return tenant_id, work
-        return None
-
-    def _serve(self) -> None:
-        while True:
-            with self._cond:
-                taken = self._take()
-                while taken is None:
-                    if self._closed:
-                        return
-                    self._cond.wait()
-                    taken = self._take()
-                tenant_id, work = taken
-                self._running[tenant_id] += 1
-            try:
-                work()
-            except Exception:
-                log.exception("job work escaped its handler")
-            finally:
-                with self._cond:
-                    self._running[tenant_id] -= 1
-                    self._cond.notify_all()
-
-    def close(self, timeout: float) -> None:
-        """Drops queued work and waits up to ``timeout`` for running work to end."""
-        with self._cond:
-            self._closed = True
-            self._queues.clear()
-            self._turns.clear()
-            self._cond.notify_all()
-        deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-
-
-@dataclass
-class BatchWork:
-    job_id: str
-    tenant_id: str
-    spec: CheckedSpec
-    start_micros: int
-    end_micros: int
-    cancelled: CancellationToken
-    on_progress: Callable[[float, enrich_pb2.JobCounters], None]
-
-
-@dataclass
-class StreamWork:
-    job_id: str
-    tenant_id: str
-    spec: CheckedSpec
-    trigger_seconds: float
-    on_batch: Callable[[enrich_pb2.JobCounters], None]
-
-
-class RunningStream(Protocol):
-    def is_active(self) -> bool: ...
-
-    def error(self) -> str | None: ...
-
-    def stop(self) -> None: ...
-
-
-class Engine(Protocol):
-    """What the job manager needs from Spark (enrich.adapters.engine_adapter binds it)."""
-
-    def run_batch(self, work: BatchWork) -> enrich_pb2.JobCounters:
-        """Runs to completion; raises Cancelled when ``work.cancelled`` stopped it."""
-        ...
-
-    def start_stream(self, work: StreamWork) -> RunningStream: ...
-
-    def cancel(self, job_id: str) -> None: ...
-
-
-def validate_job(job: enrich_pb2.EnrichmentJob, now_micros: int, retention_micros: int) -> None:
-    violations: list[Violation] = []
-    if job.mode == enrich_pb2.JOB_MODE_BATCH:
-        end = (
-            schema.micros(job.time_range.end_time)
-            if job.time_range.HasField("end_time")
-            else now_micros
-        )
-        start = (
-            schema.micros(job.time_range.start_time)
-            if job.time_range.HasField("start_time")
-            else now_micros - retention_micros
-        )
-        if start >= end:
-            violations.append(Violation("job.time_range", "start_time must be before end_time"))
-    elif job.mode == enrich_pb2.JOB_MODE_SCHEDULED:
-        if not job.HasField("schedule"):
-            violations.append(Violation("job.schedule", "required for JOB_MODE_SCHEDULED"))
-        else:
-            if _duration_micros(job.schedule.interval) < MIN_SCHEDULE_INTERVAL_MICROS:
-                violations.append(Violation("job.schedule.interval", "at least 1 minute"))
-            if _duration_micros(job.schedule.window) <= 0:
-                violations.append(Violation("job.schedule.window", "must be positive"))
-            if _duration_micros(job.schedule.lateness) < 0:
-                violations.append(Violation("job.schedule.lateness", "must not be negative"))
-    elif job.mode == enrich_pb2.JOB_MODE_STREAMING:
-        if job.HasField("trigger_interval") and (
-            _duration_micros(job.trigger_interval) < MIN_TRIGGER_MICROS
-        ):
-            violations.append(Violation("job.trigger_interval", "at least 100ms"))
-    else:
-        violations.append(Violation("job.mode", "choose BATCH, SCHEDULED or STREAMING"))
-    if job.spec_version < 0:
-        violations.append(Violation("job.spec_version", "must not be negative"))
-    if violations:
-        raise InvalidArgument(
-            f"invalid job: {violations[0].field}: {violations[0].description}",
-            violations=violations,
-        )
-
-
-def batch_window(
-    job: enrich_pb2.EnrichmentJob, now_micros: int, retention_micros: int
-) -> tuple[int, int]:
-    end = (
-        schema.micros(job.time_range.end_time)
-        if job.time_range.HasField("end_time")
-        else now_micros
-    )
-    start = (
-        schema.micros(job.time_range.start_time)
-        if job.time_range.HasField("start_time")
-        else now_micros - retention_micros
-    )
-    return start, end
-
-
-def scheduled_window(schedule: enrich_pb2.Schedule, run_at_micros: int) -> tuple[int, int]:
-    """The window a run due at ``run_at`` enriches: it ends ``lateness`` before the run."""
-    end = run_at_micros - _duration_micros(schedule.lateness)
-    return end - _duration_micros(schedule.window), end
-
-
-def next_run_after(schedule: enrich_pb2.Schedule, due_micros: int, now_micros: int) -> int:
-    """The next due time after a run: one interval on, skipping intervals missed while down
-    (the window of the next run covers them if window >= interval)."""
-    interval = _duration_micros(schedule.interval)
-    following = due_micros + interval
-    if following <= now_micros:
-        following += (now_micros - following) // interval * interval + interval
-    return following
-
-
-def retry_delay_micros(
-    schedule: enrich_pb2.Schedule, failures: int, initial_micros: int, max_micros: int
-) -> int:
-    """How long to wait after the ``failures``-th failure in a row of a window: ``initial``
-    doubled per earlier failure, capped at ``max`` and at the schedule's interval."""
-    cap = min(max_micros, _duration_micros(schedule.interval))
-    doublings = min(max(failures - 1, 0), 62)  # beyond that the cap holds anyway
-    return max(min(initial_micros << doublings, cap), 0)
-
-
-def default_owner_id() -> str:
-    """Names this process in window claims: the host (the pod in Kubernetes), the pid and a
-    random part, since a restarted container may get the same pid."""
-    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:64] or "host"
-    return f"{host}-{os.getpid()}-{secrets.token_hex(4)}"
-
-
-@dataclass
-class _Active:
-    tenant_id: str
-    mode: int
-    cancelled: CancellationToken = field(default_factory=CancellationToken)
-    stream: RunningStream | None = None
-    window_running: bool = False
-    # Scheduled jobs only. Guarded by JobManager._lock:
-    failures: int = 0  # of the current window, in a row, in this process
-    retry_at_micros: int = 0
-    indexed_at_micros: int | None = None  # the live entry of this job in the due index
-    # Guarded by claim_lock, so no renewal extends a claim after its window ended:
-    claim: tuple[str, int] | None = None  # (tenant, due) of the window running here
-    renew_claim_at_micros: int = 0
-    claim_lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-class JobManager:
     def __init__(
         self,
         specs: SpecStore,
@@ -409,7 +107,7 @@ class JobManager:
         )
         self._slots = FairSlots(self.quotas.max_running_jobs, self.quotas.tenant_max_running_jobs)
         self._stream_threads: dict[str, threading.Thread] = {}
-        self._active: dict[str, _Active] = {}
+        self._active: dict[str, ActiveJob] = {}
         self._due: list[tuple[int, str]] = []  # heap of (due micros, job id); see _index
         self._lock = threading.Lock()
         self._stopped = threading.Event()
@@ -480,7 +178,7 @@ class JobManager:
         self._launch(stored, active)
         return answer
 
-    def _admit(self, tenant_id: str, job_id: str, mode: int) -> _Active:
+    def _admit(self, tenant_id: str, job_id: str, mode: int) -> ActiveJob:
         """Reserves the job's place in the tenant's quota, or refuses it."""
         quotas = self.quotas
         with self._lock:
@@ -512,7 +210,7 @@ class JobManager:
                     f"tenant {tenant_id!r} already has {mine} batch jobs pending or running, "
                     "its limit: wait for one to finish or cancel one"
                 )
-            active = _Active(tenant_id, mode)
+            active = ActiveJob(tenant_id, mode)
             self._active[job_id] = active
             return active
 
@@ -573,7 +271,7 @@ class JobManager:
                 log.info("recovering job", extra={"job_id": record.job.job_id})
                 with self._lock:
                     active = self._active.setdefault(
-                        record.job.job_id, _Active(record.tenant_id, record.job.mode)
+                        record.job.job_id, ActiveJob(record.tenant_id, record.job.mode)
                     )
                 self._launch(record, active)
         self._ticker = threading.Thread(
@@ -597,7 +295,7 @@ class JobManager:
         for thread in streams:
             thread.join(max(0.0, deadline - time.monotonic()))
 
-    def _launch(self, record: JobRecord, active: _Active) -> None:
+    def _launch(self, record: JobRecord, active: ActiveJob) -> None:
         job_id = record.job.job_id
         if record.job.mode == enrich_pb2.JOB_MODE_BATCH:
             self._slots.submit(record.tenant_id, lambda: self._run_batch_job(record, active))
@@ -644,17 +342,17 @@ class JobManager:
                 self._active.pop(record.job.job_id, None)
                 self._stream_threads.pop(record.job.job_id, None)
 
-    def _progress_saver(self, record: JobRecord) -> Callable[[float, enrich_pb2.JobCounters], None]:
-        def save(progress: float, counters: enrich_pb2.JobCounters) -> None:
+    def _progress_saver(self, record: JobRecord) -> Callable[[float, Counters], None]:
+        def save(progress: float, counters: Counters) -> None:
             if record.job.state in TERMINAL:
                 return
             record.job.progress = progress
-            record.job.counters.CopyFrom(counters)
+            copy_counters(record.job.counters, counters)
             self.jobs.save(record)
 
         return save
 
-    def _run_batch_job(self, record: JobRecord, active: _Active) -> None:
+    def _run_batch_job(self, record: JobRecord, active: ActiveJob) -> None:
         job = record.job
         cancelled = active.cancelled
         try:
@@ -675,7 +373,7 @@ class JobManager:
                 )
             )
             cancelled.raise_if_cancelled(job.job_id)
-            job.counters.CopyFrom(counters)
+            copy_counters(job.counters, counters)
             job.progress = 1.0
             self._finish(record, enrich_pb2.JOB_STATE_SUCCEEDED)
         except Exception as exc:
@@ -689,32 +387,32 @@ class JobManager:
                 self._finish(record, enrich_pb2.JOB_STATE_CANCELLED)
             else:
                 log.exception("batch job failed", extra={"job_id": job.job_id})
-                self._finish(record, enrich_pb2.JOB_STATE_FAILED, _describe(exc))
+                self._finish(record, enrich_pb2.JOB_STATE_FAILED, describe_failure(exc))
 
-    def _run_stream_job(self, record: JobRecord, active: _Active) -> None:
+    def _run_stream_job(self, record: JobRecord, active: ActiveJob) -> None:
         job = record.job
         cancelled = active.cancelled
-        totals = enrich_pb2.JobCounters()
+        totals = Counters()
         lock = threading.Lock()
 
-        def on_batch(counters: enrich_pb2.JobCounters) -> None:
+        def on_batch(counters: Counters) -> None:
             with lock:
-                for name in ("read", "enriched", "unmatched", "failed"):
-                    setattr(totals, name, getattr(totals, name) + getattr(counters, name))
-                job.counters.CopyFrom(totals)
+                totals.add(counters)
+                copy_counters(job.counters, totals)
                 if job.state not in TERMINAL:
                     self.jobs.save(record)
 
         try:
             cancelled.raise_if_cancelled(job.job_id)
             spec = self._checked_spec(record.tenant_id, job.spec_version)
-            totals.CopyFrom(job.counters)
+            stored = job.counters
+            totals.add(Counters(stored.read, stored.enriched, stored.unmatched, stored.failed))
             stream = self.engine.start_stream(
                 StreamWork(
                     job.job_id,
                     record.tenant_id,
                     spec,
-                    _duration_micros(job.trigger_interval) / 1e6 or 1.0,
+                    duration_micros(job.trigger_interval) / 1e6 or 1.0,
                     on_batch,
                 )
             )
@@ -739,226 +437,4 @@ class JobManager:
                 self._finish(record, enrich_pb2.JOB_STATE_CANCELLED)
             elif not self._stopped.is_set():
                 log.exception("streaming job failed", extra={"job_id": job.job_id})
-                self._finish(record, enrich_pb2.JOB_STATE_FAILED, _describe(exc))
-
-    # -- scheduling
-
-    def _index(self, job_id: str, active: _Active, due_micros: int) -> None:
-        """Makes ``due_micros`` the time the ticker next looks at the schedule ``job_id``.
-
-        The heap may hold older entries of the job: only the one matching
-        ``active.indexed_at_micros`` is live, the others are dropped when popped."""
-        with self._lock:
-            if self._active.get(job_id) is not active:
-                return  # finished or cancelled meanwhile
-            active.indexed_at_micros = due_micros
-            heapq.heappush(self._due, (due_micros, job_id))
-
-    def _pop_due(self, now: int) -> list[tuple[str, _Active]]:
-        """Takes every live index entry due at ``now`` out of the heap."""
-        due: list[tuple[str, _Active]] = []
-        with self._lock:
-            while self._due and self._due[0][0] <= now:
-                at, job_id = heapq.heappop(self._due)
-                active = self._active.get(job_id)
-                if active is None or active.indexed_at_micros != at:
-                    continue  # superseded, or the job ended
-                active.indexed_at_micros = None
-                due.append((job_id, active))
-        return due
-
-    def _tick_loop(self) -> None:
-        while not self._stopped.wait(self.tick_seconds):
-            try:
-                self.tick()
-            except Exception:
-                log.exception("scheduler tick failed")
-
-    def tick(self) -> None:
-        """Renews the claims of the windows running here and starts every due window whose
-        schedule has no window running, is not waiting out a backoff and is claimed here.
-
-        Reads only the records of due windows (the index says which), never the table."""
-        now = self.clock()
-        with self._lock:
-            running = [(job_id, a) for job_id, a in self._active.items() if a.window_running]
-        for job_id, active in running:
-            with active.claim_lock:
-                renew = active.claim if now >= active.renew_claim_at_micros else None
-            if renew is not None:
-                self._renew_claim(job_id, *renew, now)
-        for job_id, active in self._pop_due(now):
-            try:
-                self._start_due_window(job_id, active, now)
-            except Exception:
-                log.exception("could not start a due window", extra={"job_id": job_id})
-                self._index(job_id, active, now)  # looked at again at the next tick
-
-    def _start_due_window(self, job_id: str, active: _Active, now: int) -> None:
-        with self._lock:
-            if active.window_running:
-                return  # the window's end indexes the job again
-            retry_at = active.retry_at_micros
-        if now < retry_at:
-            self._index(job_id, active, retry_at)
-            return
-        record = self.jobs.get(active.tenant_id, job_id)
-        if (
-            record is None
-            or record.job.mode != enrich_pb2.JOB_MODE_SCHEDULED
-            or record.job.state != enrich_pb2.JOB_STATE_RUNNING
-        ):
-            with self._lock:  # ended, possibly on another replica: no longer scheduled here
-                if self._active.get(job_id) is active:
-                    del self._active[job_id]
-            return
-        if record.next_run_micros > now:
-            self._index(job_id, active, record.next_run_micros)
-            return
-        if not self._claim(record, now):
-            # Another replica runs (or just finished) it: look again at the next tick, which
-            # takes the window over once that replica's lease expired.
-            self._index(job_id, active, now)
-            return
-        with self._lock:
-            active.window_running = True
-        with active.claim_lock:
-            active.claim = (record.tenant_id, record.next_run_micros)
-            active.renew_claim_at_micros = now + self.claim_lease_micros // 2
-        self._slots.submit(record.tenant_id, lambda: self._run_window(record, active))
-
-    def _claim(self, record: JobRecord, now: int) -> bool:
-        """Claims the record's next window and checks it still is the job's next window."""
-        tenant_id, job_id, due = record.tenant_id, record.job.job_id, record.next_run_micros
-        if not self.jobs.claim_window(
-            tenant_id, job_id, due, self.owner_id, now, self.claim_lease_micros
-        ):
-            return False
-        latest = self.jobs.get(tenant_id, job_id)
-        # ``record`` may predate another replica finishing this window and advancing next_run.
-        return (
-            latest is not None
-            and latest.job.state == enrich_pb2.JOB_STATE_RUNNING
-            and latest.next_run_micros == due
-        )
-
-    def _renew_claim(self, job_id: str, tenant_id: str, due: int, now: int) -> None:
-        with self._lock:
-            active = self._active.get(job_id)
-        if active is None:
-            return
-        with active.claim_lock:
-            if active.claim != (tenant_id, due):
-                return  # the window ended meanwhile
-            try:
-                renewed = self.jobs.claim_window(
-                    tenant_id, job_id, due, self.owner_id, now, self.claim_lease_micros
-                )
-            except Exception:
-                log.warning(
-                    "could not renew a window claim", extra={"job_id": job_id}, exc_info=True
-                )
-                return
-            if not renewed:
-                # The lease expired before this renewal and another replica took the window
-                # over; windows' output is idempotent, so the overlap costs work, not correctness.
-                log.warning("window claim taken over by another replica", extra={"job_id": job_id})
-            active.renew_claim_at_micros = now + self.claim_lease_micros // 2
-
-    def _end_claim(self, job_id: str) -> None:
-        """Stops renewing the claim of the window that ends (waits for a renewal in flight)."""
-        with self._lock:
-            active = self._active.get(job_id)
-        if active is not None:
-            with active.claim_lock:
-                active.claim = None
-
-    def _hold_claim(self, record: JobRecord, due: int, now: int, lease_micros: int) -> None:
-        """Sets this replica's claim on ``due`` to expire ``lease_micros`` after ``now`` (0
-        releases it). Best effort: when this fails, the claim expires with its running lease."""
-        try:
-            self.jobs.claim_window(
-                record.tenant_id, record.job.job_id, due, self.owner_id, now, lease_micros
-            )
-        except Exception:
-            log.warning(
-                "could not update a window claim",
-                extra={"job_id": record.job.job_id},
-                exc_info=True,
-            )
-
-    def _run_window(self, record: JobRecord, active: _Active) -> None:
-        job = record.job
-        cancelled = active.cancelled
-        due = record.next_run_micros
-        start, end = scheduled_window(job.schedule, due)
-        failures, retry_at = 0, 0
-        next_look: int | None = None
-        try:
-            cancelled.raise_if_cancelled(job.job_id)
-            spec = self._checked_spec(record.tenant_id, job.spec_version)
-            counters = self.engine.run_batch(
-                BatchWork(
-                    job.job_id, record.tenant_id, spec, start, end, cancelled, lambda _p, _c: None
-                )
-            )
-            cancelled.raise_if_cancelled(job.job_id)
-            for name in ("read", "enriched", "unmatched", "failed"):
-                setattr(job.counters, name, getattr(job.counters, name) + getattr(counters, name))
-            record.next_run_micros = next_run_after(job.schedule, due, self.clock())
-            if self._still_running(record):
-                job.error = ""
-                self.jobs.save(record)
-            next_look = record.next_run_micros
-        except Exception as exc:
-            self._end_claim(job.job_id)  # before the claim is held or released below
-            failed_at = self.clock()
-            if self._stopped.is_set():
-                # Released, so the replica that takes over need not wait for the lease.
-                self._hold_claim(record, due, failed_at, 0)
-            elif not cancelled.is_set() and not isinstance(exc, Cancelled):
-                failures = active.failures + 1
-                delay = retry_delay_micros(
-                    job.schedule, failures, self.retry_initial_micros, self.retry_max_micros
-                )
-                retry_at = next_look = failed_at + delay
-                log.exception(
-                    "scheduled window failed; retrying it after a backoff",
-                    extra={"job_id": job.job_id, "attempt": failures, "retry_in_s": delay / 1e6},
-                )
-                # Held until the retry, so the other replicas back off with this one.
-                self._hold_claim(record, due, failed_at, delay)
-                self._save_window_error(record, _describe(exc))
-        finally:
-            self._end_claim(job.job_id)
-            with self._lock:
-                active.window_running = False
-                active.failures, active.retry_at_micros = failures, retry_at
-            if next_look is not None:
-                self._index(job.job_id, active, next_look)
-
-    def _still_running(self, record: JobRecord) -> bool:
-        """False when the job was cancelled meanwhile, possibly by another replica."""
-        latest = self.jobs.get(record.tenant_id, record.job.job_id)
-        return latest is not None and latest.job.state == enrich_pb2.JOB_STATE_RUNNING
-
-    def _save_window_error(self, record: JobRecord, error: str) -> None:
-        """Saves ``error`` on the stored record, so nothing of the failed attempt (counters,
-        an advanced next_run whose save failed) is kept: the same window runs again."""
-        try:
-            latest = self.jobs.get(record.tenant_id, record.job.job_id)
-            if latest is not None and latest.job.state == enrich_pb2.JOB_STATE_RUNNING:
-                latest.job.error = error
-                self.jobs.save(latest)
-        except Exception:  # the store may be what failed the window; the retry saves again
-            log.warning(
-                "could not save a window's error",
-                extra={"job_id": record.job.job_id},
-                exc_info=True,
-            )
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else ""
-    return f"{type(exc).__name__}: {first}"[:1000]
+                self._finish(record, enrich_pb2.JOB_STATE_FAILED, describe_failure(exc))

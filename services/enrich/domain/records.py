@@ -1,15 +1,9 @@
-"""Job records and the stores that keep specs and jobs (implemented in enrich.adapters).
-
-The job store also arbitrates between enrich replicas: ``JobStore.claim_window`` is a
-conditional write on the job's row, so of several replicas that find the same scheduled window
-due, exactly one runs it (see enrich.domain.jobs for how the scheduler uses it).
-"""
+"""Job records as the job store keeps them (the stores' interfaces: enrich.ports)."""
 
 from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Protocol
 
 from eventpipe.core import schema
 from eventpipe.enrich.v1 import enrich_pb2
@@ -25,49 +19,3 @@ class JobRecord:
     tenant_id: str
     job: enrich_pb2.EnrichmentJob
     next_run_micros: int = 0
-
-
-class SpecStore(Protocol):
-    def put(self, tenant_id: str, spec: enrich_pb2.EnrichmentSpec) -> enrich_pb2.EnrichmentSpec:
-        """Stores ``spec`` as the next version (assigned here) and returns it."""
-        ...
-
-    def get(self, tenant_id: str, version: int = 0) -> enrich_pb2.EnrichmentSpec | None: ...
-
-
-class JobStore(Protocol):
-    def save(self, record: JobRecord) -> None: ...
-
-    def get(self, tenant_id: str, job_id: str) -> JobRecord | None: ...
-
-    def list_page(
-        self, tenant_id: str, page_size: int, after_job_id: str | None
-    ) -> list[JobRecord]: ...
-
-    def all_records(self) -> list[JobRecord]: ...
-
-    def claim_window(
-        self,
-        tenant_id: str,
-        job_id: str,
-        due_micros: int,
-        owner: str,
-        now_micros: int,
-        lease_micros: int,
-    ) -> bool:
-        """Atomically claims the scheduled window due at ``due_micros`` for ``owner``.
-
-        The job keeps one claim: (due time, owner, lease expiry). The claim is written, with
-        expiry ``now_micros + lease_micros``, and True returned, when the job exists and
-        - it has no claim, or
-        - its claim is for an earlier window, or
-        - its claim is for this window and either ``owner`` holds it (a renewal; a lease of 0
-          releases it) or its lease expired at or before ``now_micros`` (the owner died).
-        Otherwise nothing is written and False is returned; in particular a claim for a later
-        window refuses every earlier one, so a replica with a stale record cannot run a window
-        another replica has finished.
-
-        ``now_micros`` is the caller's clock: leases compare the clocks of different replicas,
-        so they must be much longer than the clock skew between them.
-        """
-        ...

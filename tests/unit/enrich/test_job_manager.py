@@ -10,16 +10,10 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from enrich.domain.jobs import (
-    BatchWork,
-    Cancelled,
-    JobManager,
-    StreamWork,
-    next_run_after,
-    retry_delay_micros,
-    scheduled_window,
-)
+from enrich.domain.jobs import JobManager
 from enrich.domain.records import JobRecord
+from enrich.domain.windows import next_run_after, retry_delay_micros, scheduled_window
+from enrich.domain.work import BatchWork, Cancelled, Counters, StreamWork
 from eventpipe.core import schema
 from eventpipe.core.errors import FailedPrecondition, InvalidArgument
 from eventpipe.enrich.v1 import enrich_pb2
@@ -120,7 +114,7 @@ class FakeEngine:
         self.cancelled: list[str] = []
         self.lock = threading.Lock()
 
-    def run_batch(self, work: BatchWork) -> enrich_pb2.JobCounters:
+    def run_batch(self, work: BatchWork) -> Counters:
         with self.lock:
             self.running += 1
             self.max_running = max(self.max_running, self.running)
@@ -131,8 +125,8 @@ class FakeEngine:
                     raise Cancelled(work.job_id)
             if self.fail_with:
                 raise self.fail_with
-            work.on_progress(0.5, enrich_pb2.JobCounters(read=5))
-            return enrich_pb2.JobCounters(read=10, enriched=7, unmatched=3)
+            work.on_progress(0.5, Counters(read=5))
+            return Counters(read=10, enriched=7, unmatched=3)
         finally:
             with self.lock:
                 self.running -= 1

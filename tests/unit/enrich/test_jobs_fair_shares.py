@@ -8,15 +8,9 @@ import threading
 from typing import Any
 
 import pytest
-from enrich.domain.jobs import (
-    BatchWork,
-    CancellationToken,
-    Cancelled,
-    FairSlots,
-    JobManager,
-    Quotas,
-    StreamWork,
-)
+from enrich.domain.fair_shares import FairSlots, Quotas
+from enrich.domain.jobs import JobManager
+from enrich.domain.work import BatchWork, CancellationToken, Cancelled, Counters, StreamWork
 from eventpipe.core.errors import ResourceExhausted
 from eventpipe.enrich.v1 import enrich_pb2
 from eventpipe.stack.waiting import wait_until
@@ -55,7 +49,7 @@ class StreamingEngine(FakeEngine):
         self.streams: list[FakeStream] = []
         self.tenants: list[str] = []
 
-    def run_batch(self, work: BatchWork) -> enrich_pb2.JobCounters:
+    def run_batch(self, work: BatchWork) -> Counters:
         with self.lock:
             self.tenants.append(work.tenant_id)
         return super().run_batch(work)
@@ -239,7 +233,7 @@ class InterruptingEngine(StreamingEngine):
         super().__init__()
         self.interrupted = threading.Event()
 
-    def run_batch(self, work: BatchWork) -> enrich_pb2.JobCounters:
+    def run_batch(self, work: BatchWork) -> Counters:
         with self.lock:
             self.running += 1
         try:

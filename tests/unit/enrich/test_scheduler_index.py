@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from enrich.domain.jobs import JobManager, Quotas
+from enrich.domain.fair_shares import Quotas
+from enrich.domain.jobs import JobManager
 from enrich.domain.records import JobRecord
 from eventpipe.stack.waiting import wait_until
 
