@@ -5,7 +5,7 @@ from __future__ import annotations
 from eventpipe.common.v1 import event_pb2
 from eventpipe.core.errors import InvalidArgument, Unavailable, Violation
 from eventpipe.core.page_tokens import PageTokenCodec
-from eventpipe.core.storage.keys import event_key_range
+from eventpipe.core.storage.keys import event_key_range, key_after
 from eventpipe.core.storage.rows import event_from_cells, skip_bad_cells, skip_bad_row
 from eventpipe.core.storage.tables import RAW_EVENTS_TABLE
 from eventpipe.core.validation import TimeBounds, check_id
@@ -44,7 +44,7 @@ class RawEventBrowser:
         binding = f"{tenant_id}#{entity_id}#{start_micros}#{end_micros}".encode()
         if page_token:
             last_key = self._tokens.verify(page_token, binding)
-            start_key = max(start_key, last_key + b"\x00")  # strictly after the last row
+            start_key = max(start_key, key_after(last_key))
         try:
             rows = self._reader.read_range(RAW_EVENTS_TABLE, start_key, end_key, size + 1)
         except Exception as exc:

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from eventpipe.core import bigtable_rows
-from eventpipe.core.bigtable_rows import RowCells
 from eventpipe.core.storage import keys, tables
 from eventpipe.core.storage.attributes import (
     ATTRIBUTE_KINDS,
@@ -59,6 +58,7 @@ from eventpipe.core.storage.rows import (
     UNMATCHED_QUALIFIER,
     Cells,
     EventRow,
+    RowCells,
     metric_value_qualifier,
     split_metric_value_qualifier,
 )

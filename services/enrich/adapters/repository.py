@@ -128,7 +128,7 @@ class BigtableJobStore:
     ) -> list[JobRecord]:
         start, end = keys.prefix_range(keys.tenant_prefix(tenant_id))
         if after_job_id:
-            start = keys.row_key_for_job(tenant_id, after_job_id) + b"\x00"
+            start = keys.key_after(keys.row_key_for_job(tenant_id, after_job_id))
         rows = self.table.read_rows(start_key=start, end_key=end, limit=page_size)
         return [self._record(row) for row in rows]
 

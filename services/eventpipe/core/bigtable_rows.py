@@ -22,7 +22,8 @@ from google.cloud.bigtable_v2 import BigtableClient
 from google.cloud.bigtable_v2.services.bigtable.transports import BigtableGrpcTransport
 from google.cloud.bigtable_v2.types import bigtable as bigtable_types
 
-from eventpipe.core.storage.rows import EventRow
+from eventpipe.core.storage.keys import KeyRange
+from eventpipe.core.storage.rows import Cells, EventRow, RowCells, flatten_families
 from eventpipe.core.storage.times import cell_timestamp_micros
 
 MutateRowsRequest = bigtable_types.MutateRowsRequest
@@ -31,12 +32,6 @@ _RawMutateRowsRequest: Any = MutateRowsRequest.pb()
 _ReadRowsRequest = bigtable_types.ReadRowsRequest
 _RawReadRowsRequest: Any = _ReadRowsRequest.pb()
 _ReadRowsResponse = bigtable_types.ReadRowsResponse
-
-RowCells = dict[str, dict[bytes, bytes]]
-"""family -> qualifier -> value of the newest cell: a row as read_rows returns it."""
-
-KeyRange = tuple[bytes, bytes]
-"""[start, end) of row keys; an empty end means the end of the table."""
 
 
 def gapic_client() -> BigtableClient:
@@ -97,6 +92,14 @@ def mutate_rows_or_raise(
             confirmed += 1
     if confirmed != len(rows):
         raise RuntimeError(f"Bigtable confirmed {confirmed} of {len(rows)} mutations")
+
+
+def read_cells(
+    client: BigtableClient, table_name: str, **query: Any
+) -> Iterator[tuple[bytes, Cells]]:
+    """``read_rows`` in the one row shape, ``Cells``."""
+    for key, row in read_rows(client, table_name, **query):
+        yield key, flatten_families(row)
 
 
 def read_rows(

@@ -106,15 +106,10 @@ class BigtableRowWriter:
         (a row set of up to a batch of keys), without the data API's per-cell objects."""
         if not keys:
             return []
-        rows = bigtable_rows.read_rows(
+        rows = bigtable_rows.read_cells(
             self._client, self.table_name(table), keys=keys, timeout=self._attempt_timeout
         )
-        return [
-            StoredRow(
-                key, {(family, q): v for family, cols in cells.items() for q, v in cols.items()}
-            )
-            for key, cells in rows
-        ]
+        return [StoredRow(key, cells) for key, cells in rows]
 
     def close(self) -> None:
         self._client.transport.close()

@@ -39,6 +39,11 @@ def prefix_end(prefix: bytes) -> bytes:
     return prefix[:-1] + bytes([prefix[-1] + 1])
 
 
+def key_after(key: bytes) -> bytes:
+    """The smallest key greater than ``key``: where a scan resumes strictly after it."""
+    return key + b"\x00"
+
+
 def prefix_range(prefix: bytes) -> KeyRange:
     """Every key starting with ``prefix``."""
     return prefix, prefix_end(prefix)

@@ -61,6 +61,16 @@ def latest_cells(row: Any) -> Cells:
     return result
 
 
+RowCells = dict[str, dict[bytes, bytes]]
+"""family -> qualifier -> newest value: the same row grouped by family, as the raw GAPIC
+reader (``bigtable_rows.read_rows``) merges it; ``flatten_families`` turns it into ``Cells``."""
+
+
+def flatten_families(row: Mapping[str, Mapping[bytes, bytes]]) -> Cells:
+    """``Cells`` of a row grouped by family."""
+    return {(family, q): value for family, columns in row.items() for q, value in columns.items()}
+
+
 def family_cells(cells: Mapping[tuple[str, bytes], bytes], family: str) -> dict[bytes, bytes]:
     """qualifier -> value of one family of a row."""
     return {qualifier: value for (name, qualifier), value in cells.items() if name == family}
