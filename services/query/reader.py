@@ -85,13 +85,12 @@ class EntityReader:
     def _load_events(
         self, query: EventsQuery, cursor: bytes | None
     ) -> query_pb2.ListEntityEventsResponse:
-        prefix = keys.entity_prefix(query.tenant_id, query.entity_id)
         start_key, end_key = keys.event_key_range(
             query.tenant_id, query.entity_id, query.start_micros, query.end_micros
         )
         start_inclusive = True
         if cursor is not None:
-            resume = prefix + cursor
+            resume = keys.entity_row_key(query.tenant_id, query.entity_id, cursor)
             # A verified token always lies in its own range; checked anyway so that no
             # token, however obtained, can move a scan outside this entity's rows.
             if not start_key <= resume < end_key:
@@ -119,9 +118,8 @@ class EntityReader:
         if len(rows) > query.page_size:
             # Continue strictly after the last row returned: keys are unique and stable, so
             # every row of the range is returned exactly once, whatever is written meanwhile.
-            response.next_page_token = self._tokens.issue(
-                query.binding(), page[-1].key[len(prefix) :]
-            )
+            cursor = keys.entity_key_suffix(query.tenant_id, query.entity_id, page[-1].key)
+            response.next_page_token = self._tokens.issue(query.binding(), cursor)
         return response
 
     # ---------------------------------------------------------------- GetEntityMetrics

@@ -83,3 +83,14 @@ def test_job_ids_sort_newest_first_and_their_keys_stay_inside_the_tenant() -> No
     tenant = keys.prefix_range(keys.tenant_prefix("acme"))
     assert _inside(keys.row_key_for_job("acme", newer), tenant)
     assert not _inside(keys.row_key_for_job("acme2", newer), tenant)
+
+
+def test_an_entity_key_suffix_rebuilds_its_key_and_refuses_another_entitys_key() -> None:
+    key = keys.row_key_for_event("acme", "user-1", 1_700_000_000_000_000, "e1")
+    suffix = keys.entity_key_suffix("acme", "user-1", key)
+    assert keys.entity_row_key("acme", "user-1", suffix) == key
+    try:
+        keys.entity_key_suffix("acme", "user-10", key)
+    except ValueError:
+        return
+    raise AssertionError("another entity's key was cut")

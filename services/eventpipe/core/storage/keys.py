@@ -91,6 +91,20 @@ def event_key_range(
     return start_key, end_key
 
 
+def entity_key_suffix(tenant_id: str, entity_id: str, row_key: bytes) -> bytes:
+    """The part of one of the entity's row keys after ``entity_prefix``: a page cursor that
+    cannot name another entity's row. ValueError on a key outside the entity."""
+    prefix = entity_prefix(tenant_id, entity_id)
+    if not row_key.startswith(prefix):
+        raise ValueError(f"row key {row_key!r} is not under {prefix!r}")
+    return row_key[len(prefix) :]
+
+
+def entity_row_key(tenant_id: str, entity_id: str, suffix: bytes) -> bytes:
+    """Inverse of ``entity_key_suffix``."""
+    return entity_prefix(tenant_id, entity_id) + suffix
+
+
 def row_key_for_event_id(tenant_id: str, event_id: str) -> bytes:
     """The idempotency index row of (tenant, event_id), salted like the event rows."""
     return f"{salt(tenant_id, event_id)}#{tenant_id}#{event_id}".encode()
