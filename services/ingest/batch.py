@@ -19,8 +19,8 @@ from eventpipe.core.storage.times import timestamp_from_micros
 from eventpipe.core.topic_contract import message_headers, message_key
 from eventpipe.core.validation import MAX_BATCH_EVENTS, EventLimits, check_id, validate_event
 
-from ingest.event_log import OutgoingMessage
 from ingest.outcome import INVALID_ARGUMENT, ItemOutcome, ItemStatus
+from ingest.ports import OutgoingMessage
 
 
 @dataclass

@@ -20,7 +20,6 @@ from eventpipe.core.validation import EventLimits
 from ingest import metrics
 from ingest.batch import PreparedBatch, check_request, prepare_batch
 from ingest.capacity import InFlightLimiter
-from ingest.event_log import EventLog
 from ingest.outcome import (
     RESOURCE_EXHAUSTED,
     UNAVAILABLE,
@@ -28,6 +27,7 @@ from ingest.outcome import (
     ItemOutcome,
     ItemStatus,
 )
+from ingest.ports import EventLog
 
 _PENDING = "pending"  # sentinel distinct from None (written) and any error text
 

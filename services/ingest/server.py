@@ -12,8 +12,8 @@ from eventpipe.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from ingest.adapters.kafka_log import KafkaEventLog
 from ingest.capacity import InFlightLimiter
 from ingest.config import IngestSettings
-from ingest.event_log import EventLog
 from ingest.pipeline import IngestPipeline
+from ingest.ports import EventLog
 from ingest.servicer import IngestServicer
 
 SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name

@@ -19,7 +19,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from eventpipe.core.config import CommonSettings
 from eventpipe.core.kafka import producer_config
 
-from ingest.event_log import DeliveryReport, OutgoingMessage
+from ingest.ports import DeliveryReport, OutgoingMessage
 
 log = logging.getLogger(__name__)
 

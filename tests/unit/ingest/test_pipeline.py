@@ -16,9 +16,9 @@ from eventpipe.core.waiting import wait_until
 from google.protobuf import json_format
 from google.rpc import code_pb2
 from ingest.capacity import InFlightLimiter
-from ingest.event_log import DeliveryReport, OutgoingMessage
 from ingest.outcome import ItemStatus
 from ingest.pipeline import IngestPipeline
+from ingest.ports import DeliveryReport, OutgoingMessage
 from ingest.servicer import item_result
 from ingest.streaming import StreamBatch, ingest_stream
 
