@@ -45,19 +45,24 @@ class PoisonMessage(Exception):
     """The message breaks the topic contract and can never be stored; ``str(exc)`` is why."""
 
 
+def tenant_key_prefix(tenant_id: str) -> bytes:
+    """The start every message key of ``tenant_id`` shares: ``<tenant_id>#``."""
+    return f"{tenant_id}#".encode()
+
+
 def message_key(tenant_id: str, entity_id: str) -> bytes:
-    return f"{tenant_id}#{entity_id}".encode()
+    return tenant_key_prefix(tenant_id) + entity_id.encode()
 
 
 def message_headers(
     event: event_pb2.Event, traceparent: str | None = None
 ) -> list[tuple[str, bytes]]:
-    ingest_micros = event.ingest_time.seconds * 1_000_000 + event.ingest_time.nanos // 1000
-    headers = [
-        (HEADER_TENANT, event.tenant_id.encode()),
-        (HEADER_SCHEMA, SCHEMA_HEADER_VALUE),
-        (HEADER_INGEST_TIME, str(ingest_micros).encode()),
-    ]
+    """The headers of ``event``'s message. An ``ingest_time`` that is no valid Timestamp gets no
+    ingest-time header: the consumer refuses the event for that ``ingest_time`` alone."""
+    headers = [(HEADER_TENANT, event.tenant_id.encode()), (HEADER_SCHEMA, SCHEMA_HEADER_VALUE)]
+    if not check_timestamp("ingest_time", event.ingest_time):
+        ingest_micros = event.ingest_time.ToMicroseconds()
+        headers.append((HEADER_INGEST_TIME, str(ingest_micros).encode()))
     if traceparent:
         headers.append((HEADER_TRACEPARENT, traceparent.encode()))
     return headers
@@ -162,7 +167,7 @@ def decode_raw_event(
         now_micros: the caller's clock.
 
     Returns the event with ``ingest_time`` filled in; every event it returns converts with
-    ``schema.event_to_row`` (tests/unit/store/test_poison_property.py checks it). Raises
+    ``storage.rows.event_to_row`` (tests/unit/store/test_poison_property.py checks it). Raises
     ``PoisonMessage`` (the reason in ``str``), and nothing else, for anything that breaks the
     contract: an empty or undecodable value, a schema or tenant header that disagrees, a key
     that is not ``<tenant_id>#<entity_id>``, an untrusted ``ingest_time``, or a rule of
@@ -192,6 +197,5 @@ def decode_raw_event(
     if key != message_key(event.tenant_id, event.entity_id):
         raise PoisonMessage("message key must be '<tenant_id>#<entity_id>' of the event")
     if not event.HasField("ingest_time"):
-        event.ingest_time.seconds, remainder = divmod(ingest_micros, 1_000_000)
-        event.ingest_time.nanos = remainder * 1000
+        event.ingest_time.FromMicroseconds(ingest_micros)
     return event
