@@ -28,8 +28,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from eventpipe.core import schema
 from eventpipe.core.config import CommonSettings
+from eventpipe.core.storage import keys, tables
 from eventpipe.core.topology import ensure_topology
 from eventpipe.stack import install
 from eventpipe.stack.components import DESCRIPTOR_SET, SERVICE_NAMES, Envoy, GrpcService
@@ -203,8 +203,8 @@ def _seed(common: CommonSettings, tenant: str, entities: int) -> None:
                 {"price": number(9.99), "sku": string(f"sku-{i}")},
             )
             events.append(enriched_event_row(event, {"users.plan": string("pro")}))
-    loader.write(schema.ENTITY_PROFILES_TABLE, profiles)
-    loader.write(schema.ENRICHED_EVENTS_TABLE, events)
+    loader.write(tables.ENTITY_PROFILES_TABLE, profiles)
+    loader.write(tables.ENRICHED_EVENTS_TABLE, events)
     loader.close()
 
 
@@ -274,14 +274,14 @@ def run(ctx: BenchContext) -> list[Measurement]:
 
     client = BigtableDataClient(project=common.bigtable_project)
     profiles = client.get_table(
-        common.bigtable_instance, common.table_prefix + schema.ENTITY_PROFILES_TABLE
+        common.bigtable_instance, common.table_prefix + tables.ENTITY_PROFILES_TABLE
     )
     events = client.get_table(
-        common.bigtable_instance, common.table_prefix + schema.ENRICHED_EVENTS_TABLE
+        common.bigtable_instance, common.table_prefix + tables.ENRICHED_EVENTS_TABLE
     )
     latest = rf.CellsColumnLimitFilter(1)
-    profile_key = schema.row_key_for_profile(tenant, "user-0")
-    start_key, end_key = schema.event_key_range(tenant, "user-0", None, None)
+    profile_key = keys.row_key_for_profile(tenant, "user-0")
+    start_key, end_key = keys.event_key_range(tenant, "user-0", None, None)
 
     def raw_point_read() -> object:
         return profiles.read_row(profile_key, row_filter=latest)

@@ -6,7 +6,7 @@ Runs against the local stack's Kafka and emulator (``eventpipe stack up``; the e
 ``BIGTABLE_EMULATOR_HOST``), with topic and table prefixes of its own. The consumer is the
 real daemon, ``python -m store.consumer``, in its own process.
 
-- Baseline: the rows (``schema.event_to_row`` of the same events, built beforehand) written
+- Baseline: the rows (``storage.rows.event_to_row`` of the same events, built beforehand) written
   with sequential 1,000-row MutateRows calls through the same client path the consumer uses,
   request building included. That is the emulator's and client's raw write ceiling.
 - Consumer: the same events pre-produced to the raw topic; a fresh consumer group drains
@@ -45,13 +45,10 @@ from eventpipe.common.v1 import event_pb2
 from eventpipe.core import bigtable_rows, topic_contract
 from eventpipe.core.config import CommonSettings
 from eventpipe.core.kafka import producer_config
-from eventpipe.core.schema import (
-    RAW_EVENTS_TABLE,
-    event_to_row,
-    micros,
-    row_key_for_event,
-    timestamp_from_micros,
-)
+from eventpipe.core.storage.keys import row_key_for_event
+from eventpipe.core.storage.rows import event_to_row
+from eventpipe.core.storage.tables import RAW_EVENTS_TABLE
+from eventpipe.core.storage.times import cell_timestamp_micros, micros, timestamp_from_micros
 from eventpipe.core.topology import ensure_topology
 from eventpipe.core.waiting import wait_until
 from eventpipe.stack.probes import free_port
@@ -137,7 +134,9 @@ def _data_api_rate(common: CommonSettings, rows: list[Any]) -> float:
                 RowMutationEntry(
                     row.key,
                     [
-                        SetCell(f, q, v, timestamp_micros=(row.timestamp_micros // 1000) * 1000)
+                        SetCell(
+                            f, q, v, timestamp_micros=cell_timestamp_micros(row.timestamp_micros)
+                        )
                         for (f, q), v in row.cells.items()
                     ],
                 )

@@ -147,7 +147,7 @@ def to_record(
     default_valid_from: int | None,
 ) -> Any:
     """One ``DimensionRecord`` from a raw row."""
-    from eventpipe.core.schema import timestamp_from_micros
+    from eventpipe.core.storage.times import timestamp_from_micros
     from eventpipe.store.v1 import store_pb2
 
     columns = {_split_header(name): value for name, value in row.items()}

@@ -7,7 +7,7 @@ from datetime import timedelta
 from eventpipe.core.bigtable import ensure_tables
 from eventpipe.core.config import CommonSettings
 from eventpipe.core.kafka import TopicSpec, ensure_topics
-from eventpipe.core.schema import table_specs
+from eventpipe.core.storage.tables import table_specs
 
 
 def topic_specs(settings: CommonSettings) -> list[TopicSpec]:

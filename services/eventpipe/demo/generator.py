@@ -21,7 +21,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from eventpipe.common.v1 import event_pb2
-from eventpipe.core.schema import timestamp_from_micros
+from eventpipe.core.storage.times import timestamp_from_micros
 from eventpipe.store.v1 import store_pb2
 
 HOUR_MICROS = 3_600_000_000
