@@ -6,7 +6,7 @@ import collections
 import threading
 from collections.abc import Callable, Sequence
 
-from eventpipe.core import schema
+from eventpipe.core.storage import tables
 from eventpipe.core.storage.rows import Cells, EventRow
 from query.store import EventView, StoredRow
 
@@ -55,7 +55,7 @@ class InMemoryStore:
             if key < start_key or (key == start_key and not start_inclusive) or key >= end_key:
                 continue
             cells = self.events[view][key]
-            event_type = cells[(schema.META_FAMILY, b"event_type")].decode()
+            event_type = cells[(tables.META_FAMILY, b"event_type")].decode()
             if event_types and event_type not in event_types:
                 continue
             rows.append(StoredRow(key, dict(cells)))

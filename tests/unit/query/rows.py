@@ -1,4 +1,4 @@
-"""Builders of the rows enrichment writes (layout: eventpipe.core.schema), for test data.
+"""Builders of the rows enrichment writes (layout: eventpipe.core.storage), for test data.
 
 A test data loader, not a fake Bigtable: unit tests put these rows in an in-memory EntityStore,
 integration tests write them to the real emulator (tests/integration/query/loader.py) until
@@ -10,8 +10,27 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from eventpipe.common.v1 import event_pb2
-from eventpipe.core import schema
-from eventpipe.core.storage.rows import Cells, EventRow
+from eventpipe.core.storage.attributes import (
+    ENRICHED_FAMILIES,
+    encode_attribute,
+    encode_double,
+    encode_int,
+)
+from eventpipe.core.storage.keys import row_key_for_metric, row_key_for_profile
+from eventpipe.core.storage.rows import (
+    PROFILE_EVENT_COUNT_QUALIFIER,
+    PROFILE_FIRST_SEEN_QUALIFIER,
+    PROFILE_LAST_SEEN_QUALIFIER,
+    PROFILE_UPDATE_TIME_QUALIFIER,
+    SPEC_VERSION_QUALIFIER,
+    UNMATCHED_QUALIFIER,
+    Cells,
+    EventRow,
+    event_to_row,
+    metric_value_qualifier,
+)
+from eventpipe.core.storage.tables import COUNTS_FAMILY, META_FAMILY, VALUES_FAMILY
+from eventpipe.core.storage.times import timestamp_from_micros
 
 BASE_MICROS = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
 HOUR = 3_600_000_000
@@ -29,8 +48,8 @@ def make_event(
     event = event_pb2.Event(
         tenant_id=tenant_id, entity_id=entity_id, event_id=event_id, event_type=event_type
     )
-    event.event_time.CopyFrom(schema.timestamp_from_micros(event_micros))
-    event.ingest_time.CopyFrom(schema.timestamp_from_micros(event_micros + 1000))
+    event.event_time.CopyFrom(timestamp_from_micros(event_micros))
+    event.ingest_time.CopyFrom(timestamp_from_micros(event_micros + 1000))
     for name, value in (attributes or {}).items():
         event.attributes[name].CopyFrom(value)
     return event
@@ -47,8 +66,8 @@ def number(value: float) -> event_pb2.AttributeValue:
 def _enriched_cells(fields: Mapping[str, event_pb2.AttributeValue]) -> Cells:
     cells: Cells = {}
     for name, value in fields.items():
-        kind, raw = schema.encode_attribute(value)
-        cells[(schema.ENRICHED_FAMILIES[kind], name.encode())] = raw
+        kind, raw = encode_attribute(value)
+        cells[(ENRICHED_FAMILIES[kind], name.encode())] = raw
     return cells
 
 
@@ -59,11 +78,11 @@ def enriched_event_row(
     unmatched: tuple[str, ...] = (),
     spec_version: int = 1,
 ) -> EventRow:
-    base = schema.event_to_row(event)
+    base = event_to_row(event)
     cells = dict(base.cells)
     cells.update(_enriched_cells(fields))
-    cells[(schema.META_FAMILY, schema.UNMATCHED_QUALIFIER)] = ",".join(unmatched).encode()
-    cells[(schema.META_FAMILY, schema.SPEC_VERSION_QUALIFIER)] = schema.encode_int(spec_version)
+    cells[(META_FAMILY, UNMATCHED_QUALIFIER)] = ",".join(unmatched).encode()
+    cells[(META_FAMILY, SPEC_VERSION_QUALIFIER)] = encode_int(spec_version)
     return EventRow(base.key, cells, base.timestamp_micros)
 
 
@@ -79,19 +98,19 @@ def profile_row(
     type_counts: Mapping[str, int],
     totals: Mapping[str, float],
 ) -> EventRow:
-    meta = schema.META_FAMILY
+    meta = META_FAMILY
     cells: Cells = {
-        (meta, schema.PROFILE_FIRST_SEEN_QUALIFIER): schema.encode_int(first_seen),
-        (meta, schema.PROFILE_LAST_SEEN_QUALIFIER): schema.encode_int(last_seen),
-        (meta, schema.PROFILE_UPDATE_TIME_QUALIFIER): schema.encode_int(update_time),
-        (meta, schema.PROFILE_EVENT_COUNT_QUALIFIER): schema.encode_int(event_count),
+        (meta, PROFILE_FIRST_SEEN_QUALIFIER): encode_int(first_seen),
+        (meta, PROFILE_LAST_SEEN_QUALIFIER): encode_int(last_seen),
+        (meta, PROFILE_UPDATE_TIME_QUALIFIER): encode_int(update_time),
+        (meta, PROFILE_EVENT_COUNT_QUALIFIER): encode_int(event_count),
     }
     cells.update(_enriched_cells(fields))
     for event_type, count in type_counts.items():
-        cells[(schema.COUNTS_FAMILY, event_type.encode())] = schema.encode_int(count)
+        cells[(COUNTS_FAMILY, event_type.encode())] = encode_int(count)
     for field, total in totals.items():
-        cells[(schema.VALUES_FAMILY, field.encode())] = schema.encode_double(total)
-    return EventRow(schema.row_key_for_profile(tenant_id, entity_id), cells, update_time)
+        cells[(VALUES_FAMILY, field.encode())] = encode_double(total)
+    return EventRow(row_key_for_profile(tenant_id, entity_id), cells, update_time)
 
 
 def metric_row(
@@ -106,12 +125,12 @@ def metric_row(
     """``values``: field -> (count, sum, min, max)."""
     cells: Cells = {}
     for event_type, count in type_counts.items():
-        cells[(schema.COUNTS_FAMILY, event_type.encode())] = schema.encode_int(count)
+        cells[(COUNTS_FAMILY, event_type.encode())] = encode_int(count)
     for field, (count, total, low, high) in values.items():
-        family = schema.VALUES_FAMILY
-        cells[(family, schema.metric_value_qualifier(field, "count"))] = schema.encode_int(count)
-        cells[(family, schema.metric_value_qualifier(field, "sum"))] = schema.encode_double(total)
-        cells[(family, schema.metric_value_qualifier(field, "min"))] = schema.encode_double(low)
-        cells[(family, schema.metric_value_qualifier(field, "max"))] = schema.encode_double(high)
-    key = schema.row_key_for_metric(tenant_id, entity_id, granularity, bucket_start)
+        family = VALUES_FAMILY
+        cells[(family, metric_value_qualifier(field, "count"))] = encode_int(count)
+        cells[(family, metric_value_qualifier(field, "sum"))] = encode_double(total)
+        cells[(family, metric_value_qualifier(field, "min"))] = encode_double(low)
+        cells[(family, metric_value_qualifier(field, "max"))] = encode_double(high)
+    key = row_key_for_metric(tenant_id, entity_id, granularity, bucket_start)
     return EventRow(key, cells, bucket_start)

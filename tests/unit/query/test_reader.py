@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from eventpipe.core import schema
 from eventpipe.core.errors import InvalidArgument, NotFound
 from eventpipe.core.page_tokens import PageTokenCodec
+from eventpipe.core.storage import granularity, rows, times
 from eventpipe.core.validation import TimeBounds
 from query.cache import AnswerCache
 from query.queries import EntityRef, EventsQuery, MetricsQuery
@@ -50,7 +50,7 @@ def seed_events(store: InMemoryStore, tenant: str, entity: str, count: int) -> l
             EventView.ENRICHED,
             enriched_event_row(event, {"users.plan": string("pro")}, unmatched=("products",)),
         )
-        store.put_event(EventView.RAW, schema.event_to_row(event))
+        store.put_event(EventView.RAW, rows.event_to_row(event))
         ids.append(event.event_id)
     return ids[::-1]
 
@@ -102,9 +102,9 @@ def test_get_entity_returns_the_decoded_profile() -> None:
     assert profile.tenant_id == TENANT and profile.entity_id == "user-1"
     assert profile.dimension_fields["users.plan"].string_value == "pro"
     assert profile.dimension_fields["users.score"].double_value == 4.5
-    assert schema.micros(profile.first_seen_time) == BASE_MICROS
-    assert schema.micros(profile.last_seen_time) == BASE_MICROS + HOUR
-    assert schema.micros(profile.update_time) == BASE_MICROS + 2 * HOUR
+    assert times.micros(profile.first_seen_time) == BASE_MICROS
+    assert times.micros(profile.last_seen_time) == BASE_MICROS + HOUR
+    assert times.micros(profile.update_time) == BASE_MICROS + 2 * HOUR
     assert profile.event_count == 7
     assert dict(profile.event_type_counts) == {"purchase": 2, "page_view": 5}
     assert dict(profile.totals) == {"revenue": 99.5}
@@ -184,7 +184,7 @@ def test_raw_pages_are_always_read_fresh() -> None:
     reader = make_reader(store)
     reader.list_entity_events(events_query(view=EventView.RAW))
     newer = make_event(TENANT, "user-1", "fresh", "click", BASE_MICROS + DAY)
-    store.put_event(EventView.RAW, schema.event_to_row(newer))
+    store.put_event(EventView.RAW, rows.event_to_row(newer))
     page = reader.list_entity_events(events_query(view=EventView.RAW))
     assert page.events[0].event.event_id == "fresh"
 
@@ -245,7 +245,7 @@ def test_metrics_come_back_per_bucket_in_time_order_with_the_type_filter() -> No
             metric_row(
                 TENANT,
                 "user-1",
-                schema.GRANULARITY_HOUR,
+                granularity.Granularity.HOUR,
                 BASE_MICROS + hour * HOUR,
                 type_counts={"purchase": hour, "page_view": 10} if hour else {"page_view": 1},
                 values={"product.price": (hour, hour * 2.5, 1.0, 3.0)},
@@ -255,7 +255,7 @@ def test_metrics_come_back_per_bucket_in_time_order_with_the_type_filter() -> No
         metric_row(
             TENANT,
             "user-1",
-            schema.GRANULARITY_DAY,
+            granularity.Granularity.DAY,
             BASE_MICROS,
             type_counts={"purchase": 10},
             values={},
@@ -271,7 +271,7 @@ def test_metrics_come_back_per_bucket_in_time_order_with_the_type_filter() -> No
             event_types=["purchase"],
         )
     )
-    assert [schema.micros(b.start_time) for b in hourly.buckets] == [
+    assert [times.micros(b.start_time) for b in hourly.buckets] == [
         BASE_MICROS + h * HOUR for h in (1, 2, 3)
     ]
     assert [dict(b.event_type_counts) for b in hourly.buckets] == [
