@@ -1,6 +1,6 @@
-"""Writes test rows to the real emulator: raw events via schema.event_to_row, and the rows
-enrichment will write (built by tests/unit/query/rows.py on schema.py's helpers) until the
-enrich jobs produce them. A test data loader, not a fake Bigtable."""
+"""Writes test rows to the real emulator: raw events via storage.rows.event_to_row, and the
+rows enrichment will write (built by tests/unit/query/rows.py on the storage package's
+helpers) until the enrich jobs produce them. A test data loader, not a fake Bigtable."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ import time
 
 import grpc
 import pytest
-from eventpipe.core import schema
+from eventpipe.core.storage import granularity, keys, rows, tables, times
 from eventpipe.core.waiting import wait_until
 from eventpipe.query.v1 import query_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -32,12 +32,12 @@ answers for that entity from being served within this time."""
 
 
 def iso(value_micros: int) -> str:
-    return schema.timestamp_from_micros(value_micros).ToJsonString()
+    return times.timestamp_from_micros(value_micros).ToJsonString()
 
 
 def seed_profile(q: QueryUnderTest, tenant: str, entity: str, plan: str, count: int) -> None:
     q.loader.write(
-        schema.ENTITY_PROFILES_TABLE,
+        tables.ENTITY_PROFILES_TABLE,
         [
             profile_row(
                 tenant,
@@ -61,13 +61,13 @@ def seed_events(q: QueryUnderTest, tenant: str, entity: str, count: int) -> list
         for i in range(count)
     ]
     q.loader.write(
-        schema.ENRICHED_EVENTS_TABLE,
+        tables.ENRICHED_EVENTS_TABLE,
         [
             enriched_event_row(e, {"users.plan": string("pro")}, unmatched=("products",))
             for e in events
         ],
     )
-    q.loader.write(schema.RAW_EVENTS_TABLE, [schema.event_to_row(e) for e in events])
+    q.loader.write(tables.RAW_EVENTS_TABLE, [rows.event_to_row(e) for e in events])
     return [e.event_id for e in reversed(events)]
 
 
@@ -108,7 +108,7 @@ def test_get_entity_returns_the_profile_over_grpc_and_rest(
     assert profile.dimension_fields["users.plan"].string_value == "pro"
     assert profile.event_count == 3
     assert dict(profile.totals) == {"revenue": 30.0}
-    assert schema.micros(profile.last_seen_time) == BASE_MICROS + HOUR
+    assert times.micros(profile.last_seen_time) == BASE_MICROS + HOUR
 
     status, body = rest(f"/v1/tenants/{tenant}/entities/user-1")
     assert status == 200, body
@@ -170,8 +170,8 @@ def test_filters_by_time_range_and_event_types_over_grpc_and_rest(
     request = query_pb2.ListEntityEventsRequest(
         tenant_id=tenant, entity_id="user-1", page_size=3, event_types=["purchase", "click"]
     )
-    request.time_range.start_time.CopyFrom(schema.timestamp_from_micros(start))
-    request.time_range.end_time.CopyFrom(schema.timestamp_from_micros(end))
+    request.time_range.start_time.CopyFrom(times.timestamp_from_micros(start))
+    request.time_range.end_time.CopyFrom(times.timestamp_from_micros(end))
     assert grpc_pages(q, request) == expected
 
     params = [
@@ -190,7 +190,7 @@ def test_the_raw_view_shows_stored_events_not_yet_enriched(
     q, tenant = query_service, query_service.new_tenant()
     seed_events(q, tenant, "user-1", 3)
     fresh = make_event(tenant, "user-1", "just-stored", "click", BASE_MICROS + HOUR)
-    q.loader.write(schema.RAW_EVENTS_TABLE, [schema.event_to_row(fresh)])
+    q.loader.write(tables.RAW_EVENTS_TABLE, [rows.event_to_row(fresh)])
 
     enriched = q.stub.ListEntityEvents(
         query_pb2.ListEntityEventsRequest(tenant_id=tenant, entity_id="user-1")
@@ -215,7 +215,7 @@ def test_a_forged_or_altered_page_token_is_invalid_argument(
     request = query_pb2.ListEntityEventsRequest(tenant_id=tenant, entity_id="user-1", page_size=2)
     token = q.stub.ListEntityEvents(request).next_page_token
     raw = base64.urlsafe_b64decode(token + "==")
-    forged_cursor = raw[:17] + schema.entity_prefix(tenant, "user-1")[:0] + b"0#evt-0000"
+    forged_cursor = raw[:17] + keys.entity_prefix(tenant, "user-1")[:0] + b"0#evt-0000"
     bad_tokens = {
         "altered": token[:-3] + ("AAA" if not token.endswith("AAA") else "BBB"),
         "forged": base64.urlsafe_b64encode(forged_cursor).rstrip(b"=").decode(),
@@ -297,12 +297,12 @@ def test_get_entity_metrics_returns_buckets_over_grpc_and_rest(
 ) -> None:
     q, tenant = query_service, query_service.new_tenant()
     q.loader.write(
-        schema.ENTITY_METRICS_TABLE,
+        tables.ENTITY_METRICS_TABLE,
         [
             metric_row(
                 tenant,
                 "user-1",
-                schema.GRANULARITY_HOUR,
+                granularity.Granularity.HOUR,
                 BASE_MICROS + h * HOUR,
                 type_counts={"purchase": h + 1, "page_view": 2},
                 values={"revenue": (h + 1, 10.0 * (h + 1), 5.0, 15.0)},
@@ -313,7 +313,7 @@ def test_get_entity_metrics_returns_buckets_over_grpc_and_rest(
             metric_row(
                 tenant,
                 "user-1",
-                schema.GRANULARITY_DAY,
+                granularity.Granularity.DAY,
                 BASE_MICROS,
                 type_counts={"purchase": 10, "page_view": 8},
                 values={"revenue": (10, 100.0, 5.0, 15.0)},
@@ -323,10 +323,10 @@ def test_get_entity_metrics_returns_buckets_over_grpc_and_rest(
     request = query_pb2.GetEntityMetricsRequest(
         tenant_id=tenant, entity_id="user-1", event_types=["purchase"]
     )
-    request.time_range.start_time.CopyFrom(schema.timestamp_from_micros(BASE_MICROS + HOUR))
-    request.time_range.end_time.CopyFrom(schema.timestamp_from_micros(BASE_MICROS + 3 * HOUR))
+    request.time_range.start_time.CopyFrom(times.timestamp_from_micros(BASE_MICROS + HOUR))
+    request.time_range.end_time.CopyFrom(times.timestamp_from_micros(BASE_MICROS + 3 * HOUR))
     buckets = q.stub.GetEntityMetrics(request).buckets
-    assert [schema.micros(b.start_time) for b in buckets] == [
+    assert [times.micros(b.start_time) for b in buckets] == [
         BASE_MICROS + HOUR,
         BASE_MICROS + 2 * HOUR,
     ]
@@ -362,12 +362,12 @@ def test_metrics_without_a_time_range_are_the_last_24_hours_over_grpc_and_rest(
     q, tenant = query_service, query_service.new_tenant()
     first = _current_hour()
     q.loader.write(
-        schema.ENTITY_METRICS_TABLE,
+        tables.ENTITY_METRICS_TABLE,
         [
             metric_row(
                 tenant,
                 "user-1",
-                schema.GRANULARITY_HOUR,
+                granularity.Granularity.HOUR,
                 first + h * HOUR,
                 type_counts={"purchase": 1},
                 values={},
@@ -378,7 +378,7 @@ def test_metrics_without_a_time_range_are_the_last_24_hours_over_grpc_and_rest(
         ],
     )
     request = query_pb2.GetEntityMetricsRequest(tenant_id=tenant, entity_id="user-1")
-    grpc_starts = [schema.micros(b.start_time) for b in q.stub.GetEntityMetrics(request).buckets]
+    grpc_starts = [times.micros(b.start_time) for b in q.stub.GetEntityMetrics(request).buckets]
     status, body = rest(f"/v1/tenants/{tenant}/entities/user-1/metrics")
     last = _current_hour()
     assert status == 200, body
@@ -386,7 +386,7 @@ def test_metrics_without_a_time_range_are_the_last_24_hours_over_grpc_and_rest(
     for bucket in body["buckets"]:
         start = Timestamp()
         start.FromJsonString(bucket["start_time"])
-        rest_starts.append(schema.micros(start))
+        rest_starts.append(times.micros(start))
     # The hour may turn between the two calls: each answer is one of the two windows.
     windows = [_last_24_hours(first), _last_24_hours(last)]
     assert grpc_starts in windows, grpc_starts
@@ -431,7 +431,7 @@ def test_an_entity_change_also_refreshes_cached_event_pages(query_service: Query
     request = query_pb2.ListEntityEventsRequest(tenant_id=tenant, entity_id="user-1")
     assert len(q.stub.ListEntityEvents(request).events) == 3
     newer = make_event(tenant, "user-1", "newer", "click", BASE_MICROS + HOUR)
-    q.loader.write(schema.ENRICHED_EVENTS_TABLE, [enriched_event_row(newer, {})])
+    q.loader.write(tables.ENRICHED_EVENTS_TABLE, [enriched_event_row(newer, {})])
     assert len(q.stub.ListEntityEvents(request).events) == 3  # cached
     q.announce_change(tenant, "user-1")
     wait_until(

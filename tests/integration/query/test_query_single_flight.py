@@ -11,9 +11,9 @@ from functools import partial
 
 import grpc
 import pytest
-from eventpipe.core import schema
 from eventpipe.core.config import CommonSettings
 from eventpipe.core.server import RunningServer, ServiceDefinition, create_server
+from eventpipe.core.storage import tables
 from eventpipe.core.storage.rows import Cells
 from eventpipe.core.topology import ensure_topology
 from eventpipe.core.waiting import DeadlineExceeded, wait_until
@@ -81,7 +81,7 @@ def test_a_stampede_of_misses_on_one_profile_makes_one_bigtable_read(
     running, store, common, tenant = in_process_query
     loader = RowLoader(common)
     loader.write(
-        schema.ENTITY_PROFILES_TABLE,
+        tables.ENTITY_PROFILES_TABLE,
         [
             profile_row(
                 tenant,

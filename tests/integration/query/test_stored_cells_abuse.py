@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from eventpipe.core import schema
+from eventpipe.core.storage.attributes import ATTRIBUTE_FAMILIES, ENRICHED_FAMILIES, encode_int
+from eventpipe.core.storage.rows import PROFILE_EVENT_COUNT_QUALIFIER, PROFILE_LAST_SEEN_QUALIFIER
+from eventpipe.core.storage.tables import ENRICHED_EVENTS_TABLE, ENTITY_PROFILES_TABLE, META_FAMILY
 from eventpipe.query.v1 import query_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -23,7 +25,7 @@ from tests.unit.query.rows import (
 
 pytestmark = [pytest.mark.abuse]
 
-YEAR_31700 = schema.encode_int(10**12 * 1_000_000)  # fits int64, is no Timestamp
+YEAR_31700 = encode_int(10**12 * 1_000_000)  # fits int64, is no Timestamp
 
 
 def unreadable(q: QueryUnderTest, table: str, skipped: str) -> float:
@@ -46,11 +48,11 @@ def test_a_profile_with_unreadable_cells_is_served_without_them_over_grpc_and_re
         type_counts={"purchase": 3},
         totals={"revenue": 30.0},
     )
-    row.cells[(schema.META_FAMILY, schema.PROFILE_LAST_SEEN_QUALIFIER)] = YEAR_31700
-    row.cells[(schema.ENRICHED_FAMILIES["timestamp_value"], b"users.since")] = YEAR_31700
-    row.cells[(schema.META_FAMILY, schema.PROFILE_EVENT_COUNT_QUALIFIER)] = b"\x03"
-    q.loader.write(schema.ENTITY_PROFILES_TABLE, [row])
-    before = unreadable(q, schema.ENTITY_PROFILES_TABLE, "cell")
+    row.cells[(META_FAMILY, PROFILE_LAST_SEEN_QUALIFIER)] = YEAR_31700
+    row.cells[(ENRICHED_FAMILIES["timestamp_value"], b"users.since")] = YEAR_31700
+    row.cells[(META_FAMILY, PROFILE_EVENT_COUNT_QUALIFIER)] = b"\x03"
+    q.loader.write(ENTITY_PROFILES_TABLE, [row])
+    before = unreadable(q, ENTITY_PROFILES_TABLE, "cell")
 
     status, body = rest(f"/v1/tenants/{tenant}/entities/user-1")
     assert status == 200, body
@@ -59,7 +61,7 @@ def test_a_profile_with_unreadable_cells_is_served_without_them_over_grpc_and_re
     assert "last_seen_time" not in profile
     assert profile.get("event_count", "0") == "0"  # Envoy may print the default
     assert profile["event_type_counts"] == {"purchase": "3"}
-    assert unreadable(q, schema.ENTITY_PROFILES_TABLE, "cell") - before == 3
+    assert unreadable(q, ENTITY_PROFILES_TABLE, "cell") - before == 3
     grpc_profile = q.stub.GetEntity(
         query_pb2.GetEntityRequest(tenant_id=tenant, entity_id="user-1"), timeout=10
     ).profile
@@ -74,17 +76,17 @@ def test_events_with_an_unreadable_cell_are_served_without_it_and_a_broken_row_i
         make_event(tenant, "user-1", f"evt-{i}", "click", BASE_MICROS + i * HOUR) for i in range(3)
     )
     rows = [enriched_event_row(e, {"users.plan": string("pro")}) for e in (good, bad_attribute)]
-    rows[1].cells[(schema.ATTRIBUTE_FAMILIES["timestamp_value"], b"when")] = YEAR_31700
+    rows[1].cells[(ATTRIBUTE_FAMILIES["timestamp_value"], b"when")] = YEAR_31700
     broken_row = enriched_event_row(broken, {})
-    broken_row.cells[(schema.META_FAMILY, b"event_time")] = b"\x00\x01"
-    q.loader.write(schema.ENRICHED_EVENTS_TABLE, [*rows, broken_row])
-    rows_before = unreadable(q, schema.ENRICHED_EVENTS_TABLE, "row")
+    broken_row.cells[(META_FAMILY, b"event_time")] = b"\x00\x01"
+    q.loader.write(ENRICHED_EVENTS_TABLE, [*rows, broken_row])
+    rows_before = unreadable(q, ENRICHED_EVENTS_TABLE, "row")
 
     status, body = rest(f"/v1/tenants/{tenant}/entities/user-1/events")
     assert status == 200, body
     assert [e["event"]["event_id"] for e in body["events"]] == ["evt-1", "evt-0"]
     assert body["events"][0]["event"].get("attributes", {}) == {}
-    assert unreadable(q, schema.ENRICHED_EVENTS_TABLE, "row") - rows_before == 1
+    assert unreadable(q, ENRICHED_EVENTS_TABLE, "row") - rows_before == 1
 
 
 @pytest.mark.parametrize(
