@@ -15,8 +15,22 @@ from typing import Any
 
 import pytest
 from eventpipe.core import bigtable as core_bigtable
-from eventpipe.core import bigtable_rows, schema
+from eventpipe.core import bigtable_rows
 from eventpipe.core.config import CommonSettings
+from eventpipe.core.storage.attributes import decode_int
+from eventpipe.core.storage.keys import (
+    dimension_prefix,
+    entity_prefix,
+    prefix_end,
+    row_key_for_profile,
+)
+from eventpipe.core.storage.rows import PROFILE_EVENT_COUNT_QUALIFIER
+from eventpipe.core.storage.tables import (
+    DIMENSIONS_TABLE,
+    ENTITY_PROFILES_TABLE,
+    META_FAMILY,
+    RAW_EVENTS_TABLE,
+)
 from eventpipe.core.waiting import wait_until
 from eventpipe.demo.generator import DemoSpec, generate
 from eventpipe.stack.components import REPO_ROOT
@@ -120,7 +134,7 @@ def _snapshot(stack: Stack, tenant: str) -> dict[str, Any]:
         )
 
     def rows(table: str, prefix: bytes) -> int:
-        ranges = [(prefix, schema.prefix_end(prefix))]
+        ranges = [(prefix, prefix_end(prefix))]
         return sum(1 for _ in bigtable_rows.read_rows(client, path(table), ranges=ranges))
 
     users = [f"user-{n:05d}" for n in range(1, SMALL_DEMO.users + 1)]
@@ -129,31 +143,24 @@ def _snapshot(stack: Stack, tenant: str) -> dict[str, Any]:
         key: cells
         for key, cells in bigtable_rows.read_rows(
             client,
-            path(schema.ENTITY_PROFILES_TABLE),
-            keys=[schema.row_key_for_profile(tenant, u) for u in users],
+            path(ENTITY_PROFILES_TABLE),
+            keys=[row_key_for_profile(tenant, u) for u in users],
         )
     }
     try:
         return {
-            "raw": {
-                u: rows(schema.RAW_EVENTS_TABLE, schema.entity_prefix(tenant, u)) for u in users
-            },
+            "raw": {u: rows(RAW_EVENTS_TABLE, entity_prefix(tenant, u)) for u in users},
             "dimension versions": {
+                **{u: rows(DIMENSIONS_TABLE, dimension_prefix(tenant, "users", u)) for u in users},
                 **{
-                    u: rows(schema.DIMENSIONS_TABLE, schema.dimension_prefix(tenant, "users", u))
-                    for u in users
-                },
-                **{
-                    p: rows(schema.DIMENSIONS_TABLE, schema.dimension_prefix(tenant, "products", p))
+                    p: rows(DIMENSIONS_TABLE, dimension_prefix(tenant, "products", p))
                     for p in products
                 },
             },
             "profile event_count": {
-                u: schema.decode_int(
-                    cells[schema.META_FAMILY][schema.PROFILE_EVENT_COUNT_QUALIFIER]
-                )
+                u: decode_int(cells[META_FAMILY][PROFILE_EVENT_COUNT_QUALIFIER])
                 for u in users
-                if (cells := profiles.get(schema.row_key_for_profile(tenant, u)))
+                if (cells := profiles.get(row_key_for_profile(tenant, u)))
             },
         }
     finally:
