@@ -21,9 +21,14 @@ from typing import Any
 
 from eventpipe.common.v1 import event_pb2
 from eventpipe.core import bigtable as core_bigtable
-from eventpipe.core import bigtable_rows, schema
+from eventpipe.core import bigtable_rows
 from eventpipe.core.config import CommonSettings
 from eventpipe.core.kafka import producer_config
+from eventpipe.core.storage.attributes import ATTRIBUTE_FAMILIES, encode_double
+from eventpipe.core.storage.keys import row_key_for_dimension, row_key_for_event
+from eventpipe.core.storage.rows import event_to_row
+from eventpipe.core.storage.tables import DIMENSIONS_TABLE, ENRICHED_EVENTS_TABLE, RAW_EVENTS_TABLE
+from eventpipe.core.storage.times import micros, timestamp_from_micros
 from eventpipe.core.topic_contract import message_headers, message_key
 from eventpipe.core.topology import ensure_topology
 from eventpipe.enrich.v1 import enrich_pb2
@@ -62,8 +67,8 @@ def _event(tenant: str, n: int, t: int, rng: random.Random) -> event_pb2.Event:
     )
     event.attributes["product_id"].string_value = f"p{rng.randrange(200)}"
     event.attributes["quantity"].int_value = rng.randrange(1, 5)
-    event.event_time.CopyFrom(schema.timestamp_from_micros(t))
-    event.ingest_time.CopyFrom(schema.timestamp_from_micros(t))
+    event.event_time.CopyFrom(timestamp_from_micros(t))
+    event.ingest_time.CopyFrom(timestamp_from_micros(t))
     return event
 
 
@@ -73,25 +78,27 @@ def _load(settings: CommonSettings, tenant: str, count: int) -> None:
     raw = bigtable_rows.table_path(
         settings.bigtable_project,
         settings.bigtable_instance,
-        settings.table_prefix + schema.RAW_EVENTS_TABLE,
+        settings.table_prefix + RAW_EVENTS_TABLE,
     )
     batch = []
     for n in range(count):
-        batch.append(schema.event_to_row(_event(tenant, n, BASE + rng.randrange(DAY), rng)))
+        batch.append(event_to_row(_event(tenant, n, BASE + rng.randrange(DAY), rng)))
         if len(batch) == 1000:
             bigtable_rows.mutate_rows_or_raise(client, raw, batch)
             batch = []
     bigtable_rows.mutate_rows_or_raise(client, raw, batch)
-    dims = core_bigtable.table(settings, schema.DIMENSIONS_TABLE)
+    dims = core_bigtable.table(settings, DIMENSIONS_TABLE)
     rows = []
     for p in range(200):
         for version, start in enumerate((BASE - DAY, BASE + DAY // 2)):
-            row = DirectRow(schema.row_key_for_dimension(tenant, "products", f"p{p}", start))
-            row.set_cell("d", b"price", schema.encode_double(1.0 + p + version))
+            row = DirectRow(row_key_for_dimension(tenant, "products", f"p{p}", start))
+            row.set_cell(
+                ATTRIBUTE_FAMILIES["double_value"], b"price", encode_double(1.0 + p + version)
+            )
             rows.append(row)
     for u in range(2000):
-        row = DirectRow(schema.row_key_for_dimension(tenant, "users", f"u{u}", BASE - DAY))
-        row.set_cell("s", b"tier", b"gold" if u % 3 else b"silver")
+        row = DirectRow(row_key_for_dimension(tenant, "users", f"u{u}", BASE - DAY))
+        row.set_cell(ATTRIBUTE_FAMILIES["string_value"], b"tier", b"gold" if u % 3 else b"silver")
         rows.append(row)
     for start in range(0, len(rows), 1000):
         dims.mutate_rows(rows[start : start + 1000])
@@ -247,7 +254,7 @@ def _freshness(
     while not consumer.assignment():
         consumer.poll(0.2)
     producer = Producer(producer_config(settings, **{"linger.ms": 0}))
-    enriched_table = core_bigtable.table(settings, schema.ENRICHED_EVENTS_TABLE)
+    enriched_table = core_bigtable.table(settings, ENRICHED_EVENTS_TABLE)
     acked: dict[bytes, float] = {}
     consumed: dict[bytes, float] = {}
     readable: dict[bytes, float] = {}
@@ -257,7 +264,7 @@ def _freshness(
     raw_path = bigtable_rows.table_path(
         settings.bigtable_project,
         settings.bigtable_instance,
-        settings.table_prefix + schema.RAW_EVENTS_TABLE,
+        settings.table_prefix + RAW_EVENTS_TABLE,
     )
 
     def consume() -> None:
@@ -265,11 +272,11 @@ def _freshness(
             message = consumer.poll(0.1)
             if message is not None and message.error() is None:
                 event = event_pb2.Event.FromString(message.value() or b"")
-                key = schema.row_key_for_event(
-                    tenant, event.entity_id, schema.micros(event.event_time), event.event_id
+                key = row_key_for_event(
+                    tenant, event.entity_id, micros(event.event_time), event.event_id
                 )
                 # The raw path: a plain consumer writing the event's row itself.
-                bigtable_rows.mutate_rows_or_raise(client, raw_path, [schema.event_to_row(event)])
+                bigtable_rows.mutate_rows_or_raise(client, raw_path, [event_to_row(event)])
                 consumed.setdefault(key, time.monotonic())
 
     def watch() -> None:
@@ -302,9 +309,7 @@ def _freshness(
     now = time.time_ns() // 1000
     for n in range(-warmup, total):
         event = _event(tenant, 10_000_000 + n, now + n, rng)
-        key = schema.row_key_for_event(
-            tenant, event.entity_id, schema.micros(event.event_time), event.event_id
-        )
+        key = row_key_for_event(tenant, event.entity_id, micros(event.event_time), event.event_id)
 
         def delivered(err: Any, _msg: Any, key: bytes = key, measured: bool = n >= 0) -> None:
             if err is None and measured:
