@@ -23,7 +23,8 @@ from enrich.adapters.repository import (
     BigtableSpecStore,
     ensure_enrich_tables,
 )
-from enrich.adapters.spark_engine import SparkEngine, SparkSettings
+from enrich.adapters.spark.session import SparkSettings
+from enrich.adapters.spark_engine import SparkEngine
 from enrich.config import EnrichSettings
 from enrich.domain.jobs import JobManager
 from enrich.servicer import EnrichServicer

@@ -12,12 +12,8 @@ from eventpipe.core.entity_changes import EntityChange
 from eventpipe.core.kafka import producer_config
 from eventpipe.core.validation import EventLimits
 
-from enrich.adapters.spark_engine import (
-    BatchRequest,
-    SparkEngine,
-    StreamingHandle,
-    StreamingRequest,
-)
+from enrich.adapters.spark.streaming import StreamingHandle, StreamingRequest
+from enrich.adapters.spark_engine import BatchRequest, SparkEngine
 from enrich.domain.work import BatchWork, Counters, StreamWork
 from enrich.ports import RunningStream
 

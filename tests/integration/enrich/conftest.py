@@ -12,13 +12,9 @@ from typing import Any
 import grpc
 import pytest
 from enrich.adapters.bigtable_io import BigtableTarget
-from enrich.adapters.spark_engine import (
-    SparkEngine,
-    SparkSettings,
-    StreamingHandle,
-    StreamingRequest,
-    build_session,
-)
+from enrich.adapters.spark.session import SparkSettings, build_session
+from enrich.adapters.spark.streaming import StreamingHandle, StreamingRequest
+from enrich.adapters.spark_engine import SparkEngine
 from enrich.domain.spec import validate_spec
 from eventpipe.common.v1 import event_pb2
 from eventpipe.core import bigtable as core_bigtable

@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from enrich.adapters.spark_engine import BatchRequest, JobCancelled, SparkEngine
+from enrich.adapters.spark.session import JobCancelled
+from enrich.adapters.spark_engine import BatchRequest, SparkEngine
 from enrich.domain.spec import validate_spec
 from eventpipe.core import schema
 from google.cloud.bigtable.table import Table

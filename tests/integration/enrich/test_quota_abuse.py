@@ -15,7 +15,8 @@ import grpc
 import pytest
 from confluent_kafka import Producer
 from enrich.adapters.bigtable_io import BigtableTarget
-from enrich.adapters.spark_engine import JobCancelled, SparkEngine
+from enrich.adapters.spark.session import JobCancelled
+from enrich.adapters.spark_engine import SparkEngine
 from eventpipe.core import bigtable as core_bigtable
 from eventpipe.core import schema
 from eventpipe.core.kafka import producer_config

@@ -9,7 +9,8 @@ from typing import Any
 
 import grpc
 import pytest
-from enrich.adapters.spark_engine import BatchRequest, SparkEngine, enrich_frame
+from enrich.adapters.spark.transforms import enrich_frame
+from enrich.adapters.spark_engine import BatchRequest, SparkEngine
 from enrich.domain import expressions
 from enrich.domain.spec import validate_spec
 from eventpipe.core import schema
@@ -52,7 +53,7 @@ def spec_deriving(*expressions_: str) -> enrich_pb2.EnrichmentSpec:
 
 def events_frame(spark: SparkSession, rows: list[dict[str, Any]]) -> DataFrame:
     """One event per dict of attributes (ints as i, floats as d, strings as s), event_id evN."""
-    from enrich.adapters.spark_engine import EVENT_SCHEMA
+    from enrich.adapters.spark.layout import EVENT_SCHEMA
 
     events = []
     for n, attributes in enumerate(rows):
@@ -65,7 +66,8 @@ def events_frame(spark: SparkSession, rows: list[dict[str, Any]]) -> DataFrame:
 
 
 def empty_products(spark: SparkSession) -> DataFrame:
-    from enrich.adapters.spark_engine import DIMENSION_SCHEMA, prepared_dimension
+    from enrich.adapters.spark.layout import DIMENSION_SCHEMA
+    from enrich.adapters.spark.transforms import prepared_dimension
 
     return prepared_dimension(spark.createDataFrame([], DIMENSION_SCHEMA), 0, ["price", "category"])
 
