@@ -20,16 +20,7 @@ def duration_micros(duration: Any) -> int:
 def validate_job(job: enrich_pb2.EnrichmentJob, now_micros: int, retention_micros: int) -> None:
     violations: list[Violation] = []
     if job.mode == enrich_pb2.JOB_MODE_BATCH:
-        end = (
-            schema.micros(job.time_range.end_time)
-            if job.time_range.HasField("end_time")
-            else now_micros
-        )
-        start = (
-            schema.micros(job.time_range.start_time)
-            if job.time_range.HasField("start_time")
-            else now_micros - retention_micros
-        )
+        start, end = batch_window(job, now_micros, retention_micros)
         if start >= end:
             violations.append(Violation("job.time_range", "start_time must be before end_time"))
     elif job.mode == enrich_pb2.JOB_MODE_SCHEDULED:
