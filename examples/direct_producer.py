@@ -23,7 +23,7 @@ from eventpipe.common.v1 import event_pb2
 from eventpipe.core import topic_contract
 from eventpipe.core.config import CommonSettings
 from eventpipe.core.kafka import producer_config
-from eventpipe.core.schema import timestamp_from_micros
+from eventpipe.core.storage.times import timestamp_from_micros
 
 
 def make_event(tenant_id: str, n: int, now_micros: int) -> event_pb2.Event:

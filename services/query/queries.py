@@ -16,7 +16,7 @@ from eventpipe.core.errors import InvalidArgument, Violation
 from eventpipe.core.storage.granularity import Granularity
 from eventpipe.core.validation import EVENT_TYPE_PATTERN, TimeBounds, check_id
 
-from query.store import EventView
+from query.ports import EventView
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000

@@ -12,8 +12,8 @@ from eventpipe.query.v1 import query_pb2
 
 from query import decode
 from query.cache import AnswerCache
+from query.ports import EntityStore, EventView
 from query.queries import EntityRef, EventsQuery, MetricsQuery
-from query.store import EntityStore, EventView
 
 # Kinds of cached answers (the third element of a cache key, and a metrics label).
 PROFILE = "profile"

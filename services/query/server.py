@@ -15,9 +15,9 @@ from query.adapters.bigtable_store import BigtableEntityStore
 from query.adapters.entity_changes import EntityChangeListener
 from query.cache import AnswerCache
 from query.config import QuerySettings
+from query.ports import EntityStore
 from query.reader import EntityReader, estimated_size
 from query.servicer import QueryServicer
-from query.store import EntityStore
 
 SERVICE_NAME = query_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name
 log = logging.getLogger(__name__)

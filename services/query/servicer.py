@@ -8,9 +8,9 @@ from eventpipe.core.storage.granularity import Granularity
 from eventpipe.core.validation import check_time_range
 from eventpipe.query.v1 import query_pb2, query_pb2_grpc
 
+from query.ports import EventView
 from query.queries import EntityRef, EventsQuery, MetricsQuery
 from query.reader import EntityReader
-from query.store import EventView
 
 _VIEWS = {
     query_pb2.EVENT_VIEW_UNSPECIFIED: EventView.ENRICHED,

@@ -24,7 +24,7 @@ from google.cloud.bigtable.data import row_filters as rf
 from google.cloud.bigtable.data.exceptions import RetryExceptionGroup
 
 from query import metrics
-from query.store import EventView, StoredRow
+from query.ports import EventView, StoredRow
 
 log = logging.getLogger(__name__)
 

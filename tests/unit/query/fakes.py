@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 from eventpipe.core.storage import tables
 from eventpipe.core.storage.rows import Cells, EventRow
-from query.store import EventView, StoredRow
+from query.ports import EventView, StoredRow
 
 
 class InMemoryStore:

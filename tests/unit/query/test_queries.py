@@ -7,8 +7,8 @@ from eventpipe.common.v1 import event_pb2
 from eventpipe.core.errors import InvalidArgument
 from eventpipe.core.validation import TimeBounds, check_time_range
 from google.protobuf.timestamp_pb2 import Timestamp
+from query.ports import EventView
 from query.queries import DEFAULT_PAGE_SIZE, EventsQuery, MetricsQuery
-from query.store import EventView
 
 
 def parse_events(**overrides: object) -> EventsQuery:

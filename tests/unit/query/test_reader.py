@@ -8,10 +8,10 @@ from eventpipe.core.page_tokens import PageTokenCodec
 from eventpipe.core.storage import granularity, rows, times
 from eventpipe.core.validation import TimeBounds
 from query.cache import AnswerCache
+from query.ports import EventView
 from query.queries import EntityRef, EventsQuery, MetricsQuery
 from query.reader import EntityReader, estimated_size
 from query.server import LIST_ENTITY_EVENTS
-from query.store import EventView
 
 from tests.unit.query.fakes import InMemoryStore
 from tests.unit.query.rows import (
