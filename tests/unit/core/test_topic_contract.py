@@ -162,6 +162,23 @@ def test_an_out_of_range_ingest_time_or_attribute_timestamp_is_poison(
     assert "ingest_time" in reason(event=event, headers=[])
 
 
+def test_every_message_key_of_a_tenant_starts_with_its_key_prefix() -> None:
+    assert topic_contract.tenant_key_prefix("acme") == b"acme#"
+    for entity in ("u1", "u#2", ""):
+        assert topic_contract.message_key("acme", entity).startswith(b"acme#")
+    assert not topic_contract.message_key("acme2", "u1").startswith(b"acme#")
+
+
+def test_an_out_of_range_ingest_time_gets_no_header_and_is_still_refused_for_itself() -> None:
+    event = ingested(NOW)
+    event.ingest_time.seconds = 10**13
+
+    headers = topic_contract.message_headers(event)
+
+    assert topic_contract.HEADER_INGEST_TIME not in [name for name, _ in headers]
+    assert "ingest_time" in reason(event=event, headers=headers)
+
+
 @pytest.mark.parametrize("value", [None, b"", b"\xff\xfe garbage", b"\x0a\xff\xff\xff\xff\x0f"])
 def test_bytes_that_are_not_an_event_are_poison(value: bytes | None) -> None:
     with pytest.raises(PoisonMessage):
