@@ -25,7 +25,7 @@ class RunningStream(Protocol):
 
 
 class Engine(Protocol):
-    """What the job manager needs from Spark (enrich.adapters.engine_adapter binds it)."""
+    """What the job manager needs from Spark (enrich.adapters.spark_engine.SparkEngine)."""
 
     def run_batch(self, work: BatchWork) -> Counters:
         """Runs to completion; raises Cancelled when ``work.cancelled`` stopped it."""

@@ -15,7 +15,7 @@ from eventpipe.core.server import ServiceDefinition, run_service
 from eventpipe.enrich.v1 import enrich_pb2, enrich_pb2_grpc
 
 from enrich.adapters.bigtable_io import BigtableTarget
-from enrich.adapters.engine_adapter import EntityChangePublisher, SparkJobEngine
+from enrich.adapters.entity_changes import EntityChangePublisher
 from enrich.adapters.repository import (
     ENRICH_JOBS_TABLE,
     ENRICH_SPECS_TABLE,
@@ -24,7 +24,7 @@ from enrich.adapters.repository import (
     ensure_enrich_tables,
 )
 from enrich.adapters.spark.session import SparkSettings
-from enrich.adapters.spark_engine import SparkEngine
+from enrich.adapters.spark_engine import SparkEngine, StreamSource
 from enrich.config import EnrichSettings
 from enrich.domain.jobs import JobManager
 from enrich.servicer import EnrichServicer
@@ -71,19 +71,19 @@ def build(settings: EnrichSettings, common: CommonSettings) -> ServiceDefinition
         run_dir=Path(settings.run_dir),
         cancel_grace_seconds=settings.cancel_grace_seconds,
         probe_timeout_seconds=settings.session_probe_timeout_seconds,
-    )
-    engine = SparkJobEngine(
-        spark,
-        EntityChangePublisher(common),
-        common,
-        Path(settings.run_dir).resolve() / "checkpoints",
-        settings.dimension_refresh_seconds,
-        settings.event_limits(),
+        streams=StreamSource(
+            common.kafka_bootstrap_servers,
+            common.raw_topic,
+            Path(settings.run_dir).resolve() / "checkpoints",
+            settings.dimension_refresh_seconds,
+            settings.event_limits(),
+        ),
+        on_entities_changed=EntityChangePublisher(common).publish,
     )
     manager = JobManager(
         BigtableSpecStore(core_bigtable.table(common, ENRICH_SPECS_TABLE)),
         BigtableJobStore(core_bigtable.table(common, ENRICH_JOBS_TABLE)),
-        engine,
+        spark,
         quotas=settings.quotas(),
         retention_micros=common.raw_retention_days * 86_400_000_000,
         tick_seconds=settings.scheduler_tick_seconds,

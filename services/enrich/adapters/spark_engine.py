@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from eventpipe.core import schema
+from eventpipe.core.validation import EventLimits
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -52,6 +53,7 @@ from enrich.adapters.spark.session import (
     tenant_pool,
 )
 from enrich.adapters.spark.streaming import (
+    RestartingStream,
     StreamingHandle,
     StreamingRequest,
     start_streaming_query,
@@ -59,25 +61,29 @@ from enrich.adapters.spark.streaming import (
 from enrich.adapters.spark.transforms import aggregate_frame, enrich_frame, prepared_dimension
 from enrich.adapters.spark.writes import refresh_profiles_in_batches
 from enrich.domain.spec import CheckedSpec
-from enrich.domain.work import Counters
+from enrich.domain.work import BatchWork, Counters, StreamWork
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class BatchRequest:
-    job_id: str
-    tenant_id: str
-    spec: CheckedSpec
-    start_micros: int
-    end_micros: int
-    cancelled: CancelFlag = field(default_factory=threading.Event)
-    on_progress: Callable[[float, Counters], None] = lambda _p, _c: None
-    on_entities_changed: Callable[[list[tuple[str, str]]], None] = lambda _e: None
+BatchRequest = BatchWork
+"""The engine's batch request is the domain's BatchWork (the old name, kept for callers)."""
+
+
+@dataclass(frozen=True)
+class StreamSource:
+    """Where streaming jobs read and keep their state (the service's settings)."""
+
+    bootstrap_servers: str
+    topic: str
+    checkpoint_root: Path
+    dimension_refresh_seconds: float = 30.0
+    event_limits: EventLimits = field(default_factory=EventLimits)
 
 
 class SparkEngine:
-    """Runs batch and streaming enrichments on one shared SparkSession."""
+    """Runs batch and streaming enrichments on one shared SparkSession; implements the job
+    manager's ``enrich.ports.Engine`` (``run_batch``, ``start_stream``, ``cancel``)."""
 
     def __init__(
         self,
@@ -88,8 +94,13 @@ class SparkEngine:
         *,
         cancel_grace_seconds: float = 5.0,
         probe_timeout_seconds: float = 60.0,
+        streams: StreamSource | None = None,
+        on_entities_changed: Callable[[list[tuple[str, str]]], None] = lambda _e: None,
     ) -> None:
         self.settings = settings
+        self.streams = streams
+        # Told the entities each job rewrote (the service publishes them for query's cache).
+        self.on_entities_changed = on_entities_changed
         self.target = target
         self.run_dir = run_dir
         self.cancel_grace_seconds = cancel_grace_seconds
@@ -319,7 +330,7 @@ class SparkEngine:
 
     # -- batch
 
-    def run_batch(self, request: BatchRequest) -> Counters:
+    def run_batch(self, request: BatchWork) -> Counters:
         """Runs a batch job; a broken session is rebuilt before it, or after it failed
         (then it raises SessionBroken: this job failed with the session, the next one runs on
         the new session)."""
@@ -338,7 +349,7 @@ class SparkEngine:
                 ) from exc
             raise
 
-    def _batch_in_driver(self, request: BatchRequest) -> Counters:
+    def _batch_in_driver(self, request: BatchWork) -> Counters:
         spark = self.spark
         sc = spark.sparkContext
         sc.setJobGroup(request.job_id, f"enrich {request.tenant_id}", interruptOnCancel=True)
@@ -360,13 +371,35 @@ class SparkEngine:
     def start_streaming(self, request: StreamingRequest) -> StreamingHandle:
         return start_streaming_query(self, request)
 
-    def _check(self, request: BatchRequest) -> None:
+    def start_stream(self, work: StreamWork) -> RestartingStream:
+        """The port's streaming job: the service's source and checkpoints, restarted from its
+        checkpoint when the session under it is rebuilt."""
+        if self.streams is None:
+            raise RuntimeError("this engine has no stream source configured")
+        checkpoint = self.streams.checkpoint_root / work.tenant_id / work.job_id
+        checkpoint.mkdir(parents=True, exist_ok=True)
+        request = StreamingRequest(
+            work.job_id,
+            work.tenant_id,
+            work.spec,
+            self.streams.bootstrap_servers,
+            self.streams.topic,
+            work.trigger_seconds,
+            str(checkpoint),
+            dimension_refresh_seconds=self.streams.dimension_refresh_seconds,
+            event_limits=self.streams.event_limits,
+            on_batch=work.on_batch,
+            on_entities_changed=self.on_entities_changed,
+        )
+        return RestartingStream(self, request)
+
+    def _check(self, request: BatchWork) -> None:
         """The cancellation token, checked between steps of the driver side."""
         if request.cancelled.is_set():
             raise JobCancelled(request.job_id)
 
     def _run_batch(
-        self, request: BatchRequest, counters: Counters, cached: list[DataFrame]
+        self, request: BatchWork, counters: Counters, cached: list[DataFrame]
     ) -> Counters:
         spec = request.spec
         target = self.target
@@ -440,7 +473,7 @@ class SparkEngine:
         self._check(request)
 
         changed = self._write_profiles(in_window, spec)
-        request.on_entities_changed(changed)
+        self.on_entities_changed(changed)
         request.on_progress(1.0, counters)
         return counters
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from enrich.domain.spec import CheckedSpec
 
@@ -77,13 +77,15 @@ class CancellationToken:
 
 @dataclass
 class BatchWork:
+    """One batch run over ``[start_micros, end_micros)``: a batch job or a scheduled window."""
+
     job_id: str
     tenant_id: str
     spec: CheckedSpec
     start_micros: int
     end_micros: int
-    cancelled: CancellationToken
-    on_progress: Callable[[float, Counters], None]
+    cancelled: CancellationToken = field(default_factory=lambda: CancellationToken())
+    on_progress: Callable[[float, Counters], None] = lambda _p, _c: None
 
 
 @dataclass

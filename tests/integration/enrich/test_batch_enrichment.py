@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 from enrich.adapters.spark.session import JobCancelled
-from enrich.adapters.spark_engine import BatchRequest, SparkEngine
+from enrich.adapters.spark_engine import SparkEngine
 from enrich.domain.spec import validate_spec
+from enrich.domain.work import BatchWork
 from eventpipe.core import schema
 from google.cloud.bigtable.table import Table
 
@@ -25,9 +26,8 @@ def dump(table: Table) -> Dump:
 def run(engine: SparkEngine, tenant: str, start: int, end: int, version: int = 1) -> Any:
     spec = validate_spec(dataset.test_spec(), version=version)
     changed: list[tuple[str, str]] = []
-    counters = engine.run_batch(
-        BatchRequest("job-test", tenant, spec, start, end, on_entities_changed=changed.extend)
-    )
+    engine.on_entities_changed = changed.extend
+    counters = engine.run_batch(BatchWork("job-test", tenant, spec, start, end))
     return counters, changed
 
 
@@ -164,10 +164,10 @@ def test_cancelling_a_running_batch_stops_it_before_it_writes(
     engine: SparkEngine, tables: dict[str, Table], loaded: dataset.Dataset
 ) -> None:
     spec = validate_spec(dataset.test_spec(), version=1)
-    request = BatchRequest("job-cancel", loaded.tenant_id, spec, BASE, BASE + 2 * DAY)
+    request = BatchWork("job-cancel", loaded.tenant_id, spec, BASE, BASE + 2 * DAY)
 
     def cancel_after_the_first_stage(_progress: float, _counters: Any) -> None:
-        request.cancelled.set()
+        request.cancelled.cancel()
         engine.cancel(request.job_id)
 
     request.on_progress = cancel_after_the_first_stage

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from enrich.adapters import bigtable_io
 from enrich.adapters.bigtable_io import BigtableTarget, ProfileInput
-from enrich.adapters.spark_engine import BatchRequest, SparkEngine
+from enrich.adapters.spark_engine import SparkEngine
 from enrich.domain.spec import validate_spec
+from enrich.domain.work import BatchWork
 from eventpipe.common.v1 import event_pb2
 from eventpipe.core import schema
 from eventpipe.enrich.v1 import enrich_pb2
@@ -91,7 +92,7 @@ def overflowed(
     events = overflow_events(tenant)
     dataset.write_events(tables[schema.RAW_EVENTS_TABLE], events)
     spec = validate_spec(overflow_spec(), version=1)
-    counters = engine.run_batch(BatchRequest("job-overflow", tenant, spec, BASE, BASE + 2 * DAY))
+    counters = engine.run_batch(BatchWork("job-overflow", tenant, spec, BASE, BASE + 2 * DAY))
     assert counters.read == len(events)
     return {
         name: dump(tables[name])

@@ -10,9 +10,10 @@ from typing import Any
 import grpc
 import pytest
 from enrich.adapters.spark.transforms import enrich_frame
-from enrich.adapters.spark_engine import BatchRequest, SparkEngine
+from enrich.adapters.spark_engine import SparkEngine
 from enrich.domain import expressions
 from enrich.domain.spec import validate_spec
+from enrich.domain.work import BatchWork
 from eventpipe.core import schema
 from eventpipe.enrich.v1 import enrich_pb2
 from google.cloud.bigtable.table import Table
@@ -159,7 +160,7 @@ def test_a_job_whose_spec_has_a_31_operator_chain_finishes_with_the_right_values
     spec.metric_fields.append("f0")
     checked = validate_spec(spec, version=1)
     counters = engine.run_batch(
-        BatchRequest("job-chain", isolation.tenant_id, checked, BASE, BASE + 2 * DAY)
+        BatchWork("job-chain", isolation.tenant_id, checked, BASE, BASE + 2 * DAY)
     )
     assert counters.read == len(data.events)
     stored = {

@@ -4,6 +4,7 @@ enriched and written in one Spark job, and the handle the job manager holds."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -218,3 +219,45 @@ def start_streaming_query(engine: SparkEngine, request: StreamingRequest) -> Str
     )
     state["query"] = query
     return StreamingHandle(query)
+
+
+class RestartingStream:
+    """A streaming job's query that, when the Spark session under it broke and was rebuilt,
+    starts again from its checkpoint on the new session (at most ``max_restarts`` times):
+    another tenant breaking the session does not fail this one's stream."""
+
+    def __init__(self, engine: SparkEngine, request: StreamingRequest, max_restarts: int = 3):
+        self.engine = engine
+        self.request = request
+        self.restarts_left = max_restarts
+        self._stopped = False
+        self._lock = threading.Lock()
+        self.engine.ensure_session()
+        self._generation = engine.generation
+        self._handle: StreamingHandle = engine.start_streaming(request)
+
+    def is_active(self) -> bool:
+        with self._lock:
+            if self._handle.is_active():
+                return True
+            if self._stopped or self.restarts_left <= 0:
+                return False
+            if not self.engine.recover(self._generation):
+                return False  # the query died by itself: error() says why
+            self.restarts_left -= 1
+            log.warning(
+                "restarting a stream on the rebuilt Spark session",
+                extra={"job_id": self.request.job_id},
+            )
+            self._generation = self.engine.generation
+            self._handle = self.engine.start_streaming(self.request)
+            return True
+
+    def error(self) -> str | None:
+        return self._handle.error()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            handle = self._handle
+        handle.stop()
