@@ -44,13 +44,13 @@ RUN PYTHONPATH=services python -m eventpipe.codegen \
 
 # ---------------------------------------------------------------------------------------------
 # spark-connectors: the Spark connector jars (the Kafka source), resolved with Maven by the
-# enrich service's own resolver (enrich.adapters.connectors: its pom, its version, minus the jars
-# pyspark already ships) into the cache folder it reads at run time. Pods never run Maven.
+# tooling's resolver (eventpipe.stack.spark_connectors: its pom, its version, minus the jars
+# pyspark already ships) into the cache folder enrich reads at run time. Pods never run Maven.
 FROM builder AS spark-connectors
 RUN apt-get update \
     && apt-get install -y --no-install-recommends maven openjdk-17-jdk-headless \
     && rm -rf /var/lib/apt/lists/*
-RUN EVENTPIPE_CACHE_DIR=/opt/eventpipe-cache PYTHONPATH=services python -m enrich.adapters.connectors
+RUN EVENTPIPE_CACHE_DIR=/opt/eventpipe-cache PYTHONPATH=services python -m eventpipe.stack.spark_connectors
 
 # Spark's official image, used only for its Kubernetes entrypoint scripts.
 FROM ${SPARK_ENTRYPOINT_IMAGE} AS spark-dist

@@ -112,7 +112,6 @@ def _settings(ctx: BenchContext, token: str) -> CommonSettings:
 
 def run(ctx: BenchContext) -> list[Measurement]:
     from enrich.adapters.bigtable_io import BigtableTarget
-    from enrich.adapters.connectors import connector_jars
     from enrich.adapters.spark_engine import (
         EVENT_SCHEMA,
         BatchRequest,
@@ -123,6 +122,7 @@ def run(ctx: BenchContext) -> list[Measurement]:
         enrich_frame,
     )
     from enrich.domain.spec import validate_spec
+    from eventpipe.stack.spark_connectors import connector_jars
 
     token = uuid.uuid4().hex[:8]
     settings = _settings(ctx, token)

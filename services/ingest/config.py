@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from eventpipe.core.config import EventLimitSettings, ServiceSettings
-from eventpipe.core.validation import EventLimits
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -72,9 +71,3 @@ class IngestSettings(ServiceSettings, EventLimitSettings):
                 f"max_message_bytes ({self.max_message_bytes})"
             )
         return self
-
-    @property
-    def event_limits(self) -> EventLimits:  # type: ignore[override]
-        # A property (ingest/server.py reads ``settings.event_limits``); built by the
-        # shared EventLimitSettings so the bounds cannot drift from the store's.
-        return EventLimitSettings.event_limits(self)

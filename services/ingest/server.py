@@ -38,7 +38,7 @@ def build(
     pipeline = IngestPipeline(
         event_log,
         InFlightLimiter(settings.max_in_flight_events, settings.max_in_flight_bytes),
-        limits=settings.event_limits,
+        limits=settings.event_limits(),
         max_batch_bytes=settings.max_batch_bytes,
         produce_timeout_seconds=settings.produce_timeout_seconds,
         retry_after_seconds=settings.retry_after_seconds,
