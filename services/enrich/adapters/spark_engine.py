@@ -20,7 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eventpipe.core import schema
+from eventpipe.core.storage.tables import (
+    ENRICHED_EVENTS_TABLE,
+    ENTITY_METRICS_TABLE,
+    RAW_EVENTS_TABLE,
+)
 from eventpipe.core.validation import EventLimits
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -288,7 +292,7 @@ class SparkEngine:
     def read_events(self, tenant_id: str, start: int, end: int) -> DataFrame:
         target = self.target
         ranges = bigtable_io.sampled_ranges(
-            target, schema.RAW_EVENTS_TABLE, bigtable_io.tenant_event_ranges(tenant_id)
+            target, RAW_EVENTS_TABLE, bigtable_io.tenant_event_ranges(tenant_id)
         )
         slices = max(1, min(len(ranges), self.settings.partitions))
         # Contiguous runs of ranges per task: neighbouring salt prefixes share tablets.
@@ -433,7 +437,7 @@ class SparkEngine:
                     counts["unmatched"] += bool(record["unmatched"])
                     yield bigtable_io.enriched_row(record, spec_version)
 
-            bigtable_io.write_rows(target, schema.ENRICHED_EVENTS_TABLE, rows())
+            bigtable_io.write_rows(target, ENRICHED_EVENTS_TABLE, rows())
             yield pa.RecordBatch.from_pydict(
                 {**{k: [v] for k, v in counts.items()}, **task_non_finite_columns()}
             )
@@ -456,7 +460,7 @@ class SparkEngine:
             bigtable_io.take_non_finite_counts()
             written = bigtable_io.write_rows(
                 target,
-                schema.ENTITY_METRICS_TABLE,
+                ENTITY_METRICS_TABLE,
                 (
                     bigtable_io.metric_row(bucket_aggregate(row, metric_fields))
                     for row in arrow_rows(batches)

@@ -26,7 +26,6 @@ import threading
 import time
 from collections.abc import Callable
 
-from eventpipe.core import schema
 from eventpipe.core.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -35,6 +34,7 @@ from eventpipe.core.errors import (
     Violation,
 )
 from eventpipe.core.page_tokens import PageTokenCodec
+from eventpipe.core.storage.times import micros, timestamp_from_micros
 from eventpipe.enrich.v1 import enrich_pb2
 
 from enrich.domain.fair_shares import FairSlots, Quotas
@@ -121,7 +121,7 @@ class JobManager(WindowScheduler):
         validate_spec(spec)
         stored = enrich_pb2.EnrichmentSpec()
         stored.CopyFrom(spec)
-        stored.create_time.CopyFrom(schema.timestamp_from_micros(self.clock()))
+        stored.create_time.CopyFrom(timestamp_from_micros(self.clock()))
         return self.specs.put(tenant_id, stored)
 
     def get_spec(self, tenant_id: str, version: int = 0) -> enrich_pb2.EnrichmentSpec:
@@ -154,11 +154,11 @@ class JobManager(WindowScheduler):
             spec_version=spec.version,
             state=enrich_pb2.JOB_STATE_PENDING,
         )
-        record.create_time.CopyFrom(schema.timestamp_from_micros(now))
+        record.create_time.CopyFrom(timestamp_from_micros(now))
         if job.mode == enrich_pb2.JOB_MODE_BATCH:
             start, end = batch_window(job, now, self.retention_micros)
-            record.time_range.start_time.CopyFrom(schema.timestamp_from_micros(start))
-            record.time_range.end_time.CopyFrom(schema.timestamp_from_micros(end))
+            record.time_range.start_time.CopyFrom(timestamp_from_micros(start))
+            record.time_range.end_time.CopyFrom(timestamp_from_micros(end))
         elif job.mode == enrich_pb2.JOB_MODE_SCHEDULED:
             record.schedule.CopyFrom(job.schedule)
         else:
@@ -323,7 +323,7 @@ class JobManager(WindowScheduler):
             record.job.CopyFrom(latest.job)
             return False
         record.job.state = enrich_pb2.JOB_STATE_RUNNING
-        record.job.start_time.CopyFrom(schema.timestamp_from_micros(self.clock()))
+        record.job.start_time.CopyFrom(timestamp_from_micros(self.clock()))
         self.jobs.save(record)
         return True
 
@@ -335,7 +335,7 @@ class JobManager(WindowScheduler):
                 return  # cancelled meanwhile: keep the first terminal state
             record.job.state = state  # type: ignore[assignment]
             record.job.error = error
-            record.job.end_time.CopyFrom(schema.timestamp_from_micros(self.clock()))
+            record.job.end_time.CopyFrom(timestamp_from_micros(self.clock()))
             self.jobs.save(record)
         finally:
             with self._lock:
@@ -366,8 +366,8 @@ class JobManager(WindowScheduler):
                     job.job_id,
                     record.tenant_id,
                     spec,
-                    schema.micros(job.time_range.start_time),
-                    schema.micros(job.time_range.end_time),
+                    micros(job.time_range.start_time),
+                    micros(job.time_range.end_time),
                     cancelled,
                     self._progress_saver(record),
                 )

@@ -5,13 +5,13 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-from eventpipe.core import schema
+from eventpipe.core.storage.keys import job_id_for
 from eventpipe.enrich.v1 import enrich_pb2
 
 
 def new_job_id(create_micros: int) -> str:
     """Sorts newest first, like every time-ordered key of the schema."""
-    return f"j{schema.REVERSED_TIME_MAX - create_micros:019d}{secrets.token_hex(3)}"
+    return job_id_for(create_micros, secrets.token_hex(3))
 
 
 @dataclass

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from eventpipe.core import schema
 from eventpipe.core.errors import InvalidArgument, Violation
+from eventpipe.core.storage.times import micros
 from eventpipe.enrich.v1 import enrich_pb2
 
 MIN_SCHEDULE_INTERVAL_MICROS = 60_000_000
@@ -52,13 +52,9 @@ def validate_job(job: enrich_pb2.EnrichmentJob, now_micros: int, retention_micro
 def batch_window(
     job: enrich_pb2.EnrichmentJob, now_micros: int, retention_micros: int
 ) -> tuple[int, int]:
-    end = (
-        schema.micros(job.time_range.end_time)
-        if job.time_range.HasField("end_time")
-        else now_micros
-    )
+    end = micros(job.time_range.end_time) if job.time_range.HasField("end_time") else now_micros
     start = (
-        schema.micros(job.time_range.start_time)
+        micros(job.time_range.start_time)
         if job.time_range.HasField("start_time")
         else now_micros - retention_micros
     )

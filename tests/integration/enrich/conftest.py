@@ -18,7 +18,14 @@ from enrich.adapters.spark_engine import SparkEngine
 from enrich.domain.spec import validate_spec
 from eventpipe.common.v1 import event_pb2
 from eventpipe.core import bigtable as core_bigtable
-from eventpipe.core import schema
+from eventpipe.core.storage.tables import (
+    DIMENSIONS_TABLE,
+    ENRICHED_EVENTS_TABLE,
+    ENTITY_METRICS_TABLE,
+    ENTITY_PROFILES_TABLE,
+    RAW_EVENTS_TABLE,
+)
+from eventpipe.core.storage.times import micros, timestamp_from_micros
 from eventpipe.enrich.v1 import enrich_pb2_grpc
 from eventpipe.stack.spark_connectors import connector_jars
 from google.rpc import error_details_pb2, status_pb2
@@ -61,11 +68,11 @@ def tables(common_settings: Any) -> dict[str, Any]:
     return {
         name: core_bigtable.table(common_settings, name)
         for name in (
-            schema.RAW_EVENTS_TABLE,
-            schema.DIMENSIONS_TABLE,
-            schema.ENRICHED_EVENTS_TABLE,
-            schema.ENTITY_METRICS_TABLE,
-            schema.ENTITY_PROFILES_TABLE,
+            RAW_EVENTS_TABLE,
+            DIMENSIONS_TABLE,
+            ENRICHED_EVENTS_TABLE,
+            ENTITY_METRICS_TABLE,
+            ENTITY_PROFILES_TABLE,
         )
     }
 
@@ -80,10 +87,8 @@ def recent(data: dataset.Dataset, now_micros: int | None = None) -> dataset.Data
     for event in data.events:
         copy = event_pb2.Event()
         copy.CopyFrom(event)
-        copy.event_time.CopyFrom(
-            schema.timestamp_from_micros(schema.micros(event.event_time) + shift)
-        )
-        copy.ingest_time.CopyFrom(schema.timestamp_from_micros(now))
+        copy.event_time.CopyFrom(timestamp_from_micros(micros(event.event_time) + shift))
+        copy.ingest_time.CopyFrom(timestamp_from_micros(now))
         moved.events.append(copy)
     moved.dims = {
         name: [dataset.DimVersion(v.key, v.valid_from + shift, v.attributes) for v in versions]
@@ -141,7 +146,7 @@ def field_violations(error: grpc.RpcError) -> dict[str, str]:
 
 def write_dimensions(tables: dict[str, Any], data: dataset.Dataset) -> None:
     for name, versions in data.dims.items():
-        dataset.write_dimension(tables[schema.DIMENSIONS_TABLE], data.tenant_id, name, versions)
+        dataset.write_dimension(tables[DIMENSIONS_TABLE], data.tenant_id, name, versions)
 
 
 def start_test_stream(

@@ -20,7 +20,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eventpipe.common.v1 import event_pb2
-from eventpipe.core import schema
+from eventpipe.core.storage.attributes import ATTRIBUTE_FAMILIES, encode_attribute
+from eventpipe.core.storage.keys import (
+    row_key_for_dimension,
+    row_key_for_event,
+    row_key_for_metric,
+    row_key_for_profile,
+)
+from eventpipe.core.storage.rows import event_to_row
+from eventpipe.core.storage.times import cell_time, micros, timestamp_from_micros
 from eventpipe.enrich.v1 import enrich_pb2
 from google.cloud.bigtable.row import DirectRow
 from google.cloud.bigtable.table import Table
@@ -104,8 +112,8 @@ def generate(tenant_id: str, events: int = 240, seed: int = 7) -> Dataset:
             entity_id=f"e{rng.randrange(8)}",
             attributes={k: _value(v) for k, v in attributes.items()},
         )
-        event.event_time.CopyFrom(schema.timestamp_from_micros(t))
-        event.ingest_time.CopyFrom(schema.timestamp_from_micros(t + 1000))
+        event.event_time.CopyFrom(timestamp_from_micros(t))
+        event.ingest_time.CopyFrom(timestamp_from_micros(t + 1000))
         data.events.append(event)
     return data
 
@@ -113,10 +121,10 @@ def generate(tenant_id: str, events: int = 240, seed: int = 7) -> Dataset:
 def write_events(raw: Table, events: list[event_pb2.Event]) -> None:
     rows = []
     for event in events:
-        stored = schema.event_to_row(event)
+        stored = event_to_row(event)
         row = DirectRow(stored.key)
         for (family, qualifier), value in stored.cells.items():
-            row.set_cell(family, qualifier, value, schema.cell_time(stored.timestamp_micros))
+            row.set_cell(family, qualifier, value, cell_time(stored.timestamp_micros))
         rows.append(row)
     for start in range(0, len(rows), 500):
         statuses = raw.mutate_rows(rows[start : start + 500])
@@ -129,13 +137,13 @@ def write_dimension(
     rows = []
     for version in versions:
         row = DirectRow(
-            schema.row_key_for_dimension(tenant_id, dimension, version.key, version.valid_from)
+            row_key_for_dimension(tenant_id, dimension, version.key, version.valid_from)
         )
-        ts = schema.cell_time(version.valid_from)
+        ts = cell_time(version.valid_from)
         row.set_cell("m", b"key", version.key.encode(), ts)
         for name, value in version.attributes.items():
-            kind, raw = schema.encode_attribute(_value(value))
-            row.set_cell(schema.ATTRIBUTE_FAMILIES[kind], name.encode(), raw, ts)
+            kind, raw = encode_attribute(_value(value))
+            row.set_cell(ATTRIBUTE_FAMILIES[kind], name.encode(), raw, ts)
         rows.append(row)
     statuses = table.mutate_rows(rows)
     assert all(s.code == 0 for s in statuses)
@@ -167,7 +175,7 @@ def expected_enriched(data: Dataset) -> dict[bytes, dict[str, Any]]:
     """row key -> {"unmatched": "...", "fields": {"products.price": 21.0, "revenue": ...}}."""
     out: dict[bytes, dict[str, Any]] = {}
     for event in data.events:
-        t = schema.micros(event.event_time)
+        t = micros(event.event_time)
         fields: dict[str, Any] = {}
         unmatched = []
         product = as_of(data.dims["products"], str(_attr(event, "product_id")), t)
@@ -188,7 +196,7 @@ def expected_enriched(data: Dataset) -> dict[bytes, dict[str, Any]]:
             fields["label"] = f"{product.attributes['category']}/{event.event_type}"
         if quantity is not None:
             fields["half"] = (float(quantity) - 1) / 2
-        key = schema.row_key_for_event(data.tenant_id, event.entity_id, t, event.event_id)
+        key = row_key_for_event(data.tenant_id, event.entity_id, t, event.event_id)
         out[key] = {"unmatched": ",".join(unmatched), "fields": fields, "entity": event.entity_id}
     return out
 
@@ -198,17 +206,15 @@ def expected_metrics(data: Dataset) -> dict[bytes, dict[str, Any]]:
     enriched = expected_enriched(data)
     buckets: dict[bytes, dict[str, Any]] = {}
     for event in data.events:
-        t = schema.micros(event.event_time)
-        row = enriched[schema.row_key_for_event(data.tenant_id, event.entity_id, t, event.event_id)]
+        t = micros(event.event_time)
+        row = enriched[row_key_for_event(data.tenant_id, event.entity_id, t, event.event_id)]
         values = {
             "quantity": _attr(event, "quantity"),
             "revenue": row["fields"].get("revenue"),
             "products.price": row["fields"].get("products.price"),
         }
         for granularity, size in (("h", HOUR), ("d", DAY)):
-            key = schema.row_key_for_metric(
-                data.tenant_id, event.entity_id, granularity, t - t % size
-            )
+            key = row_key_for_metric(data.tenant_id, event.entity_id, granularity, t - t % size)
             bucket = buckets.setdefault(key, {"c": defaultdict(int), "v": {}})
             bucket["c"][event.event_type] += 1
             for name, value in values.items():
@@ -231,21 +237,17 @@ def expected_profiles(data: Dataset) -> dict[bytes, dict[str, Any]]:
     for event in data.events:
         by_entity[event.entity_id].append(event)
     for entity, events in by_entity.items():
-        times = [schema.micros(e.event_time) for e in events]
-        newest = max(events, key=lambda e: (schema.micros(e.event_time), e.event_id))
+        times = [micros(e.event_time) for e in events]
+        newest = max(events, key=lambda e: (micros(e.event_time), e.event_id))
         newest_row = enriched[
-            schema.row_key_for_event(
-                data.tenant_id, entity, schema.micros(newest.event_time), newest.event_id
-            )
+            row_key_for_event(data.tenant_id, entity, micros(newest.event_time), newest.event_id)
         ]
         counts: dict[str, int] = defaultdict(int)
         totals: dict[str, float] = defaultdict(float)
         for event in events:
             counts[event.event_type] += 1
             row = enriched[
-                schema.row_key_for_event(
-                    data.tenant_id, entity, schema.micros(event.event_time), event.event_id
-                )
+                row_key_for_event(data.tenant_id, entity, micros(event.event_time), event.event_id)
             ]
             for name, value in (
                 ("quantity", _attr(event, "quantity")),
@@ -254,7 +256,7 @@ def expected_profiles(data: Dataset) -> dict[bytes, dict[str, Any]]:
             ):
                 if value is not None:
                     totals[name] += value
-        profiles[schema.row_key_for_profile(data.tenant_id, entity)] = {
+        profiles[row_key_for_profile(data.tenant_id, entity)] = {
             "first_seen": min(times),
             "last_seen": max(times),
             "event_count": len(events),

@@ -10,7 +10,17 @@ from enrich.adapters.spark.session import JobCancelled
 from enrich.adapters.spark_engine import SparkEngine
 from enrich.domain.spec import validate_spec
 from enrich.domain.work import BatchWork
-from eventpipe.core import schema
+from eventpipe.core.storage.attributes import decode_double, decode_int
+from eventpipe.core.storage.keys import row_key_for_event
+from eventpipe.core.storage.rows import enriched_fields_from_cells, event_from_cells, latest_cells
+from eventpipe.core.storage.tables import (
+    DIMENSIONS_TABLE,
+    ENRICHED_EVENTS_TABLE,
+    ENTITY_METRICS_TABLE,
+    ENTITY_PROFILES_TABLE,
+    RAW_EVENTS_TABLE,
+)
+from eventpipe.core.storage.times import micros
 from google.cloud.bigtable.table import Table
 
 from tests.integration.enrich import dataset
@@ -20,7 +30,7 @@ Dump = dict[bytes, dict[tuple[str, bytes], bytes]]
 
 
 def dump(table: Table) -> Dump:
-    return {bytes(row.row_key): schema.cells_from_row_data(row) for row in table.read_rows()}
+    return {bytes(row.row_key): latest_cells(row) for row in table.read_rows()}
 
 
 def run(engine: SparkEngine, tenant: str, start: int, end: int, version: int = 1) -> Any:
@@ -34,7 +44,7 @@ def run(engine: SparkEngine, tenant: str, start: int, end: int, version: int = 1
 def decoded_enriched(cells: dict[tuple[str, bytes], bytes]) -> dict[str, Any]:
     fields = {
         name: getattr(value, value.WhichOneof("kind"))
-        for name, value in schema.enriched_fields_from_cells(cells).items()
+        for name, value in enriched_fields_from_cells(cells).items()
     }
     return {"unmatched": cells[("m", b"unmatched")].decode(), "fields": fields}
 
@@ -42,11 +52,9 @@ def decoded_enriched(cells: dict[tuple[str, bytes], bytes]) -> dict[str, Any]:
 @pytest.fixture
 def loaded(tables: dict[str, Table], isolation: Any) -> dataset.Dataset:
     data = dataset.generate(isolation.tenant_id)
-    dataset.write_events(tables[schema.RAW_EVENTS_TABLE], data.events)
+    dataset.write_events(tables[RAW_EVENTS_TABLE], data.events)
     for name, versions in data.dims.items():
-        dataset.write_dimension(
-            tables[schema.DIMENSIONS_TABLE], isolation.tenant_id, name, versions
-        )
+        dataset.write_dimension(tables[DIMENSIONS_TABLE], isolation.tenant_id, name, versions)
     return data
 
 
@@ -56,14 +64,14 @@ def test_batch_job_output_matches_an_independent_python_computation(
     counters, changed = run(engine, loaded.tenant_id, BASE, BASE + 2 * DAY)
 
     expected = dataset.expected_enriched(loaded)
-    enriched = dump(tables[schema.ENRICHED_EVENTS_TABLE])
+    enriched = dump(tables[ENRICHED_EVENTS_TABLE])
     assert set(enriched) == set(expected)
     for key, want in expected.items():
         got = decoded_enriched(enriched[key])
         assert got["unmatched"] == want["unmatched"], key
         assert got["fields"] == pytest.approx(want["fields"]), key
-        assert schema.decode_int(enriched[key][("m", b"spec_version")]) == 1
-    assert schema.event_from_cells(next(iter(enriched.values()))).tenant_id == loaded.tenant_id
+        assert decode_int(enriched[key][("m", b"spec_version")]) == 1
+    assert event_from_cells(next(iter(enriched.values()))).tenant_id == loaded.tenant_id
 
     unmatched = sum(1 for row in expected.values() if row["unmatched"])
     assert (counters.read, counters.unmatched, counters.enriched) == (
@@ -73,35 +81,35 @@ def test_batch_job_output_matches_an_independent_python_computation(
     )
     assert 0 < unmatched < len(loaded.events)
 
-    metrics = dump(tables[schema.ENTITY_METRICS_TABLE])
+    metrics = dump(tables[ENTITY_METRICS_TABLE])
     want_metrics = dataset.expected_metrics(loaded)
     assert set(metrics) == set(want_metrics)
     for key, want in want_metrics.items():
         cells = metrics[key]
-        counts = {q.decode(): schema.decode_int(v) for (f, q), v in cells.items() if f == "c"}
+        counts = {q.decode(): decode_int(v) for (f, q), v in cells.items() if f == "c"}
         values = {
-            q.decode(): (schema.decode_int(v) if q.endswith(b".count") else schema.decode_double(v))
+            q.decode(): (decode_int(v) if q.endswith(b".count") else decode_double(v))
             for (f, q), v in cells.items()
             if f == "v"
         }
         assert counts == want["c"], key
         assert values == pytest.approx(want["v"]), key
 
-    profiles = dump(tables[schema.ENTITY_PROFILES_TABLE])
+    profiles = dump(tables[ENTITY_PROFILES_TABLE])
     want_profiles = dataset.expected_profiles(loaded)
     assert set(profiles) == set(want_profiles)
     for key, want in want_profiles.items():
         cells = profiles[key]
-        assert schema.decode_int(cells[("m", b"first_seen")]) == want["first_seen"]
-        assert schema.decode_int(cells[("m", b"last_seen")]) == want["last_seen"]
-        assert schema.decode_int(cells[("m", b"event_count")]) == want["event_count"]
-        counts = {q.decode(): schema.decode_int(v) for (f, q), v in cells.items() if f == "c"}
+        assert decode_int(cells[("m", b"first_seen")]) == want["first_seen"]
+        assert decode_int(cells[("m", b"last_seen")]) == want["last_seen"]
+        assert decode_int(cells[("m", b"event_count")]) == want["event_count"]
+        counts = {q.decode(): decode_int(v) for (f, q), v in cells.items() if f == "c"}
         assert counts == want["c"]
-        totals = {q.decode(): schema.decode_double(v) for (f, q), v in cells.items() if f == "v"}
+        totals = {q.decode(): decode_double(v) for (f, q), v in cells.items() if f == "v"}
         assert totals == pytest.approx(want["v"])
         fields = {
             name: getattr(value, value.WhichOneof("kind"))
-            for name, value in schema.enriched_fields_from_cells(cells).items()
+            for name, value in enriched_fields_from_cells(cells).items()
         }
         assert fields == pytest.approx(want["x"])
     assert sorted(changed) == sorted({(loaded.tenant_id, e.entity_id) for e in loaded.events})
@@ -118,9 +126,9 @@ def test_re_running_a_batch_job_changes_no_row(
     engine: SparkEngine, tables: dict[str, Table], loaded: dataset.Dataset
 ) -> None:
     outputs = (
-        schema.ENRICHED_EVENTS_TABLE,
-        schema.ENTITY_METRICS_TABLE,
-        schema.ENTITY_PROFILES_TABLE,
+        ENRICHED_EVENTS_TABLE,
+        ENTITY_METRICS_TABLE,
+        ENTITY_PROFILES_TABLE,
     )
     run(engine, loaded.tenant_id, BASE, BASE + 2 * DAY)
     first = {name: _without_update_time(dump(tables[name])) for name in outputs}
@@ -137,22 +145,20 @@ def test_a_dimension_change_then_re_enrichment_rewrites_exactly_the_affected_row
     engine: SparkEngine, tables: dict[str, Table], loaded: dataset.Dataset
 ) -> None:
     run(engine, loaded.tenant_id, BASE, BASE + 2 * DAY)
-    before = dump(tables[schema.ENRICHED_EVENTS_TABLE])
+    before = dump(tables[ENRICHED_EVENTS_TABLE])
 
     change = DimVersion("p1", BASE + DAY + 6 * HOUR, {"price": 99.0, "category": "c1"})
-    dataset.write_dimension(tables[schema.DIMENSIONS_TABLE], loaded.tenant_id, "products", [change])
+    dataset.write_dimension(tables[DIMENSIONS_TABLE], loaded.tenant_id, "products", [change])
     loaded.dims["products"].append(change)
     run(engine, loaded.tenant_id, BASE, BASE + 2 * DAY)
-    after = dump(tables[schema.ENRICHED_EVENTS_TABLE])
+    after = dump(tables[ENRICHED_EVENTS_TABLE])
 
     changed_rows = {key for key in after if after[key] != before[key]}
     affected = {
-        schema.row_key_for_event(
-            loaded.tenant_id, e.entity_id, schema.micros(e.event_time), e.event_id
-        )
+        row_key_for_event(loaded.tenant_id, e.entity_id, micros(e.event_time), e.event_id)
         for e in loaded.events
         if e.attributes["product_id"].string_value == "p1"
-        and schema.micros(e.event_time) >= change.valid_from
+        and micros(e.event_time) >= change.valid_from
     }
     assert affected
     assert changed_rows == affected
@@ -173,4 +179,4 @@ def test_cancelling_a_running_batch_stops_it_before_it_writes(
     request.on_progress = cancel_after_the_first_stage
     with pytest.raises(JobCancelled):
         engine.run_batch(request)
-    assert dump(tables[schema.ENRICHED_EVENTS_TABLE]) == {}
+    assert dump(tables[ENRICHED_EVENTS_TABLE]) == {}

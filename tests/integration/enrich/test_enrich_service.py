@@ -6,9 +6,10 @@ from typing import Any
 
 import grpc
 import pytest
-from eventpipe.core import schema
+from eventpipe.core.storage.tables import DIMENSIONS_TABLE, RAW_EVENTS_TABLE
+from eventpipe.core.storage.times import timestamp_from_micros
+from eventpipe.core.waiting import wait_until
 from eventpipe.enrich.v1 import enrich_pb2
-from eventpipe.stack.waiting import wait_until
 
 from tests.integration.enrich import dataset
 from tests.integration.enrich.conftest import field_violations
@@ -72,8 +73,8 @@ def test_a_batch_job_runs_to_success_and_its_record_survives_a_restart(
 
     service, stub = enrich_stub
     data = dataset.generate(isolation.tenant_id, events=60)
-    dataset.write_events(core_bigtable.table(common_settings, schema.RAW_EVENTS_TABLE), data.events)
-    dims = core_bigtable.table(common_settings, schema.DIMENSIONS_TABLE)
+    dataset.write_events(core_bigtable.table(common_settings, RAW_EVENTS_TABLE), data.events)
+    dims = core_bigtable.table(common_settings, DIMENSIONS_TABLE)
     for name, versions in data.dims.items():
         dataset.write_dimension(dims, isolation.tenant_id, name, versions)
     stored = stub.PutEnrichmentSpec(
@@ -88,8 +89,8 @@ def test_a_batch_job_runs_to_success_and_its_record_survives_a_restart(
     )
 
     job = enrich_pb2.EnrichmentJob(mode=enrich_pb2.JOB_MODE_BATCH)
-    job.time_range.start_time.CopyFrom(schema.timestamp_from_micros(BASE))
-    job.time_range.end_time.CopyFrom(schema.timestamp_from_micros(BASE + 2 * DAY))
+    job.time_range.start_time.CopyFrom(timestamp_from_micros(BASE))
+    job.time_range.end_time.CopyFrom(timestamp_from_micros(BASE + 2 * DAY))
     created = stub.CreateEnrichmentJob(
         enrich_pb2.CreateEnrichmentJobRequest(tenant_id=isolation.tenant_id, job=job)
     ).job

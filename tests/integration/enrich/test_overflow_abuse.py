@@ -16,10 +16,20 @@ from enrich.adapters.spark_engine import SparkEngine
 from enrich.domain.spec import validate_spec
 from enrich.domain.work import BatchWork
 from eventpipe.common.v1 import event_pb2
-from eventpipe.core import schema
+from eventpipe.core.storage.attributes import decode_double
+from eventpipe.core.storage.keys import row_key_for_event, row_key_for_metric, row_key_for_profile
+from eventpipe.core.storage.rows import enriched_fields_from_cells, latest_cells
+from eventpipe.core.storage.tables import (
+    ENRICHED_EVENTS_TABLE,
+    ENTITY_METRICS_TABLE,
+    ENTITY_PROFILES_TABLE,
+    RAW_EVENTS_TABLE,
+    VALUES_FAMILY,
+)
+from eventpipe.core.storage.times import timestamp_from_micros
+from eventpipe.core.waiting import wait_until
 from eventpipe.enrich.v1 import enrich_pb2
 from eventpipe.stack.probes import free_port
-from eventpipe.stack.waiting import wait_until
 from google.cloud.bigtable.table import Table
 from google.protobuf import json_format
 from query import decode
@@ -31,7 +41,7 @@ from tests.integration.enrich.dataset import BASE, DAY, HOUR
 pytestmark = [pytest.mark.abuse]
 
 BIG = 1.7e308
-DOUBLE_FAMILIES = ("d", "xd", schema.VALUES_FAMILY)
+DOUBLE_FAMILIES = ("d", "xd", VALUES_FAMILY)
 
 
 def event(tenant_id: str, n: int, entity: str, time: int, amount: float) -> event_pb2.Event:
@@ -42,8 +52,8 @@ def event(tenant_id: str, n: int, entity: str, time: int, amount: float) -> even
         entity_id=entity,
         attributes={"amount": event_pb2.AttributeValue(double_value=amount)},
     )
-    result.event_time.CopyFrom(schema.timestamp_from_micros(time))
-    result.ingest_time.CopyFrom(schema.timestamp_from_micros(time + 1000))
+    result.event_time.CopyFrom(timestamp_from_micros(time))
+    result.ingest_time.CopyFrom(timestamp_from_micros(time + 1000))
     return result
 
 
@@ -60,12 +70,12 @@ def overflow_spec() -> enrich_pb2.EnrichmentSpec:
 
 
 def dump(table: Table) -> dict[bytes, dict[tuple[str, bytes], bytes]]:
-    return {bytes(row.row_key): schema.cells_from_row_data(row) for row in table.read_rows()}
+    return {bytes(row.row_key): latest_cells(row) for row in table.read_rows()}
 
 
 def doubles(cells: dict[tuple[str, bytes], bytes]) -> dict[str, float]:
     return {
-        f"{family}:{qualifier.decode()}": schema.decode_double(raw)
+        f"{family}:{qualifier.decode()}": decode_double(raw)
         for (family, qualifier), raw in cells.items()
         if family in DOUBLE_FAMILIES and not qualifier.endswith(b".count")
     }
@@ -90,16 +100,16 @@ def overflowed(
     1.7e308 on each of two days (each day is finite, the profile total overflows); e3: 1.0."""
     tenant = isolation.tenant_id
     events = overflow_events(tenant)
-    dataset.write_events(tables[schema.RAW_EVENTS_TABLE], events)
+    dataset.write_events(tables[RAW_EVENTS_TABLE], events)
     spec = validate_spec(overflow_spec(), version=1)
     counters = engine.run_batch(BatchWork("job-overflow", tenant, spec, BASE, BASE + 2 * DAY))
     assert counters.read == len(events)
     return {
         name: dump(tables[name])
         for name in (
-            schema.ENRICHED_EVENTS_TABLE,
-            schema.ENTITY_METRICS_TABLE,
-            schema.ENTITY_PROFILES_TABLE,
+            ENRICHED_EVENTS_TABLE,
+            ENTITY_METRICS_TABLE,
+            ENTITY_PROFILES_TABLE,
         )
     }
 
@@ -112,15 +122,13 @@ def test_no_written_double_is_infinite_or_nan_and_overflowed_values_are_absent(
         for key, cells in table.items():
             assert all(math.isfinite(v) for v in doubles(cells).values()), (key, doubles(cells))
 
-    enriched = overflowed[schema.ENRICHED_EVENTS_TABLE]
-    big = enriched[schema.row_key_for_event(tenant, "e1", BASE, "ev1")]
-    fields = schema.enriched_fields_from_cells(big)
+    enriched = overflowed[ENRICHED_EVENTS_TABLE]
+    big = enriched[row_key_for_event(tenant, "e1", BASE, "ev1")]
+    fields = enriched_fields_from_cells(big)
     assert set(fields) == {"half"}
     assert fields["half"].double_value == BIG / 2
-    assert schema.decode_double(big[("d", b"amount")]) == BIG
-    small = schema.enriched_fields_from_cells(
-        enriched[schema.row_key_for_event(tenant, "e3", BASE, "ev5")]
-    )
+    assert decode_double(big[("d", b"amount")]) == BIG
+    small = enriched_fields_from_cells(enriched[row_key_for_event(tenant, "e3", BASE, "ev5")])
     assert {name: getattr(v, v.WhichOneof("kind")) for name, v in small.items()} == {
         "twice": 2.0,
         "doubled": 2.0,
@@ -128,16 +136,16 @@ def test_no_written_double_is_infinite_or_nan_and_overflowed_values_are_absent(
         "half": 0.5,
     }
 
-    metrics = overflowed[schema.ENTITY_METRICS_TABLE]
-    day = doubles(metrics[schema.row_key_for_metric(tenant, "e1", "d", BASE)])
+    metrics = overflowed[ENTITY_METRICS_TABLE]
+    day = doubles(metrics[row_key_for_metric(tenant, "e1", "d", BASE)])
     assert "v:amount.sum" not in day
     assert (day["v:amount.min"], day["v:amount.max"], day["v:half.sum"]) == (BIG, BIG, BIG)
-    hour = doubles(metrics[schema.row_key_for_metric(tenant, "e1", "h", BASE)])
+    hour = doubles(metrics[row_key_for_metric(tenant, "e1", "h", BASE)])
     assert hour["v:amount.sum"] == BIG
 
-    profiles = overflowed[schema.ENTITY_PROFILES_TABLE]
+    profiles = overflowed[ENTITY_PROFILES_TABLE]
     totals = {
-        entity: doubles(profiles[schema.row_key_for_profile(tenant, entity)])
+        entity: doubles(profiles[row_key_for_profile(tenant, entity)])
         for entity in ("e1", "e2", "e3")
     }
     assert totals == {
@@ -151,13 +159,13 @@ def test_what_the_query_service_serves_from_these_rows_is_json_without_infinity_
     overflowed: dict[str, dict[bytes, dict[tuple[str, bytes], bytes]]], isolation: Any
 ) -> None:
     served = []
-    for cells in overflowed[schema.ENTITY_PROFILES_TABLE].values():
+    for cells in overflowed[ENTITY_PROFILES_TABLE].values():
         served.append(decode.profile_from_cells(isolation.tenant_id, "e", cells))
-    for key, cells in overflowed[schema.ENTITY_METRICS_TABLE].items():
+    for key, cells in overflowed[ENTITY_METRICS_TABLE].items():
         bucket = decode.metric_bucket_from_cells(key, cells, ())
         assert bucket is not None
         served.append(bucket)
-    for cells in overflowed[schema.ENRICHED_EVENTS_TABLE].values():
+    for cells in overflowed[ENRICHED_EVENTS_TABLE].values():
         served.append(decode.entity_event_from_cells(cells, enriched=True))
     assert len(served) > 10
     for message in served:
@@ -177,7 +185,7 @@ def test_streaming_recomputation_and_profile_refresh_leave_out_and_count_the_ove
         target, isolation.tenant_id, "e1", BASE, ("amount", "half")
     )
     rows = [bigtable_io.metric_row(aggregate) for aggregate in aggregates]
-    day_key = schema.row_key_for_metric(isolation.tenant_id, "e1", "d", BASE)
+    day_key = row_key_for_metric(isolation.tenant_id, "e1", "d", BASE)
     day = next(row for row in rows if row.key == day_key)
     assert all(math.isfinite(v) for v in doubles(day.cells).values())
     assert "v:amount.sum" not in doubles(day.cells)
@@ -205,13 +213,13 @@ def test_the_enrich_service_counts_what_its_spark_tasks_left_out_in_its_own_metr
     _service, stub = start_enrich(EVENTPIPE_ENRICH_METRICS_PORT=str(metrics_port))
     tenant = isolation.tenant_id
     assert set(non_finite_counted(metrics_port).values()) == {0.0}
-    dataset.write_events(tables[schema.RAW_EVENTS_TABLE], overflow_events(tenant))
+    dataset.write_events(tables[RAW_EVENTS_TABLE], overflow_events(tenant))
     stub.PutEnrichmentSpec(
         enrich_pb2.PutEnrichmentSpecRequest(tenant_id=tenant, spec=overflow_spec())
     )
     job = enrich_pb2.EnrichmentJob(mode=enrich_pb2.JOB_MODE_BATCH)
-    job.time_range.start_time.CopyFrom(schema.timestamp_from_micros(BASE))
-    job.time_range.end_time.CopyFrom(schema.timestamp_from_micros(BASE + 2 * DAY))
+    job.time_range.start_time.CopyFrom(timestamp_from_micros(BASE))
+    job.time_range.end_time.CopyFrom(timestamp_from_micros(BASE + 2 * DAY))
     created = stub.CreateEnrichmentJob(
         enrich_pb2.CreateEnrichmentJobRequest(tenant_id=tenant, job=job)
     ).job

@@ -18,12 +18,14 @@ from enrich.adapters.bigtable_io import BigtableTarget
 from enrich.adapters.spark.session import JobCancelled
 from enrich.adapters.spark_engine import SparkEngine
 from eventpipe.core import bigtable as core_bigtable
-from eventpipe.core import schema
 from eventpipe.core.kafka import producer_config
+from eventpipe.core.storage.keys import row_key_for_event
+from eventpipe.core.storage.tables import DIMENSIONS_TABLE, ENRICHED_EVENTS_TABLE, RAW_EVENTS_TABLE
+from eventpipe.core.storage.times import micros, timestamp_from_micros
 from eventpipe.core.topic_contract import message_headers, message_key
+from eventpipe.core.waiting import wait_until
 from eventpipe.enrich.v1 import enrich_pb2
 from eventpipe.stack.probes import grpc_health
-from eventpipe.stack.waiting import wait_until
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
@@ -39,8 +41,8 @@ EVENTS = 60
 def load_tenant(common_settings: Any, stub: Any, tenant_id: str) -> None:
     """Raw events and dimensions of a tenant in Bigtable, and its spec in enrich."""
     data = dataset.generate(tenant_id, events=EVENTS)
-    dataset.write_events(core_bigtable.table(common_settings, schema.RAW_EVENTS_TABLE), data.events)
-    dims = core_bigtable.table(common_settings, schema.DIMENSIONS_TABLE)
+    dataset.write_events(core_bigtable.table(common_settings, RAW_EVENTS_TABLE), data.events)
+    dims = core_bigtable.table(common_settings, DIMENSIONS_TABLE)
     for name, versions in data.dims.items():
         dataset.write_dimension(dims, tenant_id, name, versions)
     stub.PutEnrichmentSpec(
@@ -60,8 +62,8 @@ def get(stub: Any, tenant_id: str, job_id: str) -> enrich_pb2.EnrichmentJob:
 
 def batch_job() -> enrich_pb2.EnrichmentJob:
     job = enrich_pb2.EnrichmentJob(mode=enrich_pb2.JOB_MODE_BATCH)
-    job.time_range.start_time.CopyFrom(schema.timestamp_from_micros(BASE))
-    job.time_range.end_time.CopyFrom(schema.timestamp_from_micros(BASE + 2 * DAY))
+    job.time_range.start_time.CopyFrom(timestamp_from_micros(BASE))
+    job.time_range.end_time.CopyFrom(timestamp_from_micros(BASE + 2 * DAY))
     return job
 
 
@@ -157,19 +159,19 @@ def test_a_stream_survives_the_driver_jvm_dying_under_it_and_enriches_new_events
     tenant = isolation.tenant_id
     data = recent(dataset.generate(tenant, events=4, seed=3))
     write_dimensions(
-        {schema.DIMENSIONS_TABLE: core_bigtable.table(common_settings, schema.DIMENSIONS_TABLE)},
+        {DIMENSIONS_TABLE: core_bigtable.table(common_settings, DIMENSIONS_TABLE)},
         data,
     )
     stub.PutEnrichmentSpec(
         enrich_pb2.PutEnrichmentSpecRequest(tenant_id=tenant, spec=dataset.test_spec())
     )
     stream = create(stub, tenant, streaming_job())
-    enriched = core_bigtable.table(common_settings, schema.ENRICHED_EVENTS_TABLE)
+    enriched = core_bigtable.table(common_settings, ENRICHED_EVENTS_TABLE)
     producer = Producer(producer_config(common_settings))
 
     def produce_and_see(event: Any) -> None:
-        key = schema.row_key_for_event(
-            event.tenant_id, event.entity_id, schema.micros(event.event_time), event.event_id
+        key = row_key_for_event(
+            event.tenant_id, event.entity_id, micros(event.event_time), event.event_id
         )
 
         def enriched_now() -> bool:

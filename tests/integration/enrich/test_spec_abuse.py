@@ -14,7 +14,10 @@ from enrich.adapters.spark_engine import SparkEngine
 from enrich.domain import expressions
 from enrich.domain.spec import validate_spec
 from enrich.domain.work import BatchWork
-from eventpipe.core import schema
+from eventpipe.core.storage.keys import row_key_for_event
+from eventpipe.core.storage.rows import enriched_fields_from_cells, latest_cells
+from eventpipe.core.storage.tables import ENRICHED_EVENTS_TABLE, RAW_EVENTS_TABLE
+from eventpipe.core.storage.times import micros
 from eventpipe.enrich.v1 import enrich_pb2
 from google.cloud.bigtable.table import Table
 from pyspark.sql import DataFrame, SparkSession
@@ -155,7 +158,7 @@ def test_a_job_whose_spec_has_a_31_operator_chain_finishes_with_the_right_values
     engine: SparkEngine, tables: dict[str, Table], isolation: Any
 ) -> None:
     data = dataset.generate(isolation.tenant_id, events=20)
-    dataset.write_events(tables[schema.RAW_EVENTS_TABLE], data.events)
+    dataset.write_events(tables[RAW_EVENTS_TABLE], data.events)
     spec = spec_deriving(chain("quantity", MAX_OPERATORS), right_nested("quantity", 15))
     spec.metric_fields.append("f0")
     checked = validate_spec(spec, version=1)
@@ -164,15 +167,14 @@ def test_a_job_whose_spec_has_a_31_operator_chain_finishes_with_the_right_values
     )
     assert counters.read == len(data.events)
     stored = {
-        bytes(row.row_key): schema.cells_from_row_data(row)
-        for row in tables[schema.ENRICHED_EVENTS_TABLE].read_rows()
+        bytes(row.row_key): latest_cells(row) for row in tables[ENRICHED_EVENTS_TABLE].read_rows()
     }
     assert len(stored) == len(data.events)
     for event in data.events:
-        key = schema.row_key_for_event(
-            isolation.tenant_id, event.entity_id, schema.micros(event.event_time), event.event_id
+        key = row_key_for_event(
+            isolation.tenant_id, event.entity_id, micros(event.event_time), event.event_id
         )
-        fields = schema.enriched_fields_from_cells(stored[key])
+        fields = enriched_fields_from_cells(stored[key])
         if "quantity" in event.attributes:
             quantity = event.attributes["quantity"].int_value
             assert fields["f0"].double_value == 32 * quantity

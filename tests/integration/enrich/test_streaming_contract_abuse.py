@@ -12,8 +12,10 @@ import pytest
 from confluent_kafka import Producer
 from enrich.adapters.spark_engine import SparkEngine
 from eventpipe.common.v1 import event_pb2
-from eventpipe.core import schema
 from eventpipe.core.kafka import producer_config
+from eventpipe.core.storage.keys import row_key_for_event
+from eventpipe.core.storage.tables import ENRICHED_EVENTS_TABLE
+from eventpipe.core.storage.times import micros, timestamp_from_micros
 from eventpipe.core.topic_contract import (
     HEADER_TENANT,
     PoisonMessage,
@@ -22,7 +24,7 @@ from eventpipe.core.topic_contract import (
     message_key,
 )
 from eventpipe.core.validation import EventLimits
-from eventpipe.stack.waiting import wait_until
+from eventpipe.core.waiting import wait_until
 from google.cloud.bigtable.table import Table
 
 from tests.integration.enrich import dataset
@@ -49,9 +51,7 @@ def poison_messages(good: event_pb2.Event) -> dict[str, Message]:
     out_of_range.attributes["when"].timestamp_value.seconds = 10**13
     wrong_header = variant("poison-header")
     future = variant("poison-future")
-    future.event_time.CopyFrom(
-        schema.timestamp_from_micros(schema.micros(good.ingest_time) + 3600 * 1_000_000)
-    )
+    future.event_time.CopyFrom(timestamp_from_micros(micros(good.ingest_time) + 3600 * 1_000_000))
     return {
         "a key that disagrees with the value": (
             message_key(tenant, "someone-else"),
@@ -114,11 +114,11 @@ def test_a_message_the_store_dead_letters_is_never_enriched_while_a_good_one_is(
         )
         assert producer.flush(30) == 0
 
-        good_key = schema.row_key_for_event(
-            good.tenant_id, good.entity_id, schema.micros(good.event_time), good.event_id
+        good_key = row_key_for_event(
+            good.tenant_id, good.entity_id, micros(good.event_time), good.event_id
         )
         wait_until(
-            lambda: good_key in dump(tables[schema.ENRICHED_EVENTS_TABLE]),
+            lambda: good_key in dump(tables[ENRICHED_EVENTS_TABLE]),
             timeout=120,
             what="the good event enriched",
         )
@@ -131,6 +131,6 @@ def test_a_message_the_store_dead_letters_is_never_enriched_while_a_good_one_is(
     finally:
         handle.stop()
 
-    enriched = dump(tables[schema.ENRICHED_EVENTS_TABLE])
+    enriched = dump(tables[ENRICHED_EVENTS_TABLE])
     assert set(enriched) == {good_key}
     assert sum(b.read for b in batches) == 1

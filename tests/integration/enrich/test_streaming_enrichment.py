@@ -6,10 +6,15 @@ from typing import Any
 
 from confluent_kafka import Producer
 from enrich.adapters.spark_engine import SparkEngine
-from eventpipe.core import schema
 from eventpipe.core.kafka import producer_config
+from eventpipe.core.storage.attributes import decode_int
+from eventpipe.core.storage.tables import (
+    ENRICHED_EVENTS_TABLE,
+    ENTITY_METRICS_TABLE,
+    ENTITY_PROFILES_TABLE,
+)
 from eventpipe.core.topic_contract import message_headers, message_key
-from eventpipe.stack.waiting import wait_until
+from eventpipe.core.waiting import wait_until
 from google.cloud.bigtable.table import Table
 
 from tests.integration.enrich import dataset
@@ -57,7 +62,7 @@ def test_a_streaming_job_enriches_new_events_within_its_trigger_plus_a_bound(
         expected = dataset.expected_enriched(data)
 
         def all_enriched() -> bool:
-            return set(dump(tables[schema.ENRICHED_EVENTS_TABLE])) == set(expected)
+            return set(dump(tables[ENRICHED_EVENTS_TABLE])) == set(expected)
 
         wait_until(
             all_enriched,
@@ -73,19 +78,17 @@ def test_a_streaming_job_enriches_new_events_within_its_trigger_plus_a_bound(
     finally:
         handle.stop()
 
-    enriched = dump(tables[schema.ENRICHED_EVENTS_TABLE])
+    enriched = dump(tables[ENRICHED_EVENTS_TABLE])
     for key, want in expected.items():
         got = decoded_enriched(enriched[key])
         assert (got["unmatched"], got["fields"]) == (want["unmatched"], want["fields"])
     assert sum(b.read for b in batches) == len(data.events)
 
     # Aggregates are recomputed per touched bucket from the stored enriched rows.
-    metrics = dump(tables[schema.ENTITY_METRICS_TABLE])
+    metrics = dump(tables[ENTITY_METRICS_TABLE])
     want_metrics = dataset.expected_metrics(data)
     assert set(metrics) == set(want_metrics)
     for key, want in want_metrics.items():
-        counts = {
-            q.decode(): schema.decode_int(v) for (f, q), v in metrics[key].items() if f == "c"
-        }
+        counts = {q.decode(): decode_int(v) for (f, q), v in metrics[key].items() if f == "c"}
         assert counts == want["c"]
-    assert set(dump(tables[schema.ENTITY_PROFILES_TABLE])) == set(dataset.expected_profiles(data))
+    assert set(dump(tables[ENTITY_PROFILES_TABLE])) == set(dataset.expected_profiles(data))

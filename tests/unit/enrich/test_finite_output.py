@@ -7,7 +7,8 @@ import math
 import pytest
 from enrich.adapters import bigtable_io
 from enrich.adapters.bigtable_io import BucketAggregate
-from eventpipe.core import schema
+from eventpipe.core.storage.attributes import decode_double, decode_int
+from eventpipe.core.storage.tables import VALUES_FAMILY
 from prometheus_client import REGISTRY
 
 INF = math.inf
@@ -31,14 +32,12 @@ def test_a_metric_sum_that_overflowed_is_absent_and_tallied_while_the_rest_is_wr
     row = bigtable_io.metric_row(
         aggregate({"amount": (INF, 1.7e308, 1.7e308, 2), "quantity": (3.0, 1.0, 2.0, 2)})
     )
-    values = {q: v for (family, q), v in row.cells.items() if family == schema.VALUES_FAMILY}
+    values = {q: v for (family, q), v in row.cells.items() if family == VALUES_FAMILY}
     assert b"amount.sum" not in values
-    assert schema.decode_double(values[b"amount.max"]) == 1.7e308
-    assert schema.decode_int(values[b"amount.count"]) == 2
-    assert schema.decode_double(values[b"quantity.sum"]) == 3.0
-    assert all(
-        math.isfinite(schema.decode_double(v)) for q, v in values.items() if b".count" not in q
-    )
+    assert decode_double(values[b"amount.max"]) == 1.7e308
+    assert decode_int(values[b"amount.count"]) == 2
+    assert decode_double(values[b"quantity.sum"]) == 3.0
+    assert all(math.isfinite(decode_double(v)) for q, v in values.items() if b".count" not in q)
     assert bigtable_io.take_non_finite_counts() == {bigtable_io.METRIC: 1}
     assert bigtable_io.take_non_finite_counts() == {}
 
@@ -75,8 +74,8 @@ def test_an_enriched_row_leaves_out_a_non_finite_derived_field_and_names_where()
     row = bigtable_io.enriched_row(record, spec_version=1)
     assert ("xd", b"twice") not in row.cells
     assert ("xd", b"products.price") not in row.cells
-    assert schema.decode_double(row.cells[("xd", b"ok")]) == 2.0
-    assert schema.decode_double(row.cells[("d", b"amount")]) == 1.7e308
+    assert decode_double(row.cells[("xd", b"ok")]) == 2.0
+    assert decode_double(row.cells[("d", b"amount")]) == 1.7e308
     assert bigtable_io.take_non_finite_counts() == {
         bigtable_io.DERIVED_FIELD: 1,
         bigtable_io.EVENT_FIELD: 1,

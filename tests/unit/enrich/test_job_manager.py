@@ -14,10 +14,10 @@ from enrich.domain.jobs import JobManager
 from enrich.domain.records import JobRecord
 from enrich.domain.windows import next_run_after, retry_delay_micros, scheduled_window
 from enrich.domain.work import BatchWork, Cancelled, Counters, StreamWork
-from eventpipe.core import schema
 from eventpipe.core.errors import FailedPrecondition, InvalidArgument
+from eventpipe.core.storage.times import timestamp_from_micros
+from eventpipe.core.waiting import wait_until
 from eventpipe.enrich.v1 import enrich_pb2
-from eventpipe.stack.waiting import wait_until
 
 SECOND = 1_000_000
 MINUTE = 60_000_000
@@ -154,8 +154,8 @@ def spec() -> enrich_pb2.EnrichmentSpec:
 
 def batch_job(start: int, end: int) -> enrich_pb2.EnrichmentJob:
     job = enrich_pb2.EnrichmentJob(mode=enrich_pb2.JOB_MODE_BATCH)
-    job.time_range.start_time.CopyFrom(schema.timestamp_from_micros(start))
-    job.time_range.end_time.CopyFrom(schema.timestamp_from_micros(end))
+    job.time_range.start_time.CopyFrom(timestamp_from_micros(start))
+    job.time_range.end_time.CopyFrom(timestamp_from_micros(end))
     return job
 
 

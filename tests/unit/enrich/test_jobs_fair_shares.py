@@ -12,8 +12,8 @@ from enrich.domain.fair_shares import FairSlots, Quotas
 from enrich.domain.jobs import JobManager
 from enrich.domain.work import BatchWork, CancellationToken, Cancelled, Counters, StreamWork
 from eventpipe.core.errors import ResourceExhausted
+from eventpipe.core.waiting import wait_until
 from eventpipe.enrich.v1 import enrich_pb2
-from eventpipe.stack.waiting import wait_until
 
 from tests.unit.enrich.test_job_manager import (
     MINUTE,

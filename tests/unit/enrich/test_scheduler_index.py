@@ -9,7 +9,7 @@ from typing import Any
 from enrich.domain.fair_shares import Quotas
 from enrich.domain.jobs import JobManager
 from enrich.domain.records import JobRecord
-from eventpipe.stack.waiting import wait_until
+from eventpipe.core.waiting import wait_until
 
 from tests.unit.enrich.test_job_manager import (
     MINUTE,

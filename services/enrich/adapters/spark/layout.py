@@ -9,7 +9,8 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from eventpipe.core import schema
+from eventpipe.core.storage.keys import row_key_for_event
+from eventpipe.core.storage.times import micros
 from pyspark.sql import types as T
 
 from enrich.adapters import bigtable_io
@@ -193,15 +194,15 @@ def event_tuple(event: Any) -> tuple[Any, ...]:
         elif kind == "bool_value":
             maps["b"][name] = attribute.bool_value
         elif kind == "timestamp_value":
-            maps["t"][name] = schema.micros(attribute.timestamp_value)
-    event_time = schema.micros(event.event_time)
+            maps["t"][name] = micros(attribute.timestamp_value)
+    event_time = micros(event.event_time)
     return (
-        schema.row_key_for_event(event.tenant_id, event.entity_id, event_time, event.event_id),
+        row_key_for_event(event.tenant_id, event.entity_id, event_time, event.event_id),
         event.tenant_id,
         event.entity_id,
         event.event_id,
         event.event_type,
         event_time,
-        schema.micros(event.ingest_time),
+        micros(event.ingest_time),
         *(maps[k] for k, _ in ATTRIBUTE_MAPS),
     )

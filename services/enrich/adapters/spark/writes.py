@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from eventpipe.core import schema
+from eventpipe.core.storage.tables import ENRICHED_EVENTS_TABLE, ENTITY_METRICS_TABLE
 from pyspark.sql import types as T
 
 from enrich.adapters import bigtable_io
@@ -46,7 +46,7 @@ def write_micro_batch(
         return
     bigtable_io.write_rows(
         target,
-        schema.ENRICHED_EVENTS_TABLE,
+        ENRICHED_EVENTS_TABLE,
         (bigtable_io.enriched_row(record, spec.version) for record in records),
     )
     days = sorted(
@@ -57,7 +57,7 @@ def write_micro_batch(
     )
     bigtable_io.write_rows(
         target,
-        schema.ENTITY_METRICS_TABLE,
+        ENTITY_METRICS_TABLE,
         (
             bigtable_io.metric_row(aggregate)
             for tenant_id, entity_id, day in days
