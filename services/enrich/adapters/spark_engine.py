@@ -1,8 +1,8 @@
 """The Spark engine: the session's lifecycle (probe, rebuild, bounded and interruptible driver
-calls), the key-range reads, and batch jobs (enrich, write, aggregate, refresh profiles).
-The rest lives by concern in ``enrich.adapters.spark``: ``session`` (settings, build, driver
-calls), ``transforms`` (pure DataFrame transforms), ``layout`` (row and Arrow layout),
-``writes`` (what write tasks do) and ``streaming``.
+calls), the key-range reads, and the ``enrich.ports.Engine`` methods, which delegate to the
+modules of ``enrich.adapters.spark`` by concern: ``session`` (settings, build, driver calls),
+``transforms`` (pure DataFrame transforms), ``layout`` (row and Arrow layout), ``writes``
+(what write tasks do), ``batch`` (a batch job's driver side) and ``streaming``.
 
 One long-lived SparkSession per enrich process (see docs/enrich.md for why): each job runs
 its actions under its own job group (cancel = ``cancelJobGroup``) and FAIR scheduler pool,
@@ -13,36 +13,22 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eventpipe.core.storage.tables import (
-    ENRICHED_EVENTS_TABLE,
-    ENTITY_METRICS_TABLE,
-    RAW_EVENTS_TABLE,
-)
+from eventpipe.core.storage.tables import RAW_EVENTS_TABLE
 from eventpipe.core.validation import EventLimits
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 
 from enrich.adapters import bigtable_io
-from enrich.adapters.bigtable_io import BigtableTarget, ProfileInput
+from enrich.adapters.bigtable_io import BigtableTarget
+from enrich.adapters.spark.batch import batch_in_driver
 from enrich.adapters.spark.layout import (
-    ATTRIBUTE_MAPS,
     DIMENSION_SCHEMA,
     EVENT_SCHEMA,
-    NON_FINITE_DDL,
     arrow_batches,
-    arrow_rows,
-    bucket_aggregate,
-    count_tasks_non_finite,
-    joined_fields,
-    output_record,
-    task_non_finite_columns,
 )
 from enrich.adapters.spark.session import (
     CancelFlag,
@@ -54,7 +40,6 @@ from enrich.adapters.spark.session import (
     call_with_timeout,
     discard_session,
     first_line,
-    tenant_pool,
 )
 from enrich.adapters.spark.streaming import (
     RestartingStream,
@@ -62,8 +47,13 @@ from enrich.adapters.spark.streaming import (
     StreamingRequest,
     start_streaming_query,
 )
-from enrich.adapters.spark.transforms import aggregate_frame, enrich_frame, prepared_dimension
-from enrich.adapters.spark.writes import refresh_profiles_in_batches
+from enrich.adapters.spark.transforms import (
+    aggregate_frame as aggregate_frame,  # re-exported: the bench imports it from here
+)
+from enrich.adapters.spark.transforms import (
+    enrich_frame as enrich_frame,  # re-exported: the bench imports it from here
+)
+from enrich.adapters.spark.transforms import prepared_dimension
 from enrich.domain.spec import CheckedSpec
 from enrich.domain.work import BatchWork, Counters, StreamWork
 
@@ -342,7 +332,7 @@ class SparkEngine:
         generation = self._generation
         try:
             return self.run_in_driver(  # type: ignore[no-any-return]
-                request.job_id, request.cancelled, lambda: self._batch_in_driver(request)
+                request.job_id, request.cancelled, lambda: batch_in_driver(self, request)
             )
         except JobCancelled:
             raise
@@ -352,25 +342,6 @@ class SparkEngine:
                     "the Spark session broke while this job ran and was rebuilt: " + first_line(exc)
                 ) from exc
             raise
-
-    def _batch_in_driver(self, request: BatchWork) -> Counters:
-        spark = self.spark
-        sc = spark.sparkContext
-        sc.setJobGroup(request.job_id, f"enrich {request.tenant_id}", interruptOnCancel=True)
-        # One FAIR pool per tenant: tenants share the executors equally, whatever their count
-        # of jobs and streams.
-        sc.setLocalProperty("spark.scheduler.pool", tenant_pool(request.tenant_id))
-        counters = Counters()
-        cached: list[DataFrame] = []
-        try:
-            return self._run_batch(request, counters, cached)
-        finally:
-            for frame in cached:
-                try:
-                    frame.unpersist()
-                except Exception:  # a cancelled or broken session
-                    log.debug("could not unpersist", exc_info=True)
-            sc.setLocalProperty("spark.scheduler.pool", None)  # type: ignore[arg-type]
 
     def start_streaming(self, request: StreamingRequest) -> StreamingHandle:
         return start_streaming_query(self, request)
@@ -396,126 +367,3 @@ class SparkEngine:
             on_entities_changed=self.on_entities_changed,
         )
         return RestartingStream(self, request)
-
-    def _check(self, request: BatchWork) -> None:
-        """The cancellation token, checked between steps of the driver side."""
-        if request.cancelled.is_set():
-            raise JobCancelled(request.job_id)
-
-    def _run_batch(
-        self, request: BatchWork, counters: Counters, cached: list[DataFrame]
-    ) -> Counters:
-        spec = request.spec
-        target = self.target
-        # Aggregates are recomputed for whole day buckets, so read whole days.
-        agg_start = request.start_micros // bigtable_io.DAY_MICROS * bigtable_io.DAY_MICROS
-        agg_end = -(-request.end_micros // bigtable_io.DAY_MICROS) * bigtable_io.DAY_MICROS
-        self._check(request)
-        events = self.read_events(request.tenant_id, agg_start, agg_end)
-        dimensions, broadcast = self.read_dimensions(request.tenant_id, spec)
-        cached.extend(dimensions.values())
-        request.on_progress(0.1, counters)
-        self._check(request)
-        frame = enrich_frame(events, dimensions, spec, broadcast).persist()
-        cached.append(frame)
-        in_window = frame.filter(
-            (F.col("event_time") >= request.start_micros)
-            & (F.col("event_time") < request.end_micros)
-        )
-        spec_version = spec.version
-
-        def write_enriched(batches: Iterable[Any]) -> Iterator[Any]:
-            import pyarrow as pa
-
-            counts = {"read": 0, "unmatched": 0}
-            bigtable_io.take_non_finite_counts()  # a reused worker: drop a failed task's tally
-
-            def rows() -> Iterator[Any]:
-                for values in arrow_rows(batches):
-                    record = output_record(values, spec)
-                    counts["read"] += 1
-                    counts["unmatched"] += bool(record["unmatched"])
-                    yield bigtable_io.enriched_row(record, spec_version)
-
-            bigtable_io.write_rows(target, ENRICHED_EVENTS_TABLE, rows())
-            yield pa.RecordBatch.from_pydict(
-                {**{k: [v] for k, v in counts.items()}, **task_non_finite_columns()}
-            )
-
-        totals = in_window.mapInArrow(
-            write_enriched, f"read long, unmatched long, {NON_FINITE_DDL}"
-        ).collect()
-        count_tasks_non_finite(totals)
-        counters.read = sum(int(t["read"]) for t in totals)
-        counters.unmatched = sum(int(t["unmatched"]) for t in totals)
-        counters.enriched = counters.read - counters.unmatched
-        request.on_progress(0.6, counters)
-        self._check(request)
-
-        metric_fields = spec.metric_fields
-
-        def write_metrics(batches: Iterable[Any]) -> Iterator[Any]:
-            import pyarrow as pa
-
-            bigtable_io.take_non_finite_counts()
-            written = bigtable_io.write_rows(
-                target,
-                ENTITY_METRICS_TABLE,
-                (
-                    bigtable_io.metric_row(bucket_aggregate(row, metric_fields))
-                    for row in arrow_rows(batches)
-                ),
-            )
-            yield pa.RecordBatch.from_pydict({"written": [written], **task_non_finite_columns()})
-
-        count_tasks_non_finite(
-            aggregate_frame(frame, spec)
-            .mapInArrow(write_metrics, f"written long, {NON_FINITE_DDL}")
-            .collect()
-        )
-        request.on_progress(0.8, counters)
-        self._check(request)
-
-        changed = self._write_profiles(in_window, spec)
-        self.on_entities_changed(changed)
-        request.on_progress(1.0, counters)
-        return counters
-
-    def _write_profiles(self, in_window: DataFrame, spec: CheckedSpec) -> list[tuple[str, str]]:
-        """Refreshes the profile of every entity with an event in the window."""
-        target = self.target
-        join_columns = [
-            F.col(f"j{n}_{kind}") for n in range(len(spec.joins)) for kind, _ in ATTRIBUTE_MAPS
-        ] + [F.col(f"j{n}_m") for n in range(len(spec.joins))]
-        newest = in_window.groupBy("tenant_id", "entity_id").agg(
-            F.max_by(
-                F.struct(F.col("event_time"), *join_columns),
-                F.struct(F.col("event_time"), F.col("event_id")),
-            ).alias("newest")
-        )
-        update_time = time.time_ns() // 1000
-
-        def refresh(rows: Iterable[Any]) -> Iterator[tuple[str, str, int]]:
-            bigtable_io.take_non_finite_counts()
-            inputs = []
-            for row in rows:
-                newest_values = row["newest"].asDict()
-                fields, _unmatched = joined_fields(newest_values, spec)
-                inputs.append(
-                    ProfileInput(
-                        row["tenant_id"], row["entity_id"], newest_values["event_time"], fields
-                    )
-                )
-            for tenant_id, entity_id in refresh_profiles_in_batches(target, inputs, update_time):
-                yield tenant_id, entity_id, 0
-            # The tally rides along as ("", where, count) rows: no tenant id is empty.
-            for where, count in bigtable_io.take_non_finite_counts().items():
-                yield "", where, count
-
-        results = newest.rdd.mapPartitions(refresh).collect()
-        non_finite: Counter[str] = Counter()
-        for tenant_id, name, count in results:
-            if not tenant_id:
-                non_finite[name] += count
-        bigtable_io.count_non_finite(non_finite)
-        return [(tenant_id, entity_id) for tenant_id, entity_id, _ in results if tenant_id]
