@@ -7,6 +7,7 @@ from eventpipe.core.errors import invalid
 from eventpipe.core.validation import check_id
 from eventpipe.enrich.v1 import enrich_pb2, enrich_pb2_grpc
 
+from enrich.adapters.job_codec import job_from_proto, job_to_proto
 from enrich.domain.jobs import JobManager
 
 
@@ -41,14 +42,14 @@ class EnrichServicer(enrich_pb2_grpc.EnrichServiceServicer):
     def CreateEnrichmentJob(
         self, request: enrich_pb2.CreateEnrichmentJobRequest, context: grpc.ServicerContext
     ) -> enrich_pb2.CreateEnrichmentJobResponse:
-        job = self.manager.create_job(_tenant(request.tenant_id), request.job)
-        return enrich_pb2.CreateEnrichmentJobResponse(job=job)
+        job = self.manager.create_job(_tenant(request.tenant_id), job_from_proto(request.job))
+        return enrich_pb2.CreateEnrichmentJobResponse(job=job_to_proto(job))
 
     def GetEnrichmentJob(
         self, request: enrich_pb2.GetEnrichmentJobRequest, context: grpc.ServicerContext
     ) -> enrich_pb2.GetEnrichmentJobResponse:
         job = self.manager.get_job(_tenant(request.tenant_id), request.job_id)
-        return enrich_pb2.GetEnrichmentJobResponse(job=job)
+        return enrich_pb2.GetEnrichmentJobResponse(job=job_to_proto(job))
 
     def ListEnrichmentJobs(
         self, request: enrich_pb2.ListEnrichmentJobsRequest, context: grpc.ServicerContext
@@ -56,10 +57,12 @@ class EnrichServicer(enrich_pb2_grpc.EnrichServiceServicer):
         jobs, token = self.manager.list_jobs(
             _tenant(request.tenant_id), request.page_size, request.page_token
         )
-        return enrich_pb2.ListEnrichmentJobsResponse(jobs=jobs, next_page_token=token)
+        return enrich_pb2.ListEnrichmentJobsResponse(
+            jobs=[job_to_proto(job) for job in jobs], next_page_token=token
+        )
 
     def CancelEnrichmentJob(
         self, request: enrich_pb2.CancelEnrichmentJobRequest, context: grpc.ServicerContext
     ) -> enrich_pb2.CancelEnrichmentJobResponse:
         job = self.manager.cancel_job(_tenant(request.tenant_id), request.job_id)
-        return enrich_pb2.CancelEnrichmentJobResponse(job=job)
+        return enrich_pb2.CancelEnrichmentJobResponse(job=job_to_proto(job))

@@ -47,6 +47,7 @@ from google.cloud.bigtable.row_filters import (
 )
 from google.cloud.bigtable.table import Table
 
+from enrich.adapters.job_codec import job_from_proto, job_to_proto
 from enrich.domain.records import JobRecord
 
 __all__ = [
@@ -104,7 +105,7 @@ class BigtableJobStore:
     def save(self, record: JobRecord) -> None:
         row = self.table.direct_row(keys.row_key_for_job(record.tenant_id, record.job.job_id))
         row.set_cell(FAMILY, b"tenant_id", record.tenant_id.encode())
-        row.set_cell(FAMILY, b"job", record.job.SerializeToString())
+        row.set_cell(FAMILY, b"job", job_to_proto(record.job).SerializeToString())
         row.set_cell(FAMILY, b"next_run", encode_int(record.next_run_micros))
         status = row.commit()
         if status is not None and getattr(status, "code", 0) != 0:
@@ -115,7 +116,7 @@ class BigtableJobStore:
         cells = latest_cells(row)
         return JobRecord(
             cells[(FAMILY, b"tenant_id")].decode(),
-            enrich_pb2.EnrichmentJob.FromString(cells[(FAMILY, b"job")]),
+            job_from_proto(enrich_pb2.EnrichmentJob.FromString(cells[(FAMILY, b"job")])),
             decode_int(cells.get((FAMILY, b"next_run"), encode_int(0))),
         )
 

@@ -20,6 +20,7 @@ thread checks the token between steps, ends CANCELLED and frees its slot.
 
 from __future__ import annotations
 
+import copy
 import logging
 import secrets
 import threading
@@ -34,11 +35,19 @@ from eventpipe.core.errors import (
     Violation,
 )
 from eventpipe.core.page_tokens import PageTokenCodec
-from eventpipe.core.storage.times import micros, timestamp_from_micros
+from eventpipe.core.storage.times import timestamp_from_micros
 from eventpipe.enrich.v1 import enrich_pb2
 
 from enrich.domain.fair_shares import FairSlots, Quotas
-from enrich.domain.records import JobRecord, new_job_id
+from enrich.domain.records import (
+    TERMINAL,
+    Job,
+    JobMode,
+    JobRecord,
+    JobState,
+    TimeRange,
+    new_job_id,
+)
 from enrich.domain.scheduler import (
     DEFAULT_CLAIM_LEASE_MICROS,
     DEFAULT_RETRY_INITIAL_MICROS,
@@ -49,7 +58,7 @@ from enrich.domain.scheduler import (
     describe_failure,
 )
 from enrich.domain.spec import CheckedSpec, validate_spec
-from enrich.domain.windows import batch_window, duration_micros, validate_job
+from enrich.domain.windows import batch_window, validate_job
 from enrich.domain.work import BatchWork, Cancelled, Counters, StreamWork
 from enrich.ports import Engine, JobStore, SpecStore
 
@@ -57,17 +66,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TRIGGER_MICROS = 1_000_000
 LIST_ENRICHMENT_JOBS = "eventpipe.enrich.v1.EnrichService/ListEnrichmentJobs"
-TERMINAL = {
-    enrich_pb2.JOB_STATE_SUCCEEDED,
-    enrich_pb2.JOB_STATE_FAILED,
-    enrich_pb2.JOB_STATE_CANCELLED,
-}
-
-
-def copy_counters(target: enrich_pb2.JobCounters, counters: Counters) -> None:
-    """The job record's counters (a proto, as the job store keeps it) from the engine's."""
-    target.read, target.enriched = counters.read, counters.enriched
-    target.unmatched, target.failed = counters.unmatched, counters.failed
 
 
 class JobManager(WindowScheduler):
@@ -137,7 +135,7 @@ class JobManager(WindowScheduler):
 
     # -- jobs
 
-    def create_job(self, tenant_id: str, job: enrich_pb2.EnrichmentJob) -> enrich_pb2.EnrichmentJob:
+    def create_job(self, tenant_id: str, job: Job) -> Job:
         now = self.clock()
         validate_job(job, now, self.retention_micros)
         spec = self.specs.get(tenant_id, job.spec_version)
@@ -148,23 +146,21 @@ class JobManager(WindowScheduler):
                     violations=[Violation("job.spec_version", "no such spec version")],
                 )
             raise FailedPrecondition(f"tenant {tenant_id!r} has no enrichment spec: put one first")
-        record = enrich_pb2.EnrichmentJob(
+        record = Job(
             job_id=new_job_id(now),
             mode=job.mode,
             spec_version=spec.version,
-            state=enrich_pb2.JOB_STATE_PENDING,
+            state=JobState.PENDING,
+            create_micros=now,
         )
-        record.create_time.CopyFrom(timestamp_from_micros(now))
-        if job.mode == enrich_pb2.JOB_MODE_BATCH:
-            start, end = batch_window(job, now, self.retention_micros)
-            record.time_range.start_time.CopyFrom(timestamp_from_micros(start))
-            record.time_range.end_time.CopyFrom(timestamp_from_micros(end))
-        elif job.mode == enrich_pb2.JOB_MODE_SCHEDULED:
-            record.schedule.CopyFrom(job.schedule)
+        if job.mode == JobMode.BATCH:
+            record.time_range = TimeRange(*batch_window(job, now, self.retention_micros))
+        elif job.mode == JobMode.SCHEDULED:
+            record.schedule = copy.deepcopy(job.schedule)
+        elif job.trigger_interval_micros is None:
+            record.trigger_interval_micros = DEFAULT_TRIGGER_MICROS
         else:
-            record.trigger_interval.CopyFrom(job.trigger_interval)
-            if not job.HasField("trigger_interval"):
-                record.trigger_interval.FromMicroseconds(DEFAULT_TRIGGER_MICROS)
+            record.trigger_interval_micros = job.trigger_interval_micros
         stored = JobRecord(tenant_id, record, next_run_micros=now)
         active = self._admit(tenant_id, record.job_id, job.mode)
         try:
@@ -173,22 +169,19 @@ class JobManager(WindowScheduler):
             with self._lock:
                 self._active.pop(record.job_id, None)
             raise
-        answer = enrich_pb2.EnrichmentJob()
-        answer.CopyFrom(record)  # the worker thread mutates ``record`` from now on
+        answer = record.copy()  # the worker thread mutates ``record`` from now on
         self._launch(stored, active)
         return answer
 
-    def _admit(self, tenant_id: str, job_id: str, mode: int) -> ActiveJob:
+    def _admit(self, tenant_id: str, job_id: str, mode: JobMode) -> ActiveJob:
         """Reserves the job's place in the tenant's quota, or refuses it."""
         quotas = self.quotas
         with self._lock:
             mine = sum(
                 1 for a in self._active.values() if a.tenant_id == tenant_id and a.mode == mode
             )
-            if mode == enrich_pb2.JOB_MODE_STREAMING:
-                streams = sum(
-                    1 for a in self._active.values() if a.mode == enrich_pb2.JOB_MODE_STREAMING
-                )
+            if mode == JobMode.STREAMING:
+                streams = sum(1 for a in self._active.values() if a.mode == JobMode.STREAMING)
                 if mine >= quotas.tenant_max_streams:
                     raise ResourceExhausted(
                         f"tenant {tenant_id!r} already runs {mine} streaming jobs, its limit: "
@@ -199,7 +192,7 @@ class JobManager(WindowScheduler):
                         f"the enrich service already runs {streams} streaming jobs, its limit: "
                         "try again later"
                     )
-            elif mode == enrich_pb2.JOB_MODE_SCHEDULED:
+            elif mode == JobMode.SCHEDULED:
                 if mine >= quotas.tenant_max_scheduled_jobs:
                     raise ResourceExhausted(
                         f"tenant {tenant_id!r} already has {mine} active scheduled jobs, its "
@@ -214,15 +207,13 @@ class JobManager(WindowScheduler):
             self._active[job_id] = active
             return active
 
-    def get_job(self, tenant_id: str, job_id: str) -> enrich_pb2.EnrichmentJob:
+    def get_job(self, tenant_id: str, job_id: str) -> Job:
         record = self.jobs.get(tenant_id, job_id)
         if record is None:
             raise NotFound(f"job {job_id!r} not found")
         return record.job
 
-    def list_jobs(
-        self, tenant_id: str, page_size: int, page_token: str
-    ) -> tuple[list[enrich_pb2.EnrichmentJob], str]:
+    def list_jobs(self, tenant_id: str, page_size: int, page_token: str) -> tuple[list[Job], str]:
         if not 0 <= page_size <= 1000:
             raise InvalidArgument(
                 "page_size must be 1..1000", violations=[Violation("page_size", "1..1000")]
@@ -241,7 +232,7 @@ class JobManager(WindowScheduler):
         )
         return [r.job for r in page], token
 
-    def cancel_job(self, tenant_id: str, job_id: str) -> enrich_pb2.EnrichmentJob:
+    def cancel_job(self, tenant_id: str, job_id: str) -> Job:
         record = self.jobs.get(tenant_id, job_id)
         if record is None:
             raise NotFound(f"job {job_id!r} not found")
@@ -256,7 +247,7 @@ class JobManager(WindowScheduler):
             self.engine.cancel(job_id)
         # The job's thread also marks it; saving here makes the answer immediate and covers a
         # job that was not running in this process.
-        self._finish(record, enrich_pb2.JOB_STATE_CANCELLED)
+        self._finish(record, JobState.CANCELLED)
         return record.job
 
     # -- running
@@ -267,7 +258,7 @@ class JobManager(WindowScheduler):
         Recovered jobs were admitted once, so they are not refused again; batch jobs still
         wait for a slot in their tenant's turn."""
         for record in self.jobs.all_records():
-            if record.job.state in (enrich_pb2.JOB_STATE_PENDING, enrich_pb2.JOB_STATE_RUNNING):
+            if record.job.state in (JobState.PENDING, JobState.RUNNING):
                 log.info("recovering job", extra={"job_id": record.job.job_id})
                 with self._lock:
                     active = self._active.setdefault(
@@ -288,7 +279,7 @@ class JobManager(WindowScheduler):
             # Not cancelled: the records stay RUNNING so the next process resumes them.
             if item.stream is not None:
                 item.stream.stop()
-            elif item.mode != enrich_pb2.JOB_MODE_STREAMING:
+            elif item.mode != JobMode.STREAMING:
                 self.engine.cancel(job_id)
         deadline = time.monotonic() + timeout
         self._slots.close(timeout)
@@ -297,9 +288,9 @@ class JobManager(WindowScheduler):
 
     def _launch(self, record: JobRecord, active: ActiveJob) -> None:
         job_id = record.job.job_id
-        if record.job.mode == enrich_pb2.JOB_MODE_BATCH:
+        if record.job.mode == JobMode.BATCH:
             self._slots.submit(record.tenant_id, lambda: self._run_batch_job(record, active))
-        elif record.job.mode == enrich_pb2.JOB_MODE_STREAMING:
+        elif record.job.mode == JobMode.STREAMING:
             # Streams hold their thread for life: never one of the batch slots.
             thread = threading.Thread(
                 target=self._run_stream_job,
@@ -316,26 +307,26 @@ class JobManager(WindowScheduler):
 
     def _mark_running(self, record: JobRecord) -> bool:
         """Saves the job RUNNING; False when it ended meanwhile (cancelled before it ran)."""
-        if record.job.state == enrich_pb2.JOB_STATE_RUNNING:
+        if record.job.state == JobState.RUNNING:
             return True
         latest = self.jobs.get(record.tenant_id, record.job.job_id)
         if latest is not None and latest.job.state in TERMINAL:
-            record.job.CopyFrom(latest.job)
+            record.job.assign(latest.job)
             return False
-        record.job.state = enrich_pb2.JOB_STATE_RUNNING
-        record.job.start_time.CopyFrom(timestamp_from_micros(self.clock()))
+        record.job.state = JobState.RUNNING
+        record.job.started_micros = self.clock()
         self.jobs.save(record)
         return True
 
-    def _finish(self, record: JobRecord, state: int, error: str = "") -> None:
+    def _finish(self, record: JobRecord, state: JobState, error: str = "") -> None:
         try:
             latest = self.jobs.get(record.tenant_id, record.job.job_id)
             if latest is not None and latest.job.state in TERMINAL:
-                record.job.CopyFrom(latest.job)
+                record.job.assign(latest.job)
                 return  # cancelled meanwhile: keep the first terminal state
-            record.job.state = state  # type: ignore[assignment]
+            record.job.state = state
             record.job.error = error
-            record.job.end_time.CopyFrom(timestamp_from_micros(self.clock()))
+            record.job.ended_micros = self.clock()
             self.jobs.save(record)
         finally:
             with self._lock:
@@ -347,7 +338,7 @@ class JobManager(WindowScheduler):
             if record.job.state in TERMINAL:
                 return
             record.job.progress = progress
-            copy_counters(record.job.counters, counters)
+            record.job.counters = copy.copy(counters)
             self.jobs.save(record)
 
         return save
@@ -366,28 +357,28 @@ class JobManager(WindowScheduler):
                     job.job_id,
                     record.tenant_id,
                     spec,
-                    micros(job.time_range.start_time),
-                    micros(job.time_range.end_time),
+                    job.time_range.start_micros or 0,
+                    job.time_range.end_micros or 0,
                     cancelled,
                     self._progress_saver(record),
                 )
             )
             cancelled.raise_if_cancelled(job.job_id)
-            copy_counters(job.counters, counters)
+            job.counters = copy.copy(counters)
             job.progress = 1.0
-            self._finish(record, enrich_pb2.JOB_STATE_SUCCEEDED)
+            self._finish(record, JobState.SUCCEEDED)
         except Exception as exc:
             if cancelled.is_set():
-                self._finish(record, enrich_pb2.JOB_STATE_CANCELLED)
+                self._finish(record, JobState.CANCELLED)
             elif self._stopped.is_set():  # the engine interrupted it: not a cancel
                 log.info(
                     "job interrupted by shutdown; resumes on restart", extra={"job_id": job.job_id}
                 )
             elif isinstance(exc, Cancelled):
-                self._finish(record, enrich_pb2.JOB_STATE_CANCELLED)
+                self._finish(record, JobState.CANCELLED)
             else:
                 log.exception("batch job failed", extra={"job_id": job.job_id})
-                self._finish(record, enrich_pb2.JOB_STATE_FAILED, describe_failure(exc))
+                self._finish(record, JobState.FAILED, describe_failure(exc))
 
     def _run_stream_job(self, record: JobRecord, active: ActiveJob) -> None:
         job = record.job
@@ -398,21 +389,20 @@ class JobManager(WindowScheduler):
         def on_batch(counters: Counters) -> None:
             with lock:
                 totals.add(counters)
-                copy_counters(job.counters, totals)
+                job.counters = copy.copy(totals)
                 if job.state not in TERMINAL:
                     self.jobs.save(record)
 
         try:
             cancelled.raise_if_cancelled(job.job_id)
             spec = self._checked_spec(record.tenant_id, job.spec_version)
-            stored = job.counters
-            totals.add(Counters(stored.read, stored.enriched, stored.unmatched, stored.failed))
+            totals.add(job.counters)
             stream = self.engine.start_stream(
                 StreamWork(
                     job.job_id,
                     record.tenant_id,
                     spec,
-                    duration_micros(job.trigger_interval) / 1e6 or 1.0,
+                    (job.trigger_interval_micros or 0) / 1e6 or 1.0,
                     on_batch,
                 )
             )
@@ -424,17 +414,17 @@ class JobManager(WindowScheduler):
                 cancelled.wait(0.5)
             if cancelled.is_set():
                 stream.stop()
-                self._finish(record, enrich_pb2.JOB_STATE_CANCELLED)
+                self._finish(record, JobState.CANCELLED)
             elif not self._stopped.is_set():
                 error = stream.error()
                 self._finish(
                     record,
-                    enrich_pb2.JOB_STATE_FAILED if error else enrich_pb2.JOB_STATE_SUCCEEDED,
+                    JobState.FAILED if error else JobState.SUCCEEDED,
                     error or "",
                 )
         except Exception as exc:
             if cancelled.is_set() or isinstance(exc, Cancelled):
-                self._finish(record, enrich_pb2.JOB_STATE_CANCELLED)
+                self._finish(record, JobState.CANCELLED)
             elif not self._stopped.is_set():
                 log.exception("streaming job failed", extra={"job_id": job.job_id})
-                self._finish(record, enrich_pb2.JOB_STATE_FAILED, describe_failure(exc))
+                self._finish(record, JobState.FAILED, describe_failure(exc))

@@ -40,10 +40,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from eventpipe.enrich.v1 import enrich_pb2
-
 from enrich.domain.fair_shares import FairSlots
-from enrich.domain.records import JobRecord
+from enrich.domain.records import JobMode, JobRecord, JobState, Schedule
 from enrich.domain.spec import CheckedSpec
 from enrich.domain.windows import next_run_after, retry_delay_micros, scheduled_window
 from enrich.domain.work import BatchWork, CancellationToken, Cancelled
@@ -66,7 +64,7 @@ def default_owner_id() -> str:
 @dataclass
 class ActiveJob:
     tenant_id: str
-    mode: int
+    mode: JobMode
     cancelled: CancellationToken = field(default_factory=CancellationToken)
     stream: RunningStream | None = None
     window_running: bool = False
@@ -162,8 +160,8 @@ class WindowScheduler:
         record = self.jobs.get(active.tenant_id, job_id)
         if (
             record is None
-            or record.job.mode != enrich_pb2.JOB_MODE_SCHEDULED
-            or record.job.state != enrich_pb2.JOB_STATE_RUNNING
+            or record.job.mode != JobMode.SCHEDULED
+            or record.job.state != JobState.RUNNING
         ):
             with self._lock:  # ended, possibly on another replica: no longer scheduled here
                 if self._active.get(job_id) is active:
@@ -195,7 +193,7 @@ class WindowScheduler:
         # ``record`` may predate another replica finishing this window and advancing next_run.
         return (
             latest is not None
-            and latest.job.state == enrich_pb2.JOB_STATE_RUNNING
+            and latest.job.state == JobState.RUNNING
             and latest.next_run_micros == due
         )
 
@@ -248,7 +246,8 @@ class WindowScheduler:
         job = record.job
         cancelled = active.cancelled
         due = record.next_run_micros
-        start, end = scheduled_window(job.schedule, due)
+        schedule = job.schedule or Schedule()  # a scheduled job has one (validate_job)
+        start, end = scheduled_window(schedule, due)
         failures, retry_at = 0, 0
         next_look: int | None = None
         try:
@@ -260,9 +259,8 @@ class WindowScheduler:
                 )
             )
             cancelled.raise_if_cancelled(job.job_id)
-            for name in ("read", "enriched", "unmatched", "failed"):
-                setattr(job.counters, name, getattr(job.counters, name) + getattr(counters, name))
-            record.next_run_micros = next_run_after(job.schedule, due, self.clock())
+            job.counters.add(counters)
+            record.next_run_micros = next_run_after(schedule, due, self.clock())
             if self._still_running(record):
                 job.error = ""
                 self.jobs.save(record)
@@ -276,7 +274,7 @@ class WindowScheduler:
             elif not cancelled.is_set() and not isinstance(exc, Cancelled):
                 failures = active.failures + 1
                 delay = retry_delay_micros(
-                    job.schedule, failures, self.retry_initial_micros, self.retry_max_micros
+                    schedule, failures, self.retry_initial_micros, self.retry_max_micros
                 )
                 retry_at = next_look = failed_at + delay
                 log.exception(
@@ -297,14 +295,14 @@ class WindowScheduler:
     def _still_running(self, record: JobRecord) -> bool:
         """False when the job was cancelled meanwhile, possibly by another replica."""
         latest = self.jobs.get(record.tenant_id, record.job.job_id)
-        return latest is not None and latest.job.state == enrich_pb2.JOB_STATE_RUNNING
+        return latest is not None and latest.job.state == JobState.RUNNING
 
     def _save_window_error(self, record: JobRecord, error: str) -> None:
         """Saves ``error`` on the stored record, so nothing of the failed attempt (counters,
         an advanced next_run whose save failed) is kept: the same window runs again."""
         try:
             latest = self.jobs.get(record.tenant_id, record.job.job_id)
-            if latest is not None and latest.job.state == enrich_pb2.JOB_STATE_RUNNING:
+            if latest is not None and latest.job.state == JobState.RUNNING:
                 latest.job.error = error
                 self.jobs.save(latest)
         except Exception:  # the store may be what failed the window; the retry saves again

@@ -11,10 +11,9 @@ from enrich.adapters.repository import (
     BigtableJobStore,
     ensure_enrich_tables,
 )
-from enrich.domain.records import JobRecord
+from enrich.domain.records import Job, JobMode, JobRecord, JobState
 from eventpipe.core import bigtable as core_bigtable
 from eventpipe.core.config import CommonSettings
-from eventpipe.enrich.v1 import enrich_pb2
 from eventpipe.stack.components import BigtableEmulator
 
 from tests.conftest import Isolation
@@ -36,9 +35,7 @@ def store(bigtable_emulator: BigtableEmulator) -> BigtableJobStore:
 def job(store: BigtableJobStore) -> JobRecord:
     record = JobRecord(
         "tenant-a",
-        enrich_pb2.EnrichmentJob(
-            job_id="j1", mode=enrich_pb2.JOB_MODE_SCHEDULED, state=enrich_pb2.JOB_STATE_RUNNING
-        ),
+        Job(job_id="j1", mode=JobMode.SCHEDULED, state=JobState.RUNNING),
         next_run_micros=DUE,
     )
     store.save(record)

@@ -10,12 +10,12 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from enrich.adapters.job_codec import job_from_proto, job_to_proto
 from enrich.domain.jobs import JobManager
-from enrich.domain.records import JobRecord
+from enrich.domain.records import Job, JobMode, JobRecord, JobState, Schedule, TimeRange
 from enrich.domain.windows import next_run_after, retry_delay_micros, scheduled_window
 from enrich.domain.work import BatchWork, Cancelled, Counters, StreamWork
 from eventpipe.core.errors import FailedPrecondition, InvalidArgument
-from eventpipe.core.storage.times import timestamp_from_micros
 from eventpipe.core.waiting import wait_until
 from eventpipe.enrich.v1 import enrich_pb2
 
@@ -53,13 +53,12 @@ class MemoryJobs:
     def save(self, record: JobRecord) -> None:
         with self.lock:
             key = (record.tenant_id, record.job.job_id)
-            self.rows[key] = record.job.SerializeToString()
+            self.rows[key] = job_to_proto(record.job).SerializeToString()  # as the store keeps it
             self.next_run[key] = record.next_run_micros
 
     def _load(self, key: tuple[str, str]) -> JobRecord:
-        return JobRecord(
-            key[0], enrich_pb2.EnrichmentJob.FromString(self.rows[key]), self.next_run[key]
-        )
+        job = job_from_proto(enrich_pb2.EnrichmentJob.FromString(self.rows[key]))
+        return JobRecord(key[0], job, self.next_run[key])
 
     def get(self, tenant_id: str, job_id: str) -> JobRecord | None:
         with self.lock:
@@ -152,11 +151,8 @@ def spec() -> enrich_pb2.EnrichmentSpec:
     )
 
 
-def batch_job(start: int, end: int) -> enrich_pb2.EnrichmentJob:
-    job = enrich_pb2.EnrichmentJob(mode=enrich_pb2.JOB_MODE_BATCH)
-    job.time_range.start_time.CopyFrom(timestamp_from_micros(start))
-    job.time_range.end_time.CopyFrom(timestamp_from_micros(end))
-    return job
+def batch_job(start: int, end: int) -> Job:
+    return Job(mode=JobMode.BATCH, time_range=TimeRange(start, end))
 
 
 @pytest.fixture
@@ -175,10 +171,10 @@ def test_a_batch_job_runs_to_success_with_its_counters(parts: Any) -> None:
     manager = manager_of(parts)
     manager.put_spec("t", spec())
     job = manager.create_job("t", batch_job(0, MINUTE))
-    assert (job.state, job.spec_version) == (enrich_pb2.JOB_STATE_PENDING, 1)
+    assert (job.state, job.spec_version) == (JobState.PENDING, 1)
     parts[2].release.set()
     wait_until(
-        lambda: manager.get_job("t", job.job_id).state == enrich_pb2.JOB_STATE_SUCCEEDED,
+        lambda: manager.get_job("t", job.job_id).state == JobState.SUCCEEDED,
         timeout=10,
         what="success",
     )
@@ -195,7 +191,7 @@ def test_a_failing_job_reports_its_error(parts: Any) -> None:
     manager.put_spec("t", spec())
     job = manager.create_job("t", batch_job(0, MINUTE))
     wait_until(
-        lambda: manager.get_job("t", job.job_id).state == enrich_pb2.JOB_STATE_FAILED,
+        lambda: manager.get_job("t", job.job_id).state == JobState.FAILED,
         timeout=10,
         what="failure",
     )
@@ -207,9 +203,9 @@ def test_cancel_stops_a_running_batch_and_the_state_stays_cancelled(parts: Any) 
     manager.put_spec("t", spec())
     job = manager.create_job("t", batch_job(0, MINUTE))
     wait_until(lambda: parts[2].running == 1, timeout=10, what="running")
-    assert manager.cancel_job("t", job.job_id).state == enrich_pb2.JOB_STATE_CANCELLED
+    assert manager.cancel_job("t", job.job_id).state == JobState.CANCELLED
     wait_until(lambda: parts[2].running == 0, timeout=10, what="stopped")
-    assert manager.get_job("t", job.job_id).state == enrich_pb2.JOB_STATE_CANCELLED
+    assert manager.get_job("t", job.job_id).state == JobState.CANCELLED
     assert parts[2].cancelled == [job.job_id]
 
 
@@ -221,8 +217,7 @@ def test_a_job_without_a_spec_or_with_a_bad_window_is_refused(parts: Any) -> Non
     with pytest.raises(InvalidArgument) as raised:
         manager.create_job("t", batch_job(MINUTE, 0))
     assert raised.value.violations[0].field == "job.time_range"
-    scheduled = enrich_pb2.EnrichmentJob(mode=enrich_pb2.JOB_MODE_SCHEDULED)
-    scheduled.schedule.interval.FromSeconds(10)
+    scheduled = Job(mode=JobMode.SCHEDULED, schedule=Schedule(interval_micros=10 * SECOND))
     with pytest.raises(InvalidArgument) as raised:
         manager.create_job("t", scheduled)
     assert {v.field for v in raised.value.violations} == {
@@ -242,12 +237,12 @@ def test_a_restarted_manager_runs_pending_jobs_again(parts: Any) -> None:
     engine.release.set()
     wait_until(lambda: engine.running == 0, timeout=10, what="first run gone")
     engine.fail_with = None
-    assert jobs.get("t", job.job_id).job.state == enrich_pb2.JOB_STATE_RUNNING
+    assert jobs.get("t", job.job_id).job.state == JobState.RUNNING
 
     second = JobManager(specs, jobs, engine, clock=clock, tick_seconds=3600)
     second.start()
     wait_until(
-        lambda: second.get_job("t", job.job_id).state == enrich_pb2.JOB_STATE_SUCCEEDED,
+        lambda: second.get_job("t", job.job_id).state == JobState.SUCCEEDED,
         timeout=10,
         what="recovered",
     )
@@ -259,11 +254,7 @@ def test_a_schedule_never_runs_two_windows_at_once_and_slides_its_window(parts: 
     _specs, _jobs, engine, clock = parts
     manager = manager_of(parts)
     manager.put_spec("t", spec())
-    job = enrich_pb2.EnrichmentJob(mode=enrich_pb2.JOB_MODE_SCHEDULED)
-    job.schedule.interval.FromSeconds(15 * 60)
-    job.schedule.window.FromSeconds(3600)
-    job.schedule.lateness.FromSeconds(60)
-    created = manager.create_job("t", job)
+    created = manager.create_job("t", scheduled_job())
     start = clock.now
     manager.tick()
     wait_until(lambda: engine.running == 1, timeout=10, what="first window")
@@ -289,10 +280,7 @@ def test_a_schedule_never_runs_two_windows_at_once_and_slides_its_window(parts: 
 
 
 def test_window_arithmetic() -> None:
-    schedule = enrich_pb2.Schedule()
-    schedule.interval.FromSeconds(900)
-    schedule.window.FromSeconds(3600)
-    schedule.lateness.FromSeconds(120)
+    schedule = Schedule(900 * SECOND, 3600 * SECOND, 120 * SECOND)
     assert scheduled_window(schedule, 10 * 3600 * 10**6) == (
         9 * 3600 * 10**6 - 120 * 10**6,
         10 * 3600 * 10**6 - 120 * 10**6,
@@ -301,12 +289,8 @@ def test_window_arithmetic() -> None:
     assert next_run_after(schedule, 0, 2000 * 10**6) == 2700 * 10**6
 
 
-def scheduled_job() -> enrich_pb2.EnrichmentJob:
-    job = enrich_pb2.EnrichmentJob(mode=enrich_pb2.JOB_MODE_SCHEDULED)
-    job.schedule.interval.FromSeconds(15 * 60)
-    job.schedule.window.FromSeconds(3600)
-    job.schedule.lateness.FromSeconds(60)
-    return job
+def scheduled_job() -> Job:
+    return Job(mode=JobMode.SCHEDULED, schedule=Schedule(15 * MINUTE, 3600 * SECOND, MINUTE))
 
 
 def replica(
@@ -356,8 +340,7 @@ def run_due_window(manager: JobManager, job_id: str, engine: FakeEngine) -> tupl
 
 
 def test_the_retry_delay_doubles_and_stops_at_the_cap_or_the_interval() -> None:
-    hourly = enrich_pb2.Schedule()
-    hourly.interval.FromSeconds(3600)
+    hourly = Schedule(interval_micros=3600 * SECOND)
     assert [
         retry_delay_micros(hourly, n, 5 * SECOND, 10 * MINUTE) // SECOND for n in (1, 2, 3, 4)
     ] == [
@@ -368,8 +351,7 @@ def test_the_retry_delay_doubles_and_stops_at_the_cap_or_the_interval() -> None:
     ]
     assert retry_delay_micros(hourly, 8, 5 * SECOND, 10 * MINUTE) == 10 * MINUTE
     assert retry_delay_micros(hourly, 100_000, 5 * SECOND, 10 * MINUTE) == 10 * MINUTE
-    every_minute = enrich_pb2.Schedule()
-    every_minute.interval.FromSeconds(60)
+    every_minute = Schedule(interval_micros=MINUTE)
     assert retry_delay_micros(every_minute, 5, 5 * SECOND, 10 * MINUTE) == MINUTE
 
 
@@ -563,7 +545,7 @@ def test_the_servicer_refuses_a_tenant_id_the_shared_id_rule_refuses() -> None:
             )
         assert refused.value.violations[0].field == "tenant_id"
     manager.get_job.assert_not_called()
-    manager.get_job.return_value = enrich_pb2.EnrichmentJob(job_id="j1")
+    manager.get_job.return_value = Job(job_id="j1")
     servicer.GetEnrichmentJob(
         enrich_pb2.GetEnrichmentJobRequest(tenant_id="acme-1.eu:x_y", job_id="j1"), mock.Mock()
     )

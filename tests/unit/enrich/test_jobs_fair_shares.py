@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from enrich.domain.fair_shares import FairSlots, Quotas
 from enrich.domain.jobs import JobManager
+from enrich.domain.records import Job, JobMode, JobState
 from enrich.domain.work import BatchWork, CancellationToken, Cancelled, Counters, StreamWork
 from eventpipe.core.errors import ResourceExhausted
 from eventpipe.core.waiting import wait_until
-from eventpipe.enrich.v1 import enrich_pb2
 
 from tests.unit.enrich.test_job_manager import (
     MINUTE,
@@ -60,8 +60,8 @@ class StreamingEngine(FakeEngine):
         return stream
 
 
-def streaming_job() -> enrich_pb2.EnrichmentJob:
-    return enrich_pb2.EnrichmentJob(mode=enrich_pb2.JOB_MODE_STREAMING)
+def streaming_job() -> Job:
+    return Job(mode=JobMode.STREAMING)
 
 
 @pytest.fixture
@@ -82,7 +82,7 @@ def manager_with(engine: StreamingEngine, quotas: Quotas, *tenants: str) -> JobM
     return manager
 
 
-def state(manager: JobManager, tenant: str, job: enrich_pb2.EnrichmentJob) -> int:
+def state(manager: JobManager, tenant: str, job: Job) -> JobState:
     return manager.get_job(tenant, job.job_id).state
 
 
@@ -146,7 +146,7 @@ def test_one_tenants_streams_never_hold_another_tenants_batch_job(engine: Any) -
     engine.release.set()
     job = manager.create_job("b", batch_job(0, MINUTE))
     wait_until(
-        lambda: state(manager, "b", job) == enrich_pb2.JOB_STATE_SUCCEEDED,
+        lambda: state(manager, "b", job) == JobState.SUCCEEDED,
         timeout=10,
         what="b's batch job done while a's streams run",
     )
@@ -189,13 +189,13 @@ def test_a_job_cancelled_while_it_waits_for_a_slot_never_runs(engine: Any) -> No
     manager.cancel_job("a", queued.job_id)
     engine.release.set()
     wait_until(
-        lambda: state(manager, "a", running) == enrich_pb2.JOB_STATE_SUCCEEDED,
+        lambda: state(manager, "a", running) == JobState.SUCCEEDED,
         timeout=10,
         what="first job done",
     )
     manager.stop()
     assert engine.windows == [(0, MINUTE)]
-    assert state(manager, "a", queued) == enrich_pb2.JOB_STATE_CANCELLED
+    assert state(manager, "a", queued) == JobState.CANCELLED
 
 
 def test_a_cancelled_job_frees_its_slot_for_the_next_job_at_once(engine: Any) -> None:
@@ -207,11 +207,11 @@ def test_a_cancelled_job_frees_its_slot_for_the_next_job_at_once(engine: Any) ->
     wait_until(lambda: len(engine.windows) == 2, timeout=10, what="the next job got the slot")
     engine.release.set()
     wait_until(
-        lambda: state(manager, "a", following) == enrich_pb2.JOB_STATE_SUCCEEDED,
+        lambda: state(manager, "a", following) == JobState.SUCCEEDED,
         timeout=10,
         what="next job done",
     )
-    assert state(manager, "a", stuck) == enrich_pb2.JOB_STATE_CANCELLED
+    assert state(manager, "a", stuck) == JobState.CANCELLED
     manager.stop()
 
 
@@ -253,4 +253,4 @@ def test_a_job_interrupted_by_shutdown_stays_running_for_the_next_process() -> N
     job = manager.create_job("a", batch_job(0, MINUTE))
     wait_until(lambda: engine.running == 1, timeout=10, what="job running")
     manager.stop()
-    assert state(manager, "a", job) == enrich_pb2.JOB_STATE_RUNNING
+    assert state(manager, "a", job) == JobState.RUNNING
