@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from eventpipe.core.storage.attributes import ATTRIBUTE_KINDS, KIND_BY_FIELD
 from eventpipe.core.storage.keys import row_key_for_event
 from eventpipe.core.storage.times import micros
 from pyspark.sql import types as T
@@ -19,13 +20,14 @@ from enrich.domain.spec import CheckedSpec
 log = logging.getLogger(__name__)
 
 
-ATTRIBUTE_MAPS = [
-    ("s", T.StringType()),
-    ("i", T.LongType()),
-    ("d", T.DoubleType()),
-    ("b", T.BooleanType()),
-    ("t", T.LongType()),
-]
+# One map column per attribute kind, named by its family (storage.attributes.ATTRIBUTE_KINDS).
+_SPARK_TYPES = {
+    "string": T.StringType(),
+    "long": T.LongType(),
+    "double": T.DoubleType(),
+    "boolean": T.BooleanType(),
+}
+ATTRIBUTE_MAPS = [(kind.family, _SPARK_TYPES[kind.spark_type]) for kind in ATTRIBUTE_KINDS]
 EVENT_SCHEMA = T.StructType(
     [
         T.StructField("row_key", T.BinaryType(), False),
@@ -184,17 +186,9 @@ def event_tuple(event: Any) -> tuple[Any, ...]:
     """A decoded raw-topic Event as an EVENT_SCHEMA row."""
     maps: dict[str, dict[str, Any]] = {k: {} for k, _ in ATTRIBUTE_MAPS}
     for name, attribute in event.attributes.items():
-        kind = attribute.WhichOneof("kind")
-        if kind == "string_value":
-            maps["s"][name] = attribute.string_value
-        elif kind == "int_value":
-            maps["i"][name] = attribute.int_value
-        elif kind == "double_value":
-            maps["d"][name] = attribute.double_value
-        elif kind == "bool_value":
-            maps["b"][name] = attribute.bool_value
-        elif kind == "timestamp_value":
-            maps["t"][name] = micros(attribute.timestamp_value)
+        kind = KIND_BY_FIELD.get(attribute.WhichOneof("kind") or "")
+        if kind is not None:
+            maps[kind.family][name] = kind.value_of(attribute)
     event_time = micros(event.event_time)
     return (
         row_key_for_event(event.tenant_id, event.entity_id, event_time, event.event_id),
