@@ -14,12 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from eventpipe.common.v1 import event_pb2
-from eventpipe.core.errors import InvalidArgument, ResourceExhausted, Violation
+from eventpipe.core.errors import ResourceExhausted, Violation, invalid_fields
+from eventpipe.core.results import ItemOutcome, ItemStatus
 from eventpipe.core.storage.times import timestamp_from_micros
 from eventpipe.core.topic_contract import message_headers, message_key
 from eventpipe.core.validation import MAX_BATCH_EVENTS, EventLimits, check_id, validate_event
 
-from ingest.outcome import INVALID_ARGUMENT, ItemOutcome, ItemStatus
+from ingest.outcome import INVALID_ARGUMENT
 from ingest.ports import OutgoingMessage
 
 
@@ -51,9 +52,7 @@ def check_request(tenant_id: str, event_count: int, request_bytes: int, max_byte
             )
         )
     if violations:
-        raise InvalidArgument(
-            "; ".join(f"{v.field}: {v.description}" for v in violations), violations=violations
-        )
+        raise invalid_fields(violations)
     if request_bytes > max_bytes:
         raise ResourceExhausted(
             f"request of {request_bytes} bytes exceeds the limit of {max_bytes} bytes; "

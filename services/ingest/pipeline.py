@@ -15,18 +15,13 @@ from collections.abc import Callable, Sequence
 
 from eventpipe.common.v1 import event_pb2
 from eventpipe.core.errors import ResourceExhausted, Unavailable
+from eventpipe.core.results import ItemOutcome, ItemStatus
 from eventpipe.core.validation import EventLimits
 
 from ingest import metrics
 from ingest.batch import PreparedBatch, check_request, prepare_batch
 from ingest.capacity import InFlightLimiter
-from ingest.outcome import (
-    RESOURCE_EXHAUSTED,
-    UNAVAILABLE,
-    BatchOutcome,
-    ItemOutcome,
-    ItemStatus,
-)
+from ingest.outcome import RESOURCE_EXHAUSTED, UNAVAILABLE, BatchOutcome
 from ingest.ports import EventLog
 
 _PENDING = "pending"  # sentinel distinct from None (written) and any error text

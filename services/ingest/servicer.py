@@ -6,11 +6,12 @@ from collections.abc import Iterator
 
 import grpc
 from eventpipe.common.v1 import results_pb2
-from eventpipe.core.errors import InvalidArgument, Violation
+from eventpipe.core.errors import InvalidArgument, Violation, invalid_fields
+from eventpipe.core.results import ItemOutcome, ItemStatus
 from eventpipe.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from google.rpc import code_pb2
 
-from ingest.outcome import BatchOutcome, ItemOutcome, ItemStatus
+from ingest.outcome import BatchOutcome
 from ingest.pipeline import IngestPipeline
 from ingest.streaming import StreamBatch, StreamDrain, ingest_stream
 
@@ -85,10 +86,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 Violation("event" if v.field == "event" else f"event.{v.field}", v.description)
                 for v in item.violations
             ]
-            raise InvalidArgument(
-                "; ".join(f"{v.field}: {v.description}" for v in violations),
-                violations=violations,
-            )
+            raise invalid_fields(violations)
         return ingest_pb2.IngestEventResponse(result=item_result(item))
 
     def IngestEvents(

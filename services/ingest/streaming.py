@@ -25,9 +25,10 @@ from typing import cast
 
 from eventpipe.common.v1 import event_pb2
 from eventpipe.core.errors import EventPipeError, InvalidArgument, Unavailable
+from eventpipe.core.results import ItemOutcome, ItemStatus
 
 from ingest import metrics
-from ingest.outcome import INVALID_ARGUMENT, BatchOutcome, ItemOutcome, ItemStatus
+from ingest.outcome import INVALID_ARGUMENT, BatchOutcome
 from ingest.pipeline import IngestPipeline, PendingBatch
 
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from eventpipe.core.errors import InvalidArgument, Violation
+from eventpipe.core.errors import Violation, invalid_fields
 from eventpipe.core.storage.granularity import Granularity
 from eventpipe.core.validation import EVENT_TYPE_PATTERN, TimeBounds, check_id
 
@@ -28,9 +28,7 @@ DEFAULT_METRICS_SPAN_MICROS = 24 * 3_600_000_000
 
 def _raise_if(violations: list[Violation]) -> None:
     if violations:
-        raise InvalidArgument(
-            "; ".join(f"{v.field}: {v.description}" for v in violations), violations
-        )
+        raise invalid_fields(violations)
 
 
 def _check_ids(tenant_id: str, entity_id: str) -> list[Violation]:

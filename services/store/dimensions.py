@@ -9,13 +9,13 @@ and rewritten in one atomic row mutation, so a dropped attribute does not linger
 from __future__ import annotations
 
 import contextlib
-import enum
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from eventpipe.common.v1 import event_pb2
 from eventpipe.core.errors import InvalidArgument, NotFound, Unavailable, Violation
+from eventpipe.core.results import ItemOutcome, ItemStatus
 from eventpipe.core.storage.keys import (
     REVERSED_TIME_MAX,
     dimension_as_of_start,
@@ -48,24 +48,6 @@ class DimensionRecordInput:
     attributes: Mapping[str, event_pb2.AttributeValue]
     # What the servicer found wrong with the wire value of valid_from (out of range).
     valid_from_violations: tuple[Violation, ...] = ()
-
-
-class ItemStatus(enum.Enum):
-    ACCEPTED = "accepted"
-    DUPLICATE = "duplicate"
-    REJECTED = "rejected"
-
-
-@dataclass(frozen=True)
-class ItemOutcome:
-    """The outcome of one record: ``code`` is a google.rpc.Code name for a rejected one."""
-
-    index: int
-    id: str
-    status: ItemStatus
-    code: str = ""
-    violations: list[Violation] = field(default_factory=list)
-    message: str = ""
 
 
 def check_dimension_name(value: str, field_path: str = "dimension") -> list[Violation]:
@@ -125,8 +107,7 @@ class DimensionStore:
                     record.key,
                     ItemStatus.REJECTED,
                     "INVALID_ARGUMENT",
-                    problems,
-                    "; ".join(f"{v.field}: {v.description}" for v in problems),
+                    tuple(problems),
                 )
                 continue
             assert record.valid_from_micros is not None
@@ -154,7 +135,7 @@ class DimensionStore:
                     ItemStatus.REJECTED,
                     failure.code if failure.retryable else "INTERNAL",
                     # Not a field's fault, so no violation: the reason is the message.
-                    message=f"not written: {failure.code}: {failure.message}",
+                    detail=f"not written: {failure.code}: {failure.message}",
                 )
         if rows and len(failed) == len(rows) and all(f.retryable for f in failed.values()):
             # Nothing was written: say so as a whole, with retry advice, not item by item.

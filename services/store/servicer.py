@@ -6,13 +6,14 @@ from collections.abc import Callable
 
 import grpc
 from eventpipe.common.v1 import results_pb2
+from eventpipe.core.results import ItemStatus
 from eventpipe.core.storage.times import timestamp_from_micros
 from eventpipe.core.validation import check_time_range, checked_micros
 from eventpipe.store.v1 import store_pb2, store_pb2_grpc
 from google.rpc import code_pb2
 
 from store.consumer.status import ConsumerState, ConsumerStatus
-from store.dimensions import DimensionRecordInput, DimensionStore, ItemStatus
+from store.dimensions import DimensionRecordInput, DimensionStore
 from store.raw_events import RawEventBrowser
 
 _ITEM_STATUS = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from eventpipe.core.errors import InvalidArgument, Violation
+from eventpipe.core.errors import InvalidArgument, Violation, describe
 from eventpipe.core.validation import ATTRIBUTE_KEY_PATTERN, DIMENSION_NAME_PATTERN
 from eventpipe.enrich.v1 import enrich_pb2
 
@@ -180,8 +180,9 @@ def validate_spec(spec: enrich_pb2.EnrichmentSpec, version: int = 0) -> CheckedS
     derived = _check_derived(spec, joins, violations)
     metric_fields = _check_metrics(spec, joins, derived, violations)
     if violations:
-        summary = "; ".join(f"{v.field}: {v.description}" for v in violations[:3])
-        raise InvalidArgument(f"invalid enrichment spec: {summary}", violations=violations)
+        raise InvalidArgument(
+            f"invalid enrichment spec: {describe(violations, limit=3)}", violations=violations
+        )
     return CheckedSpec(
         version=version,
         joins=tuple(joins),

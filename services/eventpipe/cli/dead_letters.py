@@ -16,13 +16,14 @@ import contextlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 from eventpipe.common.v1 import event_pb2
 from eventpipe.core import topic_contract
+from eventpipe.core.kafka import MessageLike, message_headers
 from eventpipe.core.validation import EventLimits
 
 # Added to a replayed message: the dead letter it came from, so a replay that is dead-lettered
@@ -54,20 +55,6 @@ def reason_class(reason: str) -> str:
         if reason.startswith(prefix):
             return name
     return OTHER_CLASS
-
-
-class MessageLike(Protocol):
-    """The part of ``confluent_kafka.Message`` a dead letter is read from."""
-
-    def topic(self) -> str | None: ...
-    def partition(self) -> int | None: ...
-    def offset(self) -> int | None: ...
-    def key(self) -> bytes | None: ...
-    def value(self) -> bytes | None: ...
-    def headers(
-        self,
-    ) -> list[tuple[str, str | bytes | None]] | dict[str, str | bytes | None] | None: ...
-    def timestamp(self) -> tuple[int, int]: ...
 
 
 @dataclass(frozen=True)
@@ -137,11 +124,7 @@ def _text(value: bytes | None) -> str:
 
 
 def letter_from_message(message: MessageLike) -> Letter:
-    raw = message.headers() or []
-    pairs = raw.items() if isinstance(raw, dict) else raw
-    headers = [
-        (name, value.encode() if isinstance(value, str) else value or b"") for name, value in pairs
-    ]
+    headers = message_headers(message)
     _timestamp_type, timestamp_ms = message.timestamp()
     return Letter(
         dlq_topic=message.topic() or "",

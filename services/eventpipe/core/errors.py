@@ -7,6 +7,7 @@ into gRPC statuses with ``google.rpc`` details (``BadRequest`` field violations,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -80,8 +81,21 @@ class PermissionDenied(EventPipeError):
     code: grpc.StatusCode = field(default=grpc.StatusCode.PERMISSION_DENIED, init=False)
 
 
+def describe(violations: Sequence[Violation], limit: int | None = None) -> str:
+    """What a person reads about refused fields: ``field: reason; field: reason``.
+
+    ``limit`` keeps the first few, for messages that must stay short; the violations
+    themselves still carry every field.
+    """
+    shown = violations if limit is None else violations[:limit]
+    return "; ".join(f"{v.field}: {v.description}" for v in shown)
+
+
+def invalid_fields(violations: Sequence[Violation], prefix: str = "") -> InvalidArgument:
+    """An InvalidArgument naming every violation, its message built by ``describe``."""
+    return InvalidArgument(prefix + describe(violations), violations=list(violations))
+
+
 def invalid(field_path: str, description: str) -> InvalidArgument:
     """Shorthand for a one-field InvalidArgument."""
-    return InvalidArgument(
-        f"{field_path}: {description}", violations=[Violation(field_path, description)]
-    )
+    return invalid_fields([Violation(field_path, description)])

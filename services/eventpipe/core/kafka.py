@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -16,6 +16,30 @@ log = logging.getLogger(__name__)
 # librdkafka's own messages (connection failures, ...) go through Python logging, so services
 # emit them as JSON lines and tests capture them, instead of raw lines on stderr.
 LIBRDKAFKA_LOG = logging.getLogger("kafka.librdkafka")
+
+
+class MessageLike(Protocol):
+    """The part of ``confluent_kafka.Message`` that EventPipe reads; test fakes implement it too."""
+
+    def topic(self) -> str | None: ...
+    def partition(self) -> int | None: ...
+    def offset(self) -> int | None: ...
+    def key(self) -> bytes | None: ...
+    def value(self) -> bytes | None: ...
+    def headers(
+        self,
+    ) -> list[tuple[str, str | bytes | None]] | dict[str, str | bytes | None] | None: ...
+    def timestamp(self) -> tuple[int, int]: ...
+    def error(self) -> object | None: ...
+
+
+def message_headers(message: MessageLike) -> list[tuple[str, bytes]]:
+    """A message's headers as (name, bytes) pairs, in order; a missing value reads as b""."""
+    raw = message.headers() or []
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    return [
+        (name, value.encode() if isinstance(value, str) else value or b"") for name, value in pairs
+    ]
 
 
 def producer_config(settings: CommonSettings, **overrides: Any) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import ParamSpec, TypeVar
 
 from eventpipe.common.v1 import event_pb2
+from eventpipe.core.errors import describe
 from eventpipe.core.validation import (
     EventLimits,
     check_timestamp,
@@ -191,9 +192,7 @@ def decode_raw_event(
     ingest_micros = _ingest_micros(event, headers, timestamp_ms, limits, now_micros)
     violations = validate_event(event, ingest_micros, limits)
     if violations:
-        raise PoisonMessage(
-            "invalid event: " + "; ".join(f"{v.field}: {v.description}" for v in violations)
-        )
+        raise PoisonMessage("invalid event: " + describe(violations))
     if key != message_key(event.tenant_id, event.entity_id):
         raise PoisonMessage("message key must be '<tenant_id>#<entity_id>' of the event")
     if not event.HasField("ingest_time"):

@@ -16,29 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import cast
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
 from eventpipe.core import topic_contract
+from eventpipe.core.kafka import MessageLike, message_headers
 from eventpipe.core.storage.rows import EventRow, event_to_row
 from eventpipe.core.validation import EventLimits
 
 from store.consumer import metrics
 
 MAX_ERROR_HEADER_CHARS = 1000
-
-
-class MessageLike(Protocol):
-    """The part of ``confluent_kafka.Message`` the consumer reads (fakes implement it too)."""
-
-    def topic(self) -> str | None: ...
-    def partition(self) -> int | None: ...
-    def offset(self) -> int | None: ...
-    def key(self) -> bytes | None: ...
-    def value(self) -> bytes | None: ...
-    def headers(self) -> list[tuple[str, bytes]] | None: ...
-    def timestamp(self) -> tuple[int, int]: ...
-    def error(self) -> object | None: ...
 
 
 @dataclass(frozen=True)
@@ -55,7 +43,7 @@ def source_of(message: MessageLike) -> str:
 
 
 def dead_letter_for(message: MessageLike, reason: str) -> DeadLetter:
-    headers = list(message.headers() or [])
+    headers = message_headers(message)
     headers.append((topic_contract.HEADER_DLQ_ERROR, reason[:MAX_ERROR_HEADER_CHARS].encode()))
     headers.append((topic_contract.HEADER_DLQ_SOURCE, source_of(message).encode()))
     return DeadLetter(message.key(), message.value(), headers)
@@ -74,7 +62,9 @@ def row_for_message(message: MessageLike, limits: EventLimits, now_micros: int) 
     event = topic_contract.decode_raw_event(
         message.key(),
         message.value(),
-        message.headers(),
+        # librdkafka hands a consumed message's headers over as (str, bytes) pairs; the hot
+        # path skips message_headers' copy.
+        cast("list[tuple[str, bytes]] | None", message.headers()),
         message_timestamp_ms(message),
         limits,
         now_micros,

@@ -10,13 +10,13 @@ import pytest
 from eventpipe.common.v1 import event_pb2
 from eventpipe.common.v1.results_pb2 import ITEM_STATUS_ACCEPTED
 from eventpipe.core.errors import InvalidArgument, ResourceExhausted, Unavailable
+from eventpipe.core.results import ItemStatus
 from eventpipe.core.storage.times import timestamp_from_micros
 from eventpipe.core.validation import EventLimits
 from eventpipe.core.waiting import wait_until
 from google.protobuf import json_format
 from google.rpc import code_pb2
 from ingest.capacity import InFlightLimiter
-from ingest.outcome import ItemStatus
 from ingest.pipeline import IngestPipeline
 from ingest.ports import DeliveryReport, OutgoingMessage
 from ingest.servicer import item_result

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 from eventpipe.core.errors import ResourceExhausted, Unavailable
 from eventpipe.core.interceptors import StreamLimits
+from eventpipe.core.results import ItemStatus
 from eventpipe.core.waiting import wait_until
-from ingest.outcome import ItemStatus
 from ingest.streaming import StreamBatch, StreamDrain, ingest_stream
 
 from tests.unit.ingest.test_pipeline import FakeLog, event, pipeline

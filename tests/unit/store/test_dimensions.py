@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 from eventpipe.common.v1 import event_pb2, results_pb2
 from eventpipe.core.errors import InvalidArgument, NotFound, Unavailable
+from eventpipe.core.results import ItemStatus
 from eventpipe.core.storage.rows import dimension_record_to_row
 from eventpipe.store.v1 import store_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import code_pb2
-from store.dimensions import DimensionRecordInput, DimensionStore, ItemStatus
+from store.dimensions import DimensionRecordInput, DimensionStore
 from store.servicer import StoreServicer
 
 from tests.unit.store.fakes import FakeTable
@@ -99,7 +100,7 @@ def test_a_record_bigtable_refuses_for_good_is_rejected_with_the_reason_and_no_v
         (ItemStatus.REJECTED, "INTERNAL"),
     ]
     assert (outcomes[1].violations, outcomes[1].message) == (
-        [],
+        (),
         "not written: INVALID_ARGUMENT: refused",
     )
 
