@@ -1,0 +1,1 @@
+"""The EventPipe Python client library (docs/client.md)."""
