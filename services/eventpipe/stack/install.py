@@ -34,14 +34,32 @@ BIGTABLE_EMULATOR_VERSION = "v1.40.1"
 # inside kubectl 1.32, the version the manifests target, so both render the same objects.
 # kubectl itself cannot be built with `go install` (its module has replace directives).
 KUSTOMIZE_VERSION = "v5.5.0"
+# `make protos` turns the protos' google.api.http rules into the OpenAPI document (docs/edge.md).
+OPENAPIV2_VERSION = "v2.33.0"
+# Checks and unit-tests the Prometheus alert rules in k8s/ (tests only).
+PROMTOOL_VERSION = "v0.316.0"
 
 GO_TOOLS: dict[str, str] = {
     "grpcurl": f"github.com/fullstorydev/grpcurl/cmd/grpcurl@{GRPCURL_VERSION}",
     "ghz": f"github.com/bojand/ghz/cmd/ghz@{GHZ_VERSION}",
     "cbtemulator": f"cloud.google.com/go/bigtable/cmd/emulator@{BIGTABLE_EMULATOR_VERSION}",
     "kustomize": f"sigs.k8s.io/kustomize/kustomize/v5@{KUSTOMIZE_VERSION}",
+    "protoc-gen-openapiv2": (
+        f"github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2@{OPENAPIV2_VERSION}"
+    ),
+    "promtool": f"github.com/prometheus/prometheus/cmd/promtool@{PROMTOOL_VERSION}",
 }
-ALL_TOOLS = ("kafka", "cbtemulator", "envoy", "buf", "grpcurl", "ghz", "kustomize")
+ALL_TOOLS = (
+    "kafka",
+    "cbtemulator",
+    "envoy",
+    "buf",
+    "grpcurl",
+    "ghz",
+    "kustomize",
+    "protoc-gen-openapiv2",
+    "promtool",
+)
 # What `eventpipe stack up` needs; the rest is for linting and benchmarks.
 STACK_TOOLS = ("kafka", "cbtemulator", "envoy")
 
