@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import sys
 from datetime import timedelta
-from typing import TypeVar
+from pathlib import Path
+from typing import Literal, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from eventpipe.core.validation import EventLimits
@@ -38,6 +39,25 @@ class CommonSettings(BaseSettings):
 
     kafka_bootstrap_servers: str = Field(
         "127.0.0.1:9092", min_length=1, description="Kafka bootstrap servers, host:port[,...]."
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="security.protocol of every Kafka client; a managed Kafka wants SASL_SSL.",
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="sasl.mechanism; required with a SASL_* protocol, refused without."
+    )
+    kafka_sasl_username: str | None = Field(
+        None, min_length=1, description="sasl.username; required with a SASL_* protocol."
+    )
+    kafka_sasl_password: SecretStr | None = Field(
+        None, description="sasl.password (a secret); required with a SASL_* protocol."
+    )
+    kafka_ssl_ca_location: str | None = Field(
+        None,
+        min_length=1,
+        description="ssl.ca.location: a PEM file of the CAs that sign the brokers' certificates "
+        "(only with SSL or SASL_SSL; unset trusts the system's CAs).",
     )
     topic_prefix: str = Field(
         "eventpipe.",
@@ -72,6 +92,37 @@ class CommonSettings(BaseSettings):
     log_level: str = Field(
         "INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$", description="Root log level."
     )
+
+    @model_validator(mode="after")
+    def _kafka_security_is_whole(self) -> CommonSettings:
+        """A half-configured secure client fails here, at start, not at its first connection."""
+        protocol = f"EVENTPIPE_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol}"
+        sasl_fields = {
+            "EVENTPIPE_KAFKA_SASL_MECHANISM": self.kafka_sasl_mechanism,
+            "EVENTPIPE_KAFKA_SASL_USERNAME": self.kafka_sasl_username,
+            "EVENTPIPE_KAFKA_SASL_PASSWORD": self.kafka_sasl_password,
+        }
+        if self.kafka_security_protocol.startswith("SASL_"):
+            missing = [name for name, value in sasl_fields.items() if not value]
+            if missing:
+                raise ValueError(f"{protocol} needs {', '.join(missing)}")
+        else:
+            given = [name for name, value in sasl_fields.items() if value is not None]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} set, but {protocol} does not use SASL "
+                    "(SASL_SSL or SASL_PLAINTEXT does)"
+                )
+        ca = self.kafka_ssl_ca_location
+        if ca is not None:
+            if not self.kafka_security_protocol.endswith("SSL"):
+                raise ValueError(
+                    f"EVENTPIPE_KAFKA_SSL_CA_LOCATION set, but {protocol} does not use TLS "
+                    "(SSL or SASL_SSL does)"
+                )
+            if not Path(ca).is_file():
+                raise ValueError(f"EVENTPIPE_KAFKA_SSL_CA_LOCATION={ca} is not a file")
+        return self
 
     @property
     def raw_topic(self) -> str:

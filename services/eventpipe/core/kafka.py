@@ -1,4 +1,10 @@
-"""Kafka client setup, written once: producer, consumer and admin configs, topic creation."""
+"""Kafka client setup, written once: producer, consumer and admin configs, topic creation.
+
+Every client built here carries the cluster's security settings (``EVENTPIPE_KAFKA_SECURITY_*``,
+``_SASL_*``, ``_SSL_CA_LOCATION``: ``client_security_config``); Spark's Kafka source, which
+speaks through the Java client, takes the same settings from ``spark_kafka_options``.
+docs/cluster.md shows them for a managed Kafka.
+"""
 
 from __future__ import annotations
 
@@ -42,10 +48,70 @@ def message_headers(message: MessageLike) -> list[tuple[str, bytes]]:
     ]
 
 
+def client_security_config(settings: CommonSettings) -> dict[str, str]:
+    """librdkafka's ``security.protocol``, ``sasl.*`` and ``ssl.*`` keys for ``settings``
+    (CommonSettings has already refused incomplete combinations)."""
+    config: dict[str, str] = {"security.protocol": settings.kafka_security_protocol}
+    if settings.kafka_sasl_mechanism is not None:
+        config["sasl.mechanism"] = settings.kafka_sasl_mechanism
+    if settings.kafka_sasl_username is not None:
+        config["sasl.username"] = settings.kafka_sasl_username
+    if settings.kafka_sasl_password is not None:
+        config["sasl.password"] = settings.kafka_sasl_password.get_secret_value()
+    if settings.kafka_ssl_ca_location is not None:
+        config["ssl.ca.location"] = settings.kafka_ssl_ca_location
+    return config
+
+
+def _client_config(settings: CommonSettings) -> dict[str, Any]:
+    """What every client shares: where the cluster is, how to reach it, where logs go."""
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        **client_security_config(settings),
+        "logger": LIBRDKAFKA_LOG,
+    }
+
+
+_JAAS_LOGIN_MODULES = {
+    "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
+    "SCRAM-SHA-256": "org.apache.kafka.common.security.scram.ScramLoginModule",
+    "SCRAM-SHA-512": "org.apache.kafka.common.security.scram.ScramLoginModule",
+}
+
+
+def _jaas_quoted(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def spark_kafka_options(settings: CommonSettings) -> dict[str, str]:
+    """Options for Spark's Kafka source (``.options(**spark_kafka_options(common))``): the
+    bootstrap servers and the same security settings as every other client, spelled for the
+    Java client Spark uses (``kafka.``-prefixed; SASL credentials as a JAAS line, the CA file as
+    a PEM trust store)."""
+    options: dict[str, str] = {
+        "kafka.bootstrap.servers": settings.kafka_bootstrap_servers,
+        "kafka.security.protocol": settings.kafka_security_protocol,
+    }
+    mechanism = settings.kafka_sasl_mechanism
+    if mechanism is not None:
+        username = settings.kafka_sasl_username or ""
+        password = settings.kafka_sasl_password
+        options["kafka.sasl.mechanism"] = mechanism
+        options["kafka.sasl.jaas.config"] = (
+            f"{_JAAS_LOGIN_MODULES[mechanism]} required "
+            f"username={_jaas_quoted(username)} "
+            f"password={_jaas_quoted(password.get_secret_value() if password else '')};"
+        )
+    if settings.kafka_ssl_ca_location is not None:
+        options["kafka.ssl.truststore.type"] = "PEM"
+        options["kafka.ssl.truststore.location"] = settings.kafka_ssl_ca_location
+    return options
+
+
 def producer_config(settings: CommonSettings, **overrides: Any) -> dict[str, Any]:
     """A durable producer: every write confirmed by all in-sync replicas, no duplicates."""
     config: dict[str, Any] = {
-        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        **_client_config(settings),
         "acks": "all",
         "enable.idempotence": True,
         "compression.type": "lz4",
@@ -57,7 +123,6 @@ def producer_config(settings: CommonSettings, **overrides: Any) -> dict[str, Any
         # A write not confirmed within this bound is reported as failed, never acknowledged.
         "message.timeout.ms": 10_000,
         "socket.keepalive.enable": True,
-        "logger": LIBRDKAFKA_LOG,
     }
     config.update(overrides)
     return config
@@ -66,14 +131,13 @@ def producer_config(settings: CommonSettings, **overrides: Any) -> dict[str, Any
 def consumer_config(settings: CommonSettings, group_id: str, **overrides: Any) -> dict[str, Any]:
     """A consumer that commits only what the application says it has durably handled."""
     config: dict[str, Any] = {
-        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        **_client_config(settings),
         "group.id": group_id,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "isolation.level": "read_committed",
         "partition.assignment.strategy": "cooperative-sticky",
-        "logger": LIBRDKAFKA_LOG,
     }
     config.update(overrides)
     return config
@@ -81,11 +145,7 @@ def consumer_config(settings: CommonSettings, group_id: str, **overrides: Any) -
 
 @functools.cache
 def admin_client(settings: CommonSettings) -> AdminClient:
-    config: dict[str, Any] = {
-        "bootstrap.servers": settings.kafka_bootstrap_servers,
-        "logger": LIBRDKAFKA_LOG,
-    }
-    return AdminClient(config)
+    return AdminClient(_client_config(settings))
 
 
 def check_kafka(settings: CommonSettings, timeout: float = 3.0) -> None:
