@@ -1,12 +1,14 @@
-"""Creates every topic and table the pipeline needs, idempotently (`make up`, service start)."""
+"""Every topic and table the pipeline needs: created idempotently (`make up`, service start,
+the Kubernetes Job ``eventpipe admin ensure-topology``) and checked by the services' init
+containers (``eventpipe admin await-topology``), which keeps them waiting until the Job is done."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-from eventpipe.core.bigtable import ensure_tables
+from eventpipe.core.bigtable import TableSpec, ensure_tables, instance
 from eventpipe.core.config import CommonSettings
-from eventpipe.core.kafka import TopicSpec, ensure_topics
+from eventpipe.core.kafka import TopicSpec, admin_client, ensure_topics
 from eventpipe.core.storage.tables import table_specs
 
 
@@ -32,13 +34,33 @@ def topic_specs(settings: CommonSettings) -> list[TopicSpec]:
     ]
 
 
+def topology_table_specs(settings: CommonSettings) -> list[TableSpec]:
+    """The tables, with GC rules from the retention settings."""
+    return table_specs(
+        raw_retention=timedelta(days=settings.raw_retention_days),
+        enriched_retention=timedelta(days=settings.enriched_retention_days),
+    )
+
+
 def ensure_topology(settings: CommonSettings) -> None:
     """Creates the Kafka topics and Bigtable tables (with GC rules) that are missing."""
     ensure_topics(settings, topic_specs(settings))
-    ensure_tables(
-        settings,
-        table_specs(
-            raw_retention=timedelta(days=settings.raw_retention_days),
-            enriched_retention=timedelta(days=settings.enriched_retention_days),
-        ),
-    )
+    ensure_tables(settings, topology_table_specs(settings))
+
+
+def missing_topology(
+    settings: CommonSettings, *, tables: bool = True, timeout: float = 10.0
+) -> list[str]:
+    """What is not there yet ("topic <name>", "table <name>"); empty once everything is.
+
+    Only reads: a pod that may not create topics or tables (every service in production) can
+    ask. ``tables=False`` asks Kafka alone, for a pod with no Bigtable access (ingest).
+    """
+    topics = set(admin_client(settings).list_topics(timeout=timeout).topics)
+    missing = [f"topic {spec.name}" for spec in topic_specs(settings) if spec.name not in topics]
+    if tables:
+        present = {table.table_id for table in instance(settings, admin=True).list_tables()}
+        for spec in topology_table_specs(settings):
+            if settings.table_prefix + spec.name not in present:
+                missing.append(f"table {settings.table_prefix + spec.name}")
+    return missing
