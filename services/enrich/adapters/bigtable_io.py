@@ -58,8 +58,9 @@ from eventpipe.core.storage.rows import (
     UNMATCHED_QUALIFIER,
     Cells,
     EventRow,
-    RowCells,
+    family_cells,
     metric_value_qualifier,
+    python_values_by_family,
     split_metric_value_qualifier,
 )
 from eventpipe.core.storage.times import cell_timestamp_micros
@@ -154,7 +155,7 @@ def _path(target: BigtableTarget, name: str) -> str:
     return bigtable_rows.table_path(target.project, target.instance, target.table_prefix + name)
 
 
-def _read(target: BigtableTarget, name: str, **query: Any) -> Iterator[tuple[bytes, RowCells]]:
+def _read(target: BigtableTarget, name: str, **query: Any) -> Iterator[tuple[bytes, Cells]]:
     return bigtable_rows.read_rows(_client(target), _path(target, name), **query)
 
 
@@ -188,27 +189,21 @@ EventTuple = tuple[Any, ...]
 s, i, d, b, t): the columns of EVENT_SCHEMA in enrich.adapters.spark_engine."""
 
 
-def _typed_maps(cells: RowCells, kinds: Mapping[str, AttributeKind]) -> list[dict[str, Any]]:
+def _typed_maps(cells: Cells, kinds: Mapping[str, AttributeKind]) -> list[dict[str, Any]]:
     """One map (name -> Python value) per family in ``kinds``, in its order."""
-    return [
-        {
-            qualifier.decode(): kind.decode_value(raw)
-            for qualifier, raw in cells.get(family, {}).items()
-        }
-        for family, kind in kinds.items()
-    ]
+    return list(python_values_by_family(cells, kinds).values())
 
 
-def event_tuple_from_cells(key: bytes, cells: RowCells) -> EventTuple:
-    meta = cells.get(tables.META_FAMILY, {})
-    ingest = meta.get(b"ingest_time")
+def event_tuple_from_cells(key: bytes, cells: Cells) -> EventTuple:
+    meta = tables.META_FAMILY
+    ingest = cells.get((meta, b"ingest_time"))
     return (
         bytes(key),
-        meta[b"tenant_id"].decode(),
-        meta[b"entity_id"].decode(),
-        meta[b"event_id"].decode(),
-        meta[b"event_type"].decode(),
-        decode_int(meta[b"event_time"]),
+        cells[(meta, b"tenant_id")].decode(),
+        cells[(meta, b"entity_id")].decode(),
+        cells[(meta, b"event_id")].decode(),
+        cells[(meta, b"event_type")].decode(),
+        decode_int(cells[(meta, b"event_time")]),
         decode_int(ingest) if ingest else 0,
         *_typed_maps(cells, KIND_BY_FAMILY),
     )
@@ -345,18 +340,21 @@ def metric_row(agg: BucketAggregate) -> EventRow:
     return EventRow(key, cells, agg.bucket_start)
 
 
-def decode_metric_cells(cells: RowCells) -> BucketAggregate | None:
+def decode_metric_cells(cells: Cells) -> BucketAggregate | None:
     """The inverse of metric_row, minus the key parts (tenant, entity, bucket left blank).
 
     A statistic metric_row left out because it was not finite reads as NaN, so what is
     computed from it (a profile total) is not finite either, and left out in its turn.
     """
-    meta = cells.get(tables.META_FAMILY, {})
+    meta = family_cells(cells, tables.META_FAMILY)
     if PROFILE_FIRST_SEEN_QUALIFIER not in meta:
         return None
-    counts = {q.decode(): decode_int(v) for q, v in cells.get(tables.COUNTS_FAMILY, {}).items()}
+    counts = {
+        q.decode(): decode_int(v) for q, v in family_cells(cells, tables.COUNTS_FAMILY).items()
+    }
     raw_values = {
-        split_metric_value_qualifier(q): v for q, v in cells.get(tables.VALUES_FAMILY, {}).items()
+        split_metric_value_qualifier(q): v
+        for q, v in family_cells(cells, tables.VALUES_FAMILY).items()
     }
 
     def stat(name: str, which: str) -> float:
@@ -475,11 +473,11 @@ _NUMERIC_FAMILIES = [
 ]
 
 
-def _field_value(cells: RowCells, name: str) -> float | None:
+def _field_value(cells: Cells, name: str) -> float | None:
     """A numeric field of an enriched row: an attribute (d, i) or an added field (xd, xi)."""
     qualifier = name.encode()
     for family, kind in _NUMERIC_FAMILIES:
-        raw = cells.get(family, {}).get(qualifier)
+        raw = cells.get((family, qualifier))
         if raw is not None:
             return float(kind.decode_value(raw))
     return None
@@ -500,10 +498,10 @@ def aggregates_from_enriched(
     )
     rows = _read(target, tables.ENRICHED_EVENTS_TABLE, ranges=[(start_key, end_key)])
     buckets: dict[tuple[str, int], dict[str, Any]] = {}
+    meta = tables.META_FAMILY
     for _key, cells in rows:
-        meta = cells.get(tables.META_FAMILY, {})
-        event_time = decode_int(meta[b"event_time"])
-        event_type = meta[b"event_type"].decode()
+        event_time = decode_int(cells[(meta, b"event_time")])
+        event_type = cells[(meta, b"event_type")].decode()
         values = {name: _field_value(cells, name) for name in metric_fields}
         for granularity in Granularity:
             bucket = buckets.setdefault(

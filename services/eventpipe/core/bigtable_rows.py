@@ -23,7 +23,7 @@ from google.cloud.bigtable_v2.services.bigtable.transports import BigtableGrpcTr
 from google.cloud.bigtable_v2.types import bigtable as bigtable_types
 
 from eventpipe.core.storage.keys import KeyRange
-from eventpipe.core.storage.rows import Cells, EventRow, RowCells, flatten_families
+from eventpipe.core.storage.rows import Cells, EventRow
 from eventpipe.core.storage.times import cell_timestamp_micros
 
 MutateRowsRequest = bigtable_types.MutateRowsRequest
@@ -94,14 +94,6 @@ def mutate_rows_or_raise(
         raise RuntimeError(f"Bigtable confirmed {confirmed} of {len(rows)} mutations")
 
 
-def read_cells(
-    client: BigtableClient, table_name: str, **query: Any
-) -> Iterator[tuple[bytes, Cells]]:
-    """``read_rows`` in the one row shape, ``Cells``."""
-    for key, row in read_rows(client, table_name, **query):
-        yield key, flatten_families(row)
-
-
 def read_rows(
     client: BigtableClient,
     table_name: str,
@@ -112,8 +104,9 @@ def read_rows(
     end_micros: int | None = None,
     limit: int = 0,
     timeout: float = 600.0,
-) -> Iterator[tuple[bytes, RowCells]]:
-    """Rows in the given ranges and keys (the whole table if neither), newest cell per column.
+) -> Iterator[tuple[bytes, Cells]]:
+    """Rows in the given ranges and keys (the whole table if neither), in the one row shape
+    (``Cells``: the newest cell of each column), merged straight from the read chunks.
 
     ``start_micros``/``end_micros`` filter cells by timestamp on the server. No resumption: a
     broken stream raises, and the caller (a Spark task) retries the whole read.
@@ -133,8 +126,8 @@ def read_rows(
             window.end_timestamp_micros = end_micros
     stream = client.read_rows(request=_ReadRowsRequest.wrap(request), retry=None, timeout=timeout)
     key = b""
-    cells: RowCells = {}
-    family: dict[bytes, bytes] = {}
+    cells: Cells = {}
+    family = ""
     qualifier = b""
     value = b""
     partial: list[bytes] = []
@@ -143,7 +136,7 @@ def read_rows(
             if chunk.row_key:
                 key = chunk.row_key
             if chunk.HasField("family_name"):
-                family = cells.setdefault(chunk.family_name.value, {})
+                family = chunk.family_name.value
             if chunk.HasField("qualifier"):
                 qualifier = chunk.qualifier.value
             if chunk.value_size:  # a value split over chunks: the rest follows
@@ -156,9 +149,14 @@ def read_rows(
                 else:
                     value = chunk.value
                 if chunk.reset_row:
-                    cells, family = {}, {}
+                    cells = {}
                     continue
-                family.setdefault(qualifier, value)  # versions come newest first
+                cells.setdefault((family, qualifier), value)  # versions come newest first
             if chunk.commit_row:
                 yield key, cells
-                cells, family = {}, {}
+                cells = {}
+
+
+read_cells = read_rows
+"""The store's name for ``read_rows`` (``services/store/adapters/bigtable.py``); the same
+function, kept until that call site uses ``read_rows``."""

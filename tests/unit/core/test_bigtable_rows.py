@@ -66,8 +66,8 @@ def test_rows_merge_newest_version_split_values_and_resets() -> None:
     )
     rows = list(bigtable_rows.read_rows(client, "t", ranges=[(b"a", b"")]))  # type: ignore[arg-type]
     assert rows == [
-        (b"r1", {"m": {b"a": b"new", b"b": b"hello"}}),
-        (b"r2", {"s": {b"x": b"kept"}, "i": {b"y": b"1"}}),
+        (b"r1", {("m", b"a"): b"new", ("m", b"b"): b"hello"}),
+        (b"r2", {("s", b"x"): b"kept", ("i", b"y"): b"1"}),
     ]
 
 

@@ -1,9 +1,10 @@
 """The one row shape and its codecs: events, dimension versions, the idempotency claim, and
 the qualifiers enrichment writes and query reads.
 
-A row is its key and ``Cells``: (family, qualifier) -> the newest cell's value. Every client
-path yields that shape: ``eventpipe.core.bigtable_rows.read_rows`` (the raw GAPIC reader)
-builds it directly, and ``latest_cells`` flattens the rows of the ``Table`` and data APIs.
+A row is its key and ``Cells``: (family, qualifier) -> the newest cell's value. It is the only
+row shape: every client path yields it. ``eventpipe.core.bigtable_rows.read_rows`` (the raw
+GAPIC reader) builds it directly from the read chunks, and ``latest_cells`` flattens the rows
+of the ``Table`` and data APIs; every decoder here takes it.
 """
 
 from __future__ import annotations
@@ -59,16 +60,6 @@ def latest_cells(row: Any) -> Cells:
         for cell in row.cells:
             result.setdefault((cell.family, cell.qualifier), cell.value)
     return result
-
-
-RowCells = dict[str, dict[bytes, bytes]]
-"""family -> qualifier -> newest value: the same row grouped by family, as the raw GAPIC
-reader (``bigtable_rows.read_rows``) merges it; ``flatten_families`` turns it into ``Cells``."""
-
-
-def flatten_families(row: Mapping[str, Mapping[bytes, bytes]]) -> Cells:
-    """``Cells`` of a row grouped by family."""
-    return {(family, q): value for family, columns in row.items() for q, value in columns.items()}
 
 
 def family_cells(cells: Mapping[tuple[str, bytes], bytes], family: str) -> dict[bytes, bytes]:
