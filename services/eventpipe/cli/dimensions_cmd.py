@@ -207,11 +207,10 @@ def _count(path: Path, file_format: str) -> int | None:
 
 
 def _load(args: argparse.Namespace) -> int:
-    import grpc
     from tqdm import tqdm
 
+    from eventpipe.client import EventPipeError
     from eventpipe.common.v1 import results_pb2
-    from eventpipe.store.v1 import store_pb2, store_pb2_grpc
 
     path: Path = args.file
     if not path.is_file():
@@ -224,28 +223,24 @@ def _load(args: argparse.Namespace) -> int:
     counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
     reasons: list[str] = []
 
-    def send(stub: Any, batch: list[Any], file_indices: list[int]) -> None:
-        response = stub.UpsertDimensionRecords(
-            store_pb2.UpsertDimensionRecordsRequest(
-                tenant_id=args.tenant, dimension=args.dimension, records=batch
-            ),
-            timeout=60,
-        )
-        counts["accepted"] += response.summary.accepted_count
-        counts["duplicate"] += response.summary.duplicate_count
-        counts["rejected"] += response.summary.rejected_count
-        for result in response.results:
-            if result.status == results_pb2.ITEM_STATUS_REJECTED and len(reasons) < 20:
-                # The message names the fields, or says why the record was not written.
-                reasons.append(
-                    f"record {file_indices[result.index]} ({result.id}): {result.message}"
-                )
-
     with (
-        grpc_client.channel(args.address, args.token) as channel,
+        grpc_client.client(args.address, args.token, args.tenant) as client,
         tqdm(total=_count(path, file_format), unit="rec", disable=args.quiet) as bar,
     ):
-        stub = store_pb2_grpc.StoreServiceStub(channel)
+
+        def send(batch: list[Any], file_indices: list[int]) -> None:
+            response = client.dimensions.upsert(args.dimension, batch, batch_size=len(batch))
+            counts["accepted"] += response.summary.accepted_count
+            counts["duplicate"] += response.summary.duplicate_count
+            counts["rejected"] += response.summary.rejected_count
+            for result in response.results:
+                if result.status == results_pb2.ITEM_STATUS_REJECTED and len(reasons) < 20:
+                    # The message names the fields, or says why the record was not written.
+                    reasons.append(
+                        f"record {file_indices[result.index]} ({result.id}): {result.message}"
+                    )
+            bar.update(len(batch))
+
         batch: list[Any] = []
         file_indices: list[int] = []  # the file position of each record in the batch
         try:
@@ -263,17 +258,15 @@ def _load(args: argparse.Namespace) -> int:
                 batch.append(record)
                 file_indices.append(index)
                 if len(batch) >= args.batch_size:
-                    send(stub, batch, file_indices)
-                    bar.update(len(batch))
+                    send(batch, file_indices)
                     batch, file_indices = [], []
             if batch:
-                send(stub, batch, file_indices)
-                bar.update(len(batch))
+                send(batch, file_indices)
         except RecordError as exc:
             print(f"cannot read {path}: {exc}", file=sys.stderr)
             return 2
-        except grpc.RpcError as exc:
-            print(f"store refused the batch: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        except EventPipeError as exc:
+            print(f"store refused the batch: {grpc_client.refusal(exc)}", file=sys.stderr)
             return 1
     print(
         f"{counts['accepted']} accepted, {counts['duplicate']} duplicate, "

@@ -17,29 +17,25 @@ import argparse
 import os
 import re
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
-import grpc
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 from tqdm import tqdm
 
 from eventpipe.cli import grpc_client
+from eventpipe.client import EventPipeClient, EventPipeError
+from eventpipe.client.client import JOB_DONE
 from eventpipe.core.config import DEFAULT_PORTS
-from eventpipe.enrich.v1 import enrich_pb2, enrich_pb2_grpc
+from eventpipe.enrich.v1 import enrich_pb2
 
 MODES = {
     "batch": enrich_pb2.JOB_MODE_BATCH,
     "scheduled": enrich_pb2.JOB_MODE_SCHEDULED,
     "streaming": enrich_pb2.JOB_MODE_STREAMING,
 }
-TERMINAL = {
-    enrich_pb2.JOB_STATE_SUCCEEDED,
-    enrich_pb2.JOB_STATE_FAILED,
-    enrich_pb2.JOB_STATE_CANCELLED,
-}
+TERMINAL = JOB_DONE
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -65,8 +61,8 @@ def parse_time(text: str) -> Timestamp:
     return ts
 
 
-def _stub(args: argparse.Namespace) -> enrich_pb2_grpc.EnrichServiceStub:
-    return enrich_pb2_grpc.EnrichServiceStub(grpc_client.channel(args.address, args.token))
+def _client(args: argparse.Namespace) -> EventPipeClient:
+    return grpc_client.client(args.address, args.token, args.tenant)
 
 
 def _describe(job: enrich_pb2.EnrichmentJob) -> str:
@@ -95,23 +91,21 @@ def build_job(args: argparse.Namespace) -> enrich_pb2.EnrichmentJob:
     return job
 
 
-def follow(
-    stub: enrich_pb2_grpc.EnrichServiceStub, tenant: str, job: enrich_pb2.EnrichmentJob
-) -> int:
-    request = enrich_pb2.GetEnrichmentJobRequest(tenant_id=tenant, job_id=job.job_id)
+def follow(client: EventPipeClient, job: enrich_pb2.EnrichmentJob) -> int:
     batch = job.mode == enrich_pb2.JOB_MODE_BATCH
     with tqdm(total=100, unit="%", disable=not batch, file=sys.stderr) as bar:
+
+        def show(update: enrich_pb2.EnrichmentJob) -> None:
+            if batch:
+                bar.n = round(update.progress * 100)
+                c = update.counters
+                bar.set_postfix(read=c.read, enriched=c.enriched, unmatched=c.unmatched)
+                bar.refresh()
+            else:
+                print("\r" + _describe(update), end="", file=sys.stderr, flush=True)
+
         try:
-            while job.state not in TERMINAL:
-                time.sleep(1.0)
-                job = stub.GetEnrichmentJob(request).job
-                if batch:
-                    bar.n = round(job.progress * 100)
-                    c = job.counters
-                    bar.set_postfix(read=c.read, enriched=c.enriched, unmatched=c.unmatched)
-                    bar.refresh()
-                else:
-                    print("\r" + _describe(job), end="", file=sys.stderr, flush=True)
+            job = client.jobs.wait(job, on_update=show)
         except KeyboardInterrupt:
             print(f"\nstopped following; the job keeps running: {job.job_id}", file=sys.stderr)
             return 0
@@ -120,59 +114,40 @@ def follow(
 
 
 def run(args: argparse.Namespace) -> int:
-    stub = _stub(args)
-    try:
-        job = stub.CreateEnrichmentJob(
-            enrich_pb2.CreateEnrichmentJobRequest(tenant_id=args.tenant, job=build_job(args))
-        ).job
-    except grpc.RpcError as exc:
-        print(f"refused: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
-        return 2
-    print(f"started {job.job_id}", file=sys.stderr)
-    if args.no_follow:
-        print(job.job_id)
-        return 0
-    return follow(stub, args.tenant, job)
+    with _client(args) as client:
+        try:
+            job = client.jobs.create(build_job(args))
+        except EventPipeError as exc:
+            print(f"refused: {grpc_client.refusal(exc)}", file=sys.stderr)
+            return 2
+        print(f"started {job.job_id}", file=sys.stderr)
+        if args.no_follow:
+            print(job.job_id)
+            return 0
+        return follow(client, job)
 
 
 def put_spec(args: argparse.Namespace) -> int:
     spec = json_format.Parse(Path(args.file).read_text(), enrich_pb2.EnrichmentSpec())
-    try:
-        stored = (
-            _stub(args)
-            .PutEnrichmentSpec(
-                enrich_pb2.PutEnrichmentSpecRequest(tenant_id=args.tenant, spec=spec)
-            )
-            .spec
-        )
-    except grpc.RpcError as exc:
-        print(f"refused: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
-        return 2
+    with _client(args) as client:
+        try:
+            stored = client.jobs.put_spec(spec)
+        except EventPipeError as exc:
+            print(f"refused: {grpc_client.refusal(exc)}", file=sys.stderr)
+            return 2
     print(f"stored spec version {stored.version}")
     return 0
 
 
 def get(args: argparse.Namespace) -> int:
-    job = (
-        _stub(args)
-        .GetEnrichmentJob(
-            enrich_pb2.GetEnrichmentJobRequest(tenant_id=args.tenant, job_id=args.job_id)
-        )
-        .job
-    )
-    print(_describe(job))
+    with _client(args) as client:
+        print(_describe(client.jobs.get(args.job_id)))
     return 0
 
 
 def cancel(args: argparse.Namespace) -> int:
-    job = (
-        _stub(args)
-        .CancelEnrichmentJob(
-            enrich_pb2.CancelEnrichmentJobRequest(tenant_id=args.tenant, job_id=args.job_id)
-        )
-        .job
-    )
-    print(_describe(job))
+    with _client(args) as client:
+        print(_describe(client.jobs.cancel(args.job_id)))
     return 0
 
 

@@ -1,5 +1,11 @@
 """`eventpipe ingest FILE`: sends a JSON-lines or CSV file of events through StreamEvents.
 
+``eventpipe ingest --backfill FILE`` sends history instead: batches through IngestEvents with
+``backfill`` set, so that event times older than the live window are accepted up to the
+service's backfill horizon (the token needs the ``admin`` scope). Both go through
+``eventpipe.client``: the stream with a bounded number of batches in flight, the backfill
+with the batching producer's retries (docs/client.md).
+
 JSON lines hold one event each in the proto3 JSON form (as ``eventpipe demo generate`` writes
 them). CSV needs the columns event_id, event_type, entity_id, event_time (RFC 3339); every
 other non-empty column becomes an attribute, typed as int, float, bool (true/false) or string.
@@ -10,21 +16,24 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
+import threading
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 from google.protobuf import json_format
 from google.rpc import code_pb2
 from tqdm import tqdm
 
 from eventpipe.cli import grpc_client
+from eventpipe.client import EventPipeError, ItemOutcome, ItemStatus
 from eventpipe.common.v1 import event_pb2, results_pb2
-from eventpipe.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from eventpipe.ingest.v1 import ingest_pb2
 
 CSV_COLUMNS = ("event_id", "event_type", "entity_id", "event_time")
 
@@ -35,6 +44,21 @@ class Summary:
     duplicates: int = 0
     rejected: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add_outcome(self, future: Future[ItemOutcome]) -> None:
+        """Counts one event sent by the producer (a done callback: any sender thread)."""
+        error = future.exception()
+        with self._lock:
+            if error is None:
+                if future.result().status is ItemStatus.DUPLICATE:
+                    self.duplicates += 1
+                else:
+                    self.accepted += 1
+                return
+            self.rejected += 1
+            code = getattr(getattr(error, "code", None), "name", "UNKNOWN")
+            self.reasons[f"{code} {error}".strip()] += 1
 
     def add(self, response: ingest_pb2.StreamEventsResponse) -> None:
         for result in response.results:
@@ -115,35 +139,35 @@ def stream_file(
     batch_size: int,
     progress: bool = True,
     token: str | None = None,
+    backfill: bool = False,
 ) -> Summary:
+    """Sends the file's events; ``backfill`` sends them as history (IngestEvents.backfill).
+
+    Raises:
+        EventPipeError: the service refused the whole stream (or, for a backfill, the call
+            could not start at all).
+    """
     summary = Summary()
     total = None
     if progress:
         with path.open("rb") as handle:
             total = sum(1 for line in handle if line.strip()) - (path.suffix == ".csv")
     bar = tqdm(total=total, unit="ev", disable=not progress)
-
-    def requests() -> Iterator[ingest_pb2.StreamEventsRequest]:
-        batch: list[event_pb2.Event] = []
-        number = 0
-        for event in read_events(path, summary):
-            batch.append(event)
-            if len(batch) == batch_size:
-                number += 1
-                yield ingest_pb2.StreamEventsRequest(
-                    batch_id=str(number), tenant_id=tenant_id, events=batch
-                )
-                batch = []
-        if batch:
-            yield ingest_pb2.StreamEventsRequest(
-                batch_id=str(number + 1), tenant_id=tenant_id, events=batch
+    with grpc_client.client(target, token, tenant_id) as client:
+        if backfill:
+            producer = client.producer(
+                backfill=True,
+                settings=dataclasses.replace(client.producer_settings, max_batch_events=batch_size),
             )
-
-    with grpc_client.channel(target, token) as channel:
-        stub = ingest_pb2_grpc.IngestServiceStub(channel)
-        for response in stub.StreamEvents(requests()):
-            summary.add(response)
-            bar.update(len(response.results))
+            for event in read_events(path, summary):
+                future = producer.send(event)
+                future.add_done_callback(summary.add_outcome)
+                future.add_done_callback(lambda _done: bar.update(1))
+            producer.close()
+        else:
+            for response in client.events.stream(read_events(path, summary), batch_size=batch_size):
+                summary.add(response)
+                bar.update(len(response.results))
     bar.close()
     return summary
 
@@ -161,6 +185,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--batch-size", type=int, default=500, choices=range(1, 1001), metavar="1..1000"
     )
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--backfill",
+        action="store_true",
+        help="history: accept event times older than the live window, up to the backfill "
+        "horizon (admin scope; docs/ingest.md)",
+    )
     grpc_client.add_token_argument(parser)
     parser.set_defaults(func=_run)
 
@@ -168,10 +198,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def _run(args: argparse.Namespace) -> int:
     try:
         summary = stream_file(
-            args.file, args.target, args.tenant, args.batch_size, not args.no_progress, args.token
+            args.file,
+            args.target,
+            args.tenant,
+            args.batch_size,
+            not args.no_progress,
+            args.token,
+            backfill=args.backfill,
         )
-    except grpc.RpcError as error:
-        print(f"ingest failed: {error.code().name}: {error.details()}")  # type: ignore[attr-defined]
+    except EventPipeError as error:
+        print(f"ingest failed: {grpc_client.refusal(error)}")
         return 1
     print(
         f"accepted {summary.accepted}, duplicates {summary.duplicates}, rejected {summary.rejected}"

@@ -3,6 +3,7 @@ built on them (the batching producer, paging, job following)."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -15,8 +16,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from eventpipe.client.channel import open_channel
 from eventpipe.client.producer import EventProducer, ProducerSettings
 from eventpipe.client.retry import RetryPolicy
-from eventpipe.client.rpc import DEFAULT_TIMEOUT
 from eventpipe.client.services import EnrichApi, IngestApi, QueryApi, StoreApi
+from eventpipe.client.settings import ClientSettings
 from eventpipe.common.v1 import event_pb2, results_pb2
 from eventpipe.enrich.v1 import enrich_pb2
 from eventpipe.query.v1 import query_pb2
@@ -66,9 +67,12 @@ class EventPipeClient:
         tenant_id: the tenant used by the helpers when a call does not name one.
         service_targets: per-service addresses (``{"store": "127.0.0.1:50052"}``) that
             override ``target``, for talking to the services' own ports.
-        retry: how retryable calls and the producer retry (RetryPolicy's defaults otherwise).
+        retry: how retryable calls and the producer retry.
         timeout: seconds each try of a unary call may take.
-        producer: the limits of ``events``, the default tenant's producer.
+        producer: the limits of the producers (``events`` and ``producer()``'s).
+
+    What is not given comes from ``ClientSettings``: ``EVENTPIPE_CLIENT_*`` variables, else
+    the defaults listed in docs/client.md.
     """
 
     def __init__(
@@ -80,7 +84,7 @@ class EventPipeClient:
         tenant_id: str | None = None,
         service_targets: Mapping[str, str] | None = None,
         retry: RetryPolicy | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
+        timeout: float | None = None,
         producer: ProducerSettings | None = None,
     ) -> None:
         unknown = set(service_targets or ()) - set(SERVICES)
@@ -91,9 +95,12 @@ class EventPipeClient:
         self._token = token
         self._tls = tls
         self._targets = dict(service_targets or {})
-        self.retry = retry or RetryPolicy()
-        self._producer_settings = producer or ProducerSettings(retry=self.retry)
-        self._timeout = timeout
+        defaults = ClientSettings()
+        self.retry = retry or defaults.retry()
+        self.producer_settings = producer or dataclasses.replace(
+            defaults.producer(), retry=self.retry
+        )
+        self._timeout = timeout or defaults.timeout_seconds
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
         self._producers: list[EventProducer] = []
@@ -171,7 +178,7 @@ class EventPipeClient:
         made = EventProducer(
             self.ingest,
             self.tenant(tenant_id),
-            settings or self._producer_settings,
+            settings or self.producer_settings,
             backfill=backfill,
         )
         with self._lock:

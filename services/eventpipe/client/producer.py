@@ -126,6 +126,8 @@ class EventProducer:
         *,
         backfill: bool = False,
     ) -> None:
+        if backfill and "backfill" not in ingest_pb2.IngestEventsRequest.DESCRIPTOR.fields_by_name:
+            raise ValueError("IngestEventsRequest has no backfill field: regenerate the stubs")
         self._ingest = ingest
         self.tenant_id = tenant_id
         self.settings = settings or ProducerSettings()

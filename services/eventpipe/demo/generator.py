@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import json
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -215,8 +214,3 @@ def write(data: DemoData, out_dir: Path) -> dict[str, Path]:
             for message in messages:
                 handle.write(to_json_line(message) + "\n")
     return {name: path for name, (path, _messages) in files.items()}
-
-
-def batches(items: list[Any], size: int) -> Iterator[list[Any]]:
-    for offset in range(0, len(items), size):
-        yield items[offset : offset + size]

@@ -1,8 +1,9 @@
 """Demo data for `eventpipe stack up`: a small synthetic clickstream, loaded once services run.
 
 Dimensions (users, products) go through StoreService.UpsertDimensionRecords, events through
-IngestService.StreamEvents. A service that is missing or does not implement its RPC yet only
-earns a warning: the demo data is a convenience and must never fail `make up`.
+IngestService.StreamEvents, both by way of ``eventpipe.client``. A service that is missing or
+does not implement its RPC yet only earns a warning: the demo data is a convenience and must
+never fail `make up`.
 
 Loading is idempotent: every `make up` loads the same events. Their times end at an anchor
 chosen at the first load and kept in ``<run_dir>/demo-anchor.json`` for as long as the same
@@ -21,15 +22,13 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import grpc
-
+from eventpipe.client import EventPipeClient, EventPipeError, RetryPolicy
 from eventpipe.core.auth import OPERATOR_SCOPE
-from eventpipe.demo.generator import DemoSpec, batches, generate
-from eventpipe.enrich.v1 import enrich_pb2, enrich_pb2_grpc
-from eventpipe.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from eventpipe.demo.generator import DemoSpec, generate
+from eventpipe.enrich.v1 import enrich_pb2
 from eventpipe.stack.components import BigtableEmulator
 from eventpipe.stack.stack import StackConfig, dev_token
-from eventpipe.store.v1 import store_pb2, store_pb2_grpc
+from eventpipe.store.v1 import store_pb2
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +36,8 @@ DEMO_TENANT = "demo"
 DEMO_SPEC = DemoSpec(users=100, products=40, sessions=300, days=3, seed=7)
 ANCHOR_FILE = "demo-anchor.json"
 SECOND_MICROS = 1_000_000
+# The demo must never hold up `make up` for long: a service that does not answer is warned about.
+DEMO_RETRY = RetryPolicy(deadline=10.0)
 
 
 def _warn(message: str) -> None:
@@ -44,17 +45,24 @@ def _warn(message: str) -> None:
     print(f"demo data: WARNING: {message}")
 
 
-Metadata = list[tuple[str, str]] | None
+def _token(config: object, tenant: str | None, scopes: list[str]) -> str | None:
+    """A dev token; None when auth is off (or no stack config)."""
+    return dev_token(config, tenant, scopes) if isinstance(config, StackConfig) else None
 
 
-def _bearer(config: object, tenant: str | None, scopes: list[str]) -> Metadata:
-    """The authorization metadata of a dev token; None when auth is off (or no stack config)."""
-    token = dev_token(config, tenant, scopes) if isinstance(config, StackConfig) else None
-    return [("authorization", f"Bearer {token}")] if token else None
+def _client(ports: dict[str, int], token: str | None, tenant: str) -> EventPipeClient:
+    """A client on the services' own ports (the demo loads before anyone needs Envoy)."""
+    return EventPipeClient(
+        f"127.0.0.1:{ports['ingest']}",
+        token=token,
+        tenant_id=tenant,
+        service_targets={name: f"127.0.0.1:{ports[name]}" for name in ("store", "enrich")},
+        retry=DEMO_RETRY,
+    )
 
 
-def _describe(error: grpc.RpcError) -> str:
-    return f"{error.code().name}: {error.details()}"  # type: ignore[attr-defined]
+def _describe(error: EventPipeError) -> str:
+    return f"{error.code.name}: {error}"
 
 
 def demo_anchor_micros(
@@ -107,46 +115,30 @@ def load_demo_data(
     The same events every time for one emulator (see the module docstring).
     """
     ports = getattr(config, "service_ports", {"ingest": 50051, "store": 50052, "enrich": 50053})
-    metadata = _bearer(config, tenant, ["ingest", "admin"])
+    token = _token(config, tenant, ["ingest", "admin"])
     # The store's consumer status spans tenants: only an operator token may read it.
-    operator_metadata = _bearer(config, None, [OPERATOR_SCOPE])
+    operator_token = _token(config, None, [OPERATOR_SCOPE])
     data = generate(dataclasses.replace(spec, now_micros=_anchor_for(config)))
 
-    with grpc.insecure_channel(f"127.0.0.1:{ports['store']}") as channel:
-        store = store_pb2_grpc.StoreServiceStub(channel)
+    with _client(ports, token, tenant) as client:
         for dimension, records in (("users", data.users), ("products", data.products)):
             try:
-                written = 0
-                for chunk in batches(records, 500):
-                    response = store.UpsertDimensionRecords(
-                        store_pb2.UpsertDimensionRecordsRequest(
-                            tenant_id=tenant, dimension=dimension, records=chunk
-                        ),
-                        timeout=30,
-                        metadata=metadata,
-                    )
-                    written += response.summary.accepted_count
-                print(f"demo data: {written} {dimension} versions upserted")
-            except grpc.RpcError as error:  # e.g. UNIMPLEMENTED while the store is being built
+                response = client.dimensions.upsert(dimension, records, batch_size=500)
+                print(f"demo data: {response.summary.accepted_count} {dimension} versions upserted")
+            except EventPipeError as error:  # e.g. UNIMPLEMENTED while the store is being built
                 _warn(f"{dimension} not loaded, the store answered {_describe(error)}")
                 break
-
-    with grpc.insecure_channel(f"127.0.0.1:{ports['ingest']}") as channel:
-        ingest = ingest_pb2_grpc.IngestServiceStub(channel)
-        requests = (
-            ingest_pb2.StreamEventsRequest(batch_id=str(n), tenant_id=tenant, events=chunk)
-            for n, chunk in enumerate(batches(data.events, 500))
-        )
         try:
             accepted = sum(
                 r.summary.accepted_count
-                for r in ingest.StreamEvents(requests, timeout=120, metadata=metadata)
+                for r in client.events.stream(data.events, batch_size=500, timeout=120)
             )
             print(f"demo data: {accepted} of {len(data.events)} events ingested (tenant {tenant})")
-        except grpc.RpcError as error:
+        except EventPipeError as error:
             _warn(f"events not ingested, ingest answered {_describe(error)}")
             return
-    _enrich_demo(ports, metadata, operator_metadata, tenant)
+        with _client(ports, operator_token, tenant) as operator:
+            _enrich_demo(client, operator)
 
 
 DEMO_ENRICHMENT_SPEC = enrich_pb2.EnrichmentSpec(
@@ -163,66 +155,31 @@ DEMO_ENRICHMENT_SPEC = enrich_pb2.EnrichmentSpec(
 )
 
 
-def _wait_until_stored(ports: dict[str, int], metadata: Metadata, timeout: float) -> bool:
+def _wait_until_stored(operator: EventPipeClient, timeout: float) -> bool:
     """True once the store consumer has no lag; False at the deadline or when the store does
     not answer (then enrichment runs on what is stored)."""
-    with grpc.insecure_channel(f"127.0.0.1:{ports['store']}") as channel:
-        store = store_pb2_grpc.StoreServiceStub(channel)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                status = store.GetConsumerStatus(
-                    store_pb2.GetConsumerStatusRequest(), timeout=10, metadata=metadata
-                )
-            except grpc.RpcError as error:
-                _warn(f"the store's consumer status answered {_describe(error)}")
-                return False
-            if status.partitions and all(p.lag == 0 for p in status.partitions):
-                return True
-            time.sleep(0.5)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status = operator.store.get_consumer_status(store_pb2.GetConsumerStatusRequest())
+        except EventPipeError as error:
+            _warn(f"the store's consumer status answered {_describe(error)}")
+            return False
+        if status.partitions and all(p.lag == 0 for p in status.partitions):
+            return True
+        time.sleep(0.5)
     return False
 
 
-def _enrich_demo(
-    ports: dict[str, int],
-    metadata: Metadata,
-    operator_metadata: Metadata,
-    tenant: str,
-    timeout: float = 240,
-) -> None:
+def _enrich_demo(client: EventPipeClient, operator: EventPipeClient, timeout: float = 240) -> None:
     """Stores the demo enrichment spec and runs one batch job over the demo events."""
     try:
-        if not _wait_until_stored(ports, operator_metadata, timeout=60):
+        if not _wait_until_stored(operator, timeout=60):
             _warn("the store consumer did not catch up (60 s at most); enriching what is stored")
-        with grpc.insecure_channel(f"127.0.0.1:{ports['enrich']}") as channel:
-            enrich = enrich_pb2_grpc.EnrichServiceStub(channel)
-            enrich.PutEnrichmentSpec(
-                enrich_pb2.PutEnrichmentSpecRequest(tenant_id=tenant, spec=DEMO_ENRICHMENT_SPEC),
-                timeout=30,
-                metadata=metadata,
-            )
-            job = enrich.CreateEnrichmentJob(
-                enrich_pb2.CreateEnrichmentJobRequest(
-                    tenant_id=tenant,
-                    job=enrich_pb2.EnrichmentJob(mode=enrich_pb2.JOB_MODE_BATCH),
-                ),
-                timeout=30,
-                metadata=metadata,
-            ).job
-            print(f"demo data: enrichment job {job.job_id} started (Spark, local mode) ...")
-            deadline = time.monotonic() + timeout
-            done = {
-                enrich_pb2.JOB_STATE_SUCCEEDED,
-                enrich_pb2.JOB_STATE_FAILED,
-                enrich_pb2.JOB_STATE_CANCELLED,
-            }
-            while job.state not in done and time.monotonic() < deadline:
-                time.sleep(1)
-                job = enrich.GetEnrichmentJob(
-                    enrich_pb2.GetEnrichmentJobRequest(tenant_id=tenant, job_id=job.job_id),
-                    timeout=30,
-                    metadata=metadata,
-                ).job
+        client.jobs.put_spec(DEMO_ENRICHMENT_SPEC)
+        job = client.jobs.create(enrich_pb2.EnrichmentJob(mode=enrich_pb2.JOB_MODE_BATCH))
+        print(f"demo data: enrichment job {job.job_id} started (Spark, local mode) ...")
+        job = client.jobs.wait(job, timeout=timeout)
         if job.state == enrich_pb2.JOB_STATE_SUCCEEDED:
             c = job.counters
             print(
@@ -234,5 +191,5 @@ def _enrich_demo(
                 f"enrichment job {job.job_id} is {enrich_pb2.JobState.Name(job.state)}"
                 f"{': ' + job.error if job.error else ''}"
             )
-    except grpc.RpcError as error:
+    except EventPipeError as error:
         _warn(f"demo enrichment not run, a service answered {_describe(error)}")
