@@ -67,15 +67,19 @@ def prepare_batch(
     now_micros: int,
     limits: EventLimits,
     traceparent: str | None = None,
+    backfill: bool = False,
 ) -> PreparedBatch:
     """Validates and stamps ``events`` (mutating them) and encodes the valid ones.
 
-    The request must already have passed ``check_request``.
+    The request must already have passed ``check_request``. ``backfill`` (the caller checked
+    the admin scope) judges event times against the backfill horizon and marks the messages.
     """
     ingest_time = timestamp_from_micros(now_micros)
     prepared = PreparedBatch(tenant_id=tenant_id, size=len(events), outcomes=[None] * len(events))
     prepared.headers = message_headers(
-        event_pb2.Event(tenant_id=tenant_id, ingest_time=ingest_time), traceparent
+        event_pb2.Event(tenant_id=tenant_id, ingest_time=ingest_time),
+        traceparent,
+        backfill=backfill,
     )
     seen_ids: set[str] = set()
     for index, event in enumerate(events):
@@ -91,7 +95,7 @@ def prepare_batch(
             continue
         event.tenant_id = tenant_id
         event.ingest_time.CopyFrom(ingest_time)
-        violations = validate_event(event, now_micros, limits)
+        violations = validate_event(event, now_micros, limits, backfill=backfill)
         if violations:
             prepared.outcomes[index] = ItemOutcome(
                 index, event_id, ItemStatus.REJECTED, INVALID_ARGUMENT, tuple(violations)

@@ -163,6 +163,7 @@ class IngestPipeline:
         request_bytes: int = 0,
         traceparent: str | None = None,
         capacity_wait_seconds: float = 0.0,
+        backfill: bool = False,
     ) -> PendingBatch:
         """Validates the batch and queues its valid events; does not wait for Kafka.
 
@@ -177,6 +178,7 @@ class IngestPipeline:
             now_micros=self.clock_micros(),
             limits=self.limits,
             traceparent=traceparent,
+            backfill=backfill,
         )
         started = time.perf_counter()
         count = len(prepared.messages)
@@ -209,8 +211,13 @@ class IngestPipeline:
         *,
         request_bytes: int = 0,
         traceparent: str | None = None,
+        backfill: bool = False,
     ) -> BatchOutcome:
         """Writes a batch and waits for Kafka; see ``submit`` and ``PendingBatch.result``."""
         return self.submit(
-            tenant_id, events, request_bytes=request_bytes, traceparent=traceparent
+            tenant_id,
+            events,
+            request_bytes=request_bytes,
+            traceparent=traceparent,
+            backfill=backfill,
         ).result()

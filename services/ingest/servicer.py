@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import grpc
 from eventpipe.common.v1 import results_pb2
-from eventpipe.core.errors import InvalidArgument, Violation, invalid_fields
+from eventpipe.core.auth import current_principal
+from eventpipe.core.errors import InvalidArgument, PermissionDenied, Violation, invalid_fields
 from eventpipe.core.results import ItemOutcome, ItemStatus
 from eventpipe.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from google.rpc import code_pb2
@@ -15,6 +17,9 @@ from ingest.outcome import BatchOutcome
 from ingest.pipeline import IngestPipeline
 from ingest.streaming import StreamBatch, StreamDrain, ingest_stream
 
+log = logging.getLogger(__name__)
+
+BACKFILL_SCOPE = "admin"
 _STATUS = {
     ItemStatus.ACCEPTED: results_pb2.ITEM_STATUS_ACCEPTED,
     ItemStatus.DUPLICATE: results_pb2.ITEM_STATUS_DUPLICATE,
@@ -46,6 +51,18 @@ def _traceparent(context: grpc.ServicerContext) -> str | None:
         if key == "traceparent":
             return value if isinstance(value, str) else value.decode("ascii", "replace")
     return None
+
+
+def _backfill_caller() -> str:
+    """Who may backfill: a caller with the admin scope. Returns the token's subject for the
+    audit log; with auth off (no principal) every caller holds every scope, as for the admin
+    services themselves."""
+    principal = current_principal()
+    if principal is None:
+        return ""
+    if BACKFILL_SCOPE not in principal.scopes:
+        raise PermissionDenied(f"permission denied: backfill needs the {BACKFILL_SCOPE} scope")
+    return principal.subject
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
@@ -92,12 +109,26 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     def IngestEvents(
         self, request: ingest_pb2.IngestEventsRequest, context: grpc.ServicerContext
     ) -> ingest_pb2.IngestEventsResponse:
+        backfill = request.backfill
+        subject = _backfill_caller() if backfill else ""
         outcome = self.pipeline.ingest(
             request.tenant_id,
             request.events,
             request_bytes=request.ByteSize(),
             traceparent=_traceparent(context),
+            backfill=backfill,
         )
+        if backfill:
+            # History loads are rare and privileged: each one is on record.
+            log.info(
+                "backfill",
+                extra={
+                    "tenant": request.tenant_id,
+                    "subject": subject,
+                    "accepted": outcome.accepted,
+                    "rejected": outcome.rejected,
+                },
+            )
         return ingest_pb2.IngestEventsResponse(
             results=[item_result(item) for item in outcome.items], summary=_summary(outcome)
         )

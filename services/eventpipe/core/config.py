@@ -187,7 +187,9 @@ class EventLimitSettings(BaseSettings):
     EventLimitSettings)``), so each field reads that service's prefix: the variables stay
     ``EVENTPIPE_<SERVICE>_EVENT_MAX_FUTURE_SECONDS`` and so on. Ingest judges against its own
     clock, the store and streaming enrichment against a message's trusted ``ingest_time``
-    (the two trust-window fields); keep the store's and enrich's values equal.
+    (the two trust-window fields); keep the store's and enrich's values equal. The backfill
+    horizon is one variable for all of them, ``EVENTPIPE_BACKFILL_HORIZON_DAYS``, since the
+    store must accept what ingest accepted.
     """
 
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
@@ -220,6 +222,46 @@ class EventLimitSettings(BaseSettings):
         description="A raw-topic message's ingest_time is trusted up to this far before its "
         "Kafka timestamp (time spent in a producer before the broker stamped it).",
     )
+    backfill_horizon_days: float | None = Field(
+        None,
+        gt=0,
+        le=3650,
+        validation_alias="EVENTPIPE_BACKFILL_HORIZON_DAYS",
+        description="How old an event_time a backfill (IngestEvents with backfill, admin scope; "
+        "header eventpipe-backfill: 1 on the raw topic) may carry. Unset: the raw retention "
+        "(EVENTPIPE_RAW_RETENTION_DAYS), or the enriched one if shorter. Above either, start-up "
+        "fails: those rows' GC rules would collect the loaded events at once.",
+    )
+
+    @model_validator(mode="after")
+    def _backfill_within_retention(self) -> EventLimitSettings:
+        """Raw and enriched cells are timestamped with the event time, and their GC max age
+        counts from it: history older than a table's retention would be collected at once."""
+        horizon = self.backfill_horizon_days
+        if horizon is None:
+            return self  # the retention itself, see backfill_horizon
+        try:
+            common = load_settings(CommonSettings)
+        except ConfigError:
+            return self  # CommonSettings is loaded on its own at start, and says what is wrong
+        for name, days in (
+            ("EVENTPIPE_RAW_RETENTION_DAYS", common.raw_retention_days),
+            ("EVENTPIPE_ENRICHED_RETENTION_DAYS", common.enriched_retention_days),
+        ):
+            if horizon > days:
+                raise ValueError(
+                    f"EVENTPIPE_BACKFILL_HORIZON_DAYS={horizon:g} exceeds {name}={days}: "
+                    "backfilled rows would be older than that table's GC max age; raise the "
+                    "retention or lower the horizon"
+                )
+        return self
+
+    def backfill_horizon(self) -> timedelta:
+        """The backfill horizon in force: the setting, or else the shorter retention."""
+        if self.backfill_horizon_days is not None:
+            return timedelta(days=self.backfill_horizon_days)
+        common = load_settings(CommonSettings)
+        return timedelta(days=min(common.raw_retention_days, common.enriched_retention_days))
 
     def event_limits(self) -> EventLimits:
         """The limits as the validation and topic-contract code takes them."""
@@ -228,6 +270,7 @@ class EventLimitSettings(BaseSettings):
             max_age=timedelta(days=self.event_max_age_days),
             ingest_time_max_lead=timedelta(seconds=self.ingest_time_max_lead_seconds),
             ingest_time_max_lag=timedelta(seconds=self.ingest_time_max_lag_seconds),
+            backfill_horizon=self.backfill_horizon(),
         )
 
 

@@ -3,8 +3,9 @@
 - key: ``<tenant_id>#<entity_id>`` (UTF-8), so one entity's events share a partition, in order;
 - value: the serialized ``eventpipe.common.v1.Event`` (protobuf binary);
 - headers: ``eventpipe-tenant``, ``eventpipe-schema`` (the message's full name and version),
-  ``eventpipe-ingest-time`` (microseconds since the epoch, decimal), and ``traceparent``
-  (W3C trace context) when the producer has one.
+  ``eventpipe-ingest-time`` (microseconds since the epoch, decimal), ``traceparent``
+  (W3C trace context) when the producer has one, and ``eventpipe-backfill: 1`` on a history
+  load, whose event times may reach back to the backfill horizon instead of the live window.
 
 ``decode_raw_event`` is THE reading of a raw-topic message: the store consumer and streaming
 enrichment both call it, so a message one of them refuses the other refuses too.
@@ -37,6 +38,11 @@ HEADER_TENANT = "eventpipe-tenant"
 HEADER_SCHEMA = "eventpipe-schema"
 HEADER_INGEST_TIME = "eventpipe-ingest-time"
 HEADER_TRACEPARENT = "traceparent"
+# "1": a history load (admin-only through ingest); event_time is judged against the backfill
+# horizon instead of the live window. Absent or "0": a live event.
+HEADER_BACKFILL = "eventpipe-backfill"
+BACKFILL_ON = b"1"
+BACKFILL_OFF = b"0"
 # Dead-letter headers, added by the store consumer.
 HEADER_DLQ_ERROR = "eventpipe-dlq-error"
 HEADER_DLQ_SOURCE = "eventpipe-dlq-source"  # "<topic>/<partition>/<offset>"
@@ -56,7 +62,7 @@ def message_key(tenant_id: str, entity_id: str) -> bytes:
 
 
 def message_headers(
-    event: event_pb2.Event, traceparent: str | None = None
+    event: event_pb2.Event, traceparent: str | None = None, *, backfill: bool = False
 ) -> list[tuple[str, bytes]]:
     """The headers of ``event``'s message. An ``ingest_time`` that is no valid Timestamp gets no
     ingest-time header: the consumer refuses the event for that ``ingest_time`` alone."""
@@ -66,6 +72,8 @@ def message_headers(
         headers.append((HEADER_INGEST_TIME, str(ingest_micros).encode()))
     if traceparent:
         headers.append((HEADER_TRACEPARENT, traceparent.encode()))
+    if backfill:
+        headers.append((HEADER_BACKFILL, BACKFILL_ON))
     return headers
 
 
@@ -75,6 +83,17 @@ def _header(headers: Sequence[tuple[str, bytes]], name: str) -> bytes | None:
         if key == name:
             return value if value is not None else b""
     return None
+
+
+def is_backfill(headers: Sequence[tuple[str, bytes]]) -> bool:
+    """Whether the message is a history load (``eventpipe-backfill: 1``); any value other than
+    ``1`` or ``0`` breaks the contract."""
+    value = _header(headers, HEADER_BACKFILL)
+    if value is None or value == BACKFILL_OFF:
+        return False
+    if value == BACKFILL_ON:
+        return True
+    raise PoisonMessage(f"{HEADER_BACKFILL} header must be 1 or 0, got {value[:16]!r}")
 
 
 def _ingest_micros(
@@ -172,7 +191,7 @@ def decode_raw_event(
     ``PoisonMessage`` (the reason in ``str``), and nothing else, for anything that breaks the
     contract: an empty or undecodable value, a schema or tenant header that disagrees, a key
     that is not ``<tenant_id>#<entity_id>``, an untrusted ``ingest_time``, or a rule of
-    ``validate_event``.
+    ``validate_event`` (with the backfill horizon when ``eventpipe-backfill`` is ``1``).
     """
     if not value:
         raise PoisonMessage("empty message value: expected a serialized eventpipe.common.v1.Event")
@@ -190,7 +209,7 @@ def decode_raw_event(
     if tenant is not None and tenant != event.tenant_id.encode():
         raise PoisonMessage(f"{HEADER_TENANT} header does not match tenant_id")
     ingest_micros = _ingest_micros(event, headers, timestamp_ms, limits, now_micros)
-    violations = validate_event(event, ingest_micros, limits)
+    violations = validate_event(event, ingest_micros, limits, backfill=is_backfill(headers))
     if violations:
         raise PoisonMessage("invalid event: " + describe(violations))
     if key != message_key(event.tenant_id, event.entity_id):

@@ -50,6 +50,9 @@ class EventLimits:
     # ingest_time may be at most this much earlier than the Kafka timestamp: the time a
     # message may wait in a producer before it is stamped (broker LogAppendTime).
     ingest_time_max_lag: timedelta = timedelta(minutes=15)
+    # How old an event_time a backfill (admin-only history load) may carry; never narrower
+    # than the live window. Keep it within the raw table's retention (config checks it).
+    backfill_horizon: timedelta = timedelta(days=30)
 
     @property
     def max_future_micros(self) -> int:
@@ -58,6 +61,10 @@ class EventLimits:
     @property
     def max_age_micros(self) -> int:
         return _micros_of(self.max_age)
+
+    @property
+    def backfill_max_age(self) -> timedelta:
+        return max(self.max_age, self.backfill_horizon)
 
 
 @functools.cache
@@ -178,13 +185,20 @@ def check_attributes(
 
 
 def validate_event(
-    event: event_pb2.Event, now_micros: int, limits: EventLimits, prefix: str = ""
+    event: event_pb2.Event,
+    now_micros: int,
+    limits: EventLimits,
+    prefix: str = "",
+    *,
+    backfill: bool = False,
 ) -> list[Violation]:
     """Returns every rule the event breaks (empty when it is valid).
 
     ``now_micros`` is the one reference of the time-relative rules: ingest passes the instant
     it stamps as ``ingest_time``, the store consumer the event's (trusted) ``ingest_time``, so
-    an event is judged against the same instant wherever it is checked.
+    an event is judged against the same instant wherever it is checked. ``backfill`` (an
+    admin's history load) lets event_time reach back to ``limits.backfill_horizon`` instead of
+    ``limits.max_age``.
     This runs once per event on ingest's hot path: field paths are only built for violations.
     """
     violations: list[Violation] = []
@@ -215,12 +229,20 @@ def validate_event(
                 )
             )
         elif event_micros < now_micros - limits.max_age_micros:
-            violations.append(
-                Violation(
-                    f"{prefix}event_time",
-                    f"is older than the retention of {_human(limits.max_age)}",
+            if not backfill:
+                violations.append(
+                    Violation(
+                        f"{prefix}event_time",
+                        f"is older than the retention of {_human(limits.max_age)}",
+                    )
                 )
-            )
+            elif event_micros < now_micros - _micros_of(limits.backfill_max_age):
+                violations.append(
+                    Violation(
+                        f"{prefix}event_time",
+                        f"is older than the backfill horizon of {_human(limits.backfill_max_age)}",
+                    )
+                )
     attributes = event.attributes
     if attributes:
         violations += check_attributes(attributes, f"{prefix}attributes")

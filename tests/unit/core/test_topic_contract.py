@@ -217,3 +217,49 @@ def test_whatever_the_message_the_reading_returns_an_event_or_raises_poison_only
         assert str(exc)
     else:
         assert event.HasField("ingest_time")
+
+
+DAY = 86_400_000_000
+BACKFILL_LIMITS = EventLimits(backfill_horizon=timedelta(days=365))
+
+
+def decode_with(event: event_pb2.Event, headers: list[tuple[str, bytes]]) -> event_pb2.Event:
+    return decode_raw_event(
+        topic_contract.message_key(event.tenant_id, event.entity_id),
+        event.SerializeToString(),
+        headers,
+        NOW // 1000,
+        BACKFILL_LIMITS,
+        NOW,
+    )
+
+
+def test_a_backfill_message_is_judged_against_the_backfill_horizon() -> None:
+    old = ingested(NOW - 200 * DAY)
+    headers = topic_contract.message_headers(old, backfill=True)
+    assert (topic_contract.HEADER_BACKFILL, b"1") in headers
+    assert decode_with(old, headers).event_id == "e1"
+    with pytest.raises(PoisonMessage, match="event_time: is older than the retention"):
+        decode_with(old, topic_contract.message_headers(old))
+    too_old = ingested(NOW - 400 * DAY)
+    with pytest.raises(PoisonMessage, match="event_time: is older than the backfill horizon"):
+        decode_with(too_old, topic_contract.message_headers(too_old, backfill=True))
+
+
+def test_a_backfill_header_of_zero_is_a_live_event_and_any_other_value_is_poison() -> None:
+    event = ingested(NOW - DAY)
+    headers = topic_contract.message_headers(event)
+    assert decode_with(event, [*headers, (topic_contract.HEADER_BACKFILL, b"0")])
+    with pytest.raises(PoisonMessage, match="eventpipe-backfill header must be 1 or 0"):
+        decode_with(event, [*headers, (topic_contract.HEADER_BACKFILL, b"yes")])
+
+
+def test_what_ingest_accepted_as_backfill_the_store_accepts() -> None:
+    old = event_pb2.Event(event_id="e1", event_type="click", entity_id="u1")
+    old.event_time.CopyFrom(timestamp_from_micros(NOW - 300 * DAY))
+    prepared = prepare_batch("acme", [old], now_micros=NOW, limits=BACKFILL_LIMITS, backfill=True)
+    (message,) = prepared.messages
+    decoded = decode_raw_event(
+        message.key, message.value, prepared.headers, NOW // 1000, BACKFILL_LIMITS, NOW
+    )
+    assert decoded.event_time == old.event_time

@@ -155,3 +155,33 @@ def test_the_time_range_rule_wants_start_before_end_and_valid_bounds() -> None:
     assert [v.field for v in bad_end.violations] == ["range.end_time"]
     good = check_time_range(time_range(Timestamp(seconds=1), Timestamp(seconds=2, nanos=5000)))
     assert good == TimeBounds(1_000_000, 2_000_005, ())
+
+
+DAY = 86_400_000_000
+
+
+def test_a_backfill_reaches_back_to_the_horizon_and_no_further() -> None:
+    limits = EventLimits(max_age=timedelta(days=30), backfill_horizon=timedelta(days=365))
+    old = _valid()
+    old.event_time.CopyFrom(timestamp_from_micros(NOW - 300 * DAY))
+    assert [v.field for v in validate_event(old, NOW, limits)] == ["event_time"]
+    assert validate_event(old, NOW, limits, backfill=True) == []
+    older = _valid()
+    older.event_time.CopyFrom(timestamp_from_micros(NOW - 366 * DAY))
+    (violation,) = validate_event(older, NOW, limits, backfill=True)
+    assert violation.field == "event_time"
+    assert violation.description == "is older than the backfill horizon of 365 days"
+
+
+def test_a_backfill_horizon_narrower_than_the_live_window_never_narrows_it() -> None:
+    limits = EventLimits(max_age=timedelta(days=30), backfill_horizon=timedelta(days=7))
+    event = _valid()
+    event.event_time.CopyFrom(timestamp_from_micros(NOW - 20 * DAY))
+    assert validate_event(event, NOW, limits, backfill=True) == []
+
+
+def test_a_backfill_keeps_the_future_bound() -> None:
+    limits = EventLimits(backfill_horizon=timedelta(days=365))
+    event = _valid()
+    event.event_time.CopyFrom(timestamp_from_micros(NOW + DAY))
+    assert [v.field for v in validate_event(event, NOW, limits, backfill=True)] == ["event_time"]
