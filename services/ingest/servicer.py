@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 
 import grpc
 from eventpipe.common.v1 import results_pb2
+from eventpipe.core import tracing
 from eventpipe.core.auth import current_principal
 from eventpipe.core.errors import InvalidArgument, PermissionDenied, Violation, invalid_fields
 from eventpipe.core.results import ItemOutcome, ItemStatus
 from eventpipe.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from google.rpc import code_pb2
+from opentelemetry.trace import SpanKind
 
 from ingest.outcome import BatchOutcome
 from ingest.pipeline import IngestPipeline
@@ -53,6 +56,22 @@ def _traceparent(context: grpc.ServicerContext) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _request_span(name: str, context: grpc.ServicerContext, tenant_id: str) -> Iterator[str | None]:
+    """One span per RPC, child of the caller's ``traceparent``; yields the traceparent the
+    Kafka messages carry: the span's own when tracing is on, else the caller's unchanged (with
+    tracing off this is the whole cost: no span, nothing per event)."""
+    incoming = _traceparent(context)
+    if not tracing.enabled():
+        yield incoming
+        return
+    attributes = {"eventpipe.tenant_id": tenant_id} if tenant_id else None
+    with tracing.span(
+        name, parent=incoming, kind=SpanKind.SERVER, attributes=attributes
+    ) as current:
+        yield tracing.traceparent_of(current) or incoming
+
+
 def _backfill_caller() -> str:
     """Who may backfill: a caller with the admin scope. Returns the token's subject for the
     audit log; with auth off (no principal) every caller holds every scope, as for the admin
@@ -90,12 +109,13 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             raise InvalidArgument(
                 "event: is required", violations=[Violation("event", "is required")]
             )
-        outcome = self.pipeline.ingest(
-            request.tenant_id,
-            [request.event],
-            request_bytes=request.ByteSize(),
-            traceparent=_traceparent(context),
-        )
+        with _request_span("ingest.IngestEvent", context, request.tenant_id) as traceparent:
+            outcome = self.pipeline.ingest(
+                request.tenant_id,
+                [request.event],
+                request_bytes=request.ByteSize(),
+                traceparent=traceparent,
+            )
         item = outcome.items[0]
         if item.status is ItemStatus.REJECTED:
             # One event: its refusal is the RPC's status, fields named as in the request.
@@ -111,13 +131,14 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     ) -> ingest_pb2.IngestEventsResponse:
         backfill = request.backfill
         subject = _backfill_caller() if backfill else ""
-        outcome = self.pipeline.ingest(
-            request.tenant_id,
-            request.events,
-            request_bytes=request.ByteSize(),
-            traceparent=_traceparent(context),
-            backfill=backfill,
-        )
+        with _request_span("ingest.IngestEvents", context, request.tenant_id) as traceparent:
+            outcome = self.pipeline.ingest(
+                request.tenant_id,
+                request.events,
+                request_bytes=request.ByteSize(),
+                traceparent=traceparent,
+                backfill=backfill,
+            )
         if backfill:
             # History loads are rare and privileged: each one is on record.
             log.info(
@@ -142,17 +163,19 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             StreamBatch(request.batch_id, request.tenant_id, request.events, request.ByteSize())
             for request in request_iterator
         )
-        for batch_id, outcome in ingest_stream(
-            self.pipeline,
-            batches,
-            window=self.stream_window,
-            capacity_wait_seconds=self.stream_capacity_wait,
-            idle_timeout_seconds=self.stream_idle_timeout,
-            draining=self.stream_drain.draining,
-            traceparent=_traceparent(context),
-        ):
-            yield ingest_pb2.StreamEventsResponse(
-                batch_id=batch_id,
-                results=[item_result(item) for item in outcome.items],
-                summary=_summary(outcome),
-            )
+        # The tenant is known per batch only; the span names the stream, its batches share it.
+        with _request_span("ingest.StreamEvents", context, "") as traceparent:
+            for batch_id, outcome in ingest_stream(
+                self.pipeline,
+                batches,
+                window=self.stream_window,
+                capacity_wait_seconds=self.stream_capacity_wait,
+                idle_timeout_seconds=self.stream_idle_timeout,
+                draining=self.stream_drain.draining,
+                traceparent=traceparent,
+            ):
+                yield ingest_pb2.StreamEventsResponse(
+                    batch_id=batch_id,
+                    results=[item_result(item) for item in outcome.items],
+                    summary=_summary(outcome),
+                )
