@@ -21,6 +21,12 @@ OVERLAYS_DIR = REPO_ROOT / "k8s" / "overlays"
 
 def kustomize(overlay: str) -> str:
     """The YAML stream ``k8s/overlays/<overlay>`` renders to."""
+    return kustomize_directory(OVERLAYS_DIR / overlay)
+
+
+def kustomize_directory(directory: Path) -> str:
+    """The YAML stream of any kustomization (a test's own, combining overlays and components)."""
+    overlay = directory.name
     try:
         command = install.kustomize_command()
     except install.InstallError as exc:
@@ -30,7 +36,7 @@ def kustomize(overlay: str) -> str:
             pytrace=False,
         )
     result = subprocess.run(
-        [*command, str(OVERLAYS_DIR / overlay)],
+        [*command, str(directory)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -43,6 +49,11 @@ def kustomize(overlay: str) -> str:
 def rendered_objects(overlay: str) -> list[dict[str, Any]]:
     """The Kubernetes objects of an overlay."""
     return [doc for doc in yaml.safe_load_all(kustomize(overlay)) if doc]
+
+
+def rendered_kustomization(directory: Path) -> list[dict[str, Any]]:
+    """The Kubernetes objects of a kustomization directory."""
+    return [doc for doc in yaml.safe_load_all(kustomize_directory(directory)) if doc]
 
 
 def rendered_envoy_config(overlay: str) -> str:

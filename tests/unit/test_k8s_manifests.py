@@ -10,6 +10,7 @@ grace periods to drain.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -71,32 +72,59 @@ def workloads(objects: list[Manifest]) -> Iterator[Manifest]:
     return (obj for obj in objects if obj["kind"] in WORKLOAD_KINDS)
 
 
-def container_env(objects: list[Manifest], deployment: Manifest) -> dict[str, str]:
-    """The environment a Deployment's first container gets from its ConfigMaps and env."""
-    container = pod_spec(deployment)["containers"][0]
+def container_env(
+    objects: list[Manifest], deployment: Manifest, container: Manifest | None = None
+) -> dict[str, str]:
+    """The literal environment a container (default: the workload's first) gets from its
+    ConfigMaps and env; values from Secrets and the downward API are left out."""
+    container = container or pod_spec(deployment)["containers"][0]
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
-        name = source["configMapRef"]["name"]
-        env.update(named(objects, "ConfigMap", name)["data"])
+        if "configMapRef" in source:
+            env.update(named(objects, "ConfigMap", source["configMapRef"]["name"])["data"])
     for var in container.get("env", []):
         if "value" in var:
             env[var["name"]] = var["value"]
     return env
 
 
+def secret_references(spec: Manifest) -> set[tuple[str, str | None]]:
+    """(Secret name, key or None for all keys) of everything a pod spec reads from Secrets."""
+    refs: set[tuple[str, str | None]] = set()
+    for container in [*spec.get("initContainers", []), *spec["containers"]]:
+        for source in container.get("envFrom", []):
+            if "secretRef" in source:
+                refs.add((source["secretRef"]["name"], None))
+        for var in container.get("env", []):
+            ref = var.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                refs.add((ref["name"], ref["key"]))
+    for volume in spec.get("volumes", []):
+        if "secret" in volume:
+            items = volume["secret"].get("items") or [{"key": None}]
+            refs.update((volume["secret"]["secretName"], item["key"]) for item in items)
+    return refs
+
+
 def container_policy_violations(spec: Manifest, *, needs_probes: bool = True) -> list[str]:
-    """Everything a pod spec's containers break of the container rules, as readable strings."""
+    """Everything a pod spec's containers break of the container rules, as readable strings.
+
+    Init containers (and, with ``needs_probes=False``, every container: Jobs, Spark executors)
+    run to completion, so they need no probes; all of them need requests and limits.
+    """
     violations = []
     pod_security = spec.get("securityContext", {})
     if pod_security.get("seccompProfile", {}).get("type") != "RuntimeDefault":
         violations.append("pod: seccompProfile is not RuntimeDefault")
+    init_names = {container["name"] for container in spec.get("initContainers", [])}
     for container in [*spec.get("initContainers", []), *spec["containers"]]:
         name = container["name"]
         security = container.get("securityContext", {})
-        if needs_probes:
+        if needs_probes and name not in init_names:
             for probe in ("readinessProbe", "livenessProbe"):
                 if probe not in container:
                     violations.append(f"{name}: no {probe}")
+        if needs_probes or name in init_names:
             for kind in ("requests", "limits"):
                 amounts = container.get("resources", {}).get(kind, {})
                 if not {"cpu", "memory"} <= amounts.keys():
@@ -166,9 +194,25 @@ def test_every_container_has_probes_resources_and_a_locked_down_security_context
         f"{overlay}: {workload['kind']}/{workload['metadata']['name']}: {violation}"
         for overlay, objects in rendered.items()
         for workload in workloads(objects)
+        if workload["kind"] not in ("Job", "CronJob")
         for violation in container_policy_violations(pod_spec(workload))
     ]
     assert violations == []
+
+
+def test_jobs_are_locked_down_with_resources_like_every_other_pod(rendered):
+    for overlay, objects in rendered.items():
+        jobs = of_kind(objects, "Job")
+        assert jobs, overlay
+        for job in jobs:
+            spec = pod_spec(job)
+            violations = container_policy_violations(spec, needs_probes=False)
+            for container in spec["containers"]:
+                amounts = container.get("resources", {})
+                if not {"cpu", "memory"} <= amounts.get("limits", {}).keys():
+                    violations.append(f"{container['name']}: no cpu and memory limits")
+            assert violations == [], f"{overlay}: Job/{job['metadata']['name']}"
+            assert spec["automountServiceAccountToken"] is False
 
 
 def test_spark_executor_pods_are_locked_down_like_every_other_pod(rendered):
@@ -288,7 +332,7 @@ def test_only_envoy_accepts_traffic_from_any_source(rendered):
                     assert rule["ports"] == [{"protocol": "TCP", "port": 8080}]
 
 
-def test_services_accept_grpc_only_from_envoy_and_each_other(rendered):
+def test_services_accept_grpc_only_from_envoy(rendered):
     for overlay, objects in rendered.items():
         policy = named(objects, "NetworkPolicy", "grpc-services")["spec"]
         grpc_rule = next(
@@ -297,10 +341,7 @@ def test_services_accept_grpc_only_from_envoy_and_each_other(rendered):
             if rule["ports"][0]["port"] == min(port for port, _ in SERVICES.values())
         )
         sources = [peer["podSelector"]["matchLabels"] for peer in grpc_rule["from"]]
-        assert sources == [
-            {"app.kubernetes.io/name": "envoy"},
-            {"app.kubernetes.io/component": "grpc-service"},
-        ], overlay
+        assert sources == [{"app.kubernetes.io/name": "envoy"}], overlay
         for service in SERVICES:
             labels = named(objects, "Deployment", service)["spec"]["template"]["metadata"]
             assert selects(policy["podSelector"], labels["labels"]), service
@@ -549,3 +590,245 @@ def test_service_liveness_probes_ask_the_liveness_health_name_not_readiness(
         ][0]
         assert container["livenessProbe"]["grpc"].get("service") == "liveness", name
         assert container["readinessProbe"]["grpc"].get("service", "") == "", name
+
+
+# --- production secrets, the edge, worker counts, topology, managed Kafka (issues 13, 16) -----
+
+PAGE_TOKEN_SECRETS = {"query": "query", "store": "store", "enrich": "enrich"}
+PROD_SECRETS = {"eventpipe-page-tokens", "enrich-spark-auth", "kafka-credentials", "envoy-tls"}
+DEPLOYMENT_DOC = REPO_ROOT / "docs" / "deployment.md"
+
+
+def env_var(container: Manifest, name: str) -> Manifest:
+    matches = [var for var in container.get("env", []) if var["name"] == name]
+    assert len(matches) == 1, f"{container['name']} sets {name} {len(matches)} times"
+    return matches[0]
+
+
+def test_page_token_secrets_come_from_a_secret_and_query_and_store_refuse_to_start_without(
+    rendered,
+):
+    for overlay, objects in rendered.items():
+        for service, key in PAGE_TOKEN_SECRETS.items():
+            deployment = named(objects, "Deployment", service)
+            container = pod_spec(deployment)["containers"][0]
+            variable = f"EVENTPIPE_{service.upper()}_PAGE_TOKEN_SECRET"
+            ref = env_var(container, variable)["valueFrom"]["secretKeyRef"]
+            assert ref["name"].startswith("eventpipe-page-tokens"), (overlay, service)
+            assert ref["key"] == key
+            assert ref.get("optional", False) is False, "a missing secret must stop the pod"
+            assert variable not in container_env(objects, deployment), "a literal would win"
+        for service in ("query", "store"):
+            env = container_env(objects, named(objects, "Deployment", service))
+            assert env[f"EVENTPIPE_{service.upper()}_REQUIRE_PAGE_TOKEN_SECRET"] == "true"
+
+
+@pytest.mark.parametrize("service", ["query", "store"])
+def test_the_prod_environment_without_its_secret_stops_the_service_at_start(
+    rendered, monkeypatch, service
+):
+    from eventpipe.core.config import ConfigError, load_settings
+    from query.config import QuerySettings
+    from store.config import StoreSettings
+
+    settings_class = {"query": QuerySettings, "store": StoreSettings}[service]
+    env = container_env(rendered["prod"], named(rendered["prod"], "Deployment", service))
+    for key in list(os.environ):
+        if key.startswith("EVENTPIPE_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+
+    with pytest.raises(ConfigError, match=f"EVENTPIPE_{service.upper()}_PAGE_TOKEN_SECRET"):
+        load_settings(settings_class)
+    monkeypatch.setenv(f"EVENTPIPE_{service.upper()}_PAGE_TOKEN_SECRET", "x" * 32)
+    assert load_settings(settings_class).page_token_secret is not None
+
+
+def test_prod_commits_no_secret_and_the_deployment_guide_says_how_to_create_each_it_reads(
+    rendered,
+):
+    prod = rendered["prod"]
+    assert of_kind(prod, "Secret") == [], "production secrets never live in git"
+    referenced = {
+        name for workload in workloads(prod) for name, _key in secret_references(pod_spec(workload))
+    }
+    assert referenced == PROD_SECRETS
+    guide = DEPLOYMENT_DOC.read_text()
+    for name in referenced:
+        assert re.search(rf"kubectl [^\n]*create secret [a-z]+ {re.escape(name)}\b", guide), name
+
+
+def test_dev_generates_every_secret_and_key_its_pods_read(rendered):
+    dev = rendered["dev"]
+    secrets = {secret["metadata"]["name"]: secret for secret in of_kind(dev, "Secret")}
+    for workload in workloads(dev):
+        for name, key in secret_references(pod_spec(workload)):
+            assert name in secrets, f"{workload['metadata']['name']} reads a missing Secret {name}"
+            if key is not None:
+                assert key in secrets[name]["data"], f"{name} has no {key}"
+
+
+def test_enrich_gets_the_spark_authenticate_secret_from_a_secret(rendered):
+    for overlay, objects in rendered.items():
+        container = pod_spec(named(objects, "Deployment", "enrich"))["containers"][0]
+        ref = env_var(container, "EVENTPIPE_ENRICH_SPARK_AUTH_SECRET")["valueFrom"]
+        assert ref["secretKeyRef"]["name"].startswith("enrich-spark-auth"), overlay
+
+
+def test_ingest_and_query_run_one_worker_per_cpu_of_their_limit(rendered):
+    for overlay, objects in rendered.items():
+        for service in ("ingest", "query"):
+            container = pod_spec(named(objects, "Deployment", service))["containers"][0]
+            variable = f"EVENTPIPE_{service.upper()}_WORKERS"
+            field = env_var(container, variable)["valueFrom"]["resourceFieldRef"]
+            assert field == {
+                "containerName": service,
+                "resource": "limits.cpu",
+                "divisor": "1",
+            }, overlay
+            assert "cpu" in container["resources"]["limits"]
+
+
+def test_a_job_creates_the_topology_and_every_service_waits_for_it_before_starting(rendered):
+    for overlay, objects in rendered.items():
+        job = named(objects, "Job", "ensure-topology")
+        spec = pod_spec(job)
+        (container,) = spec["containers"]
+        assert [*container["command"], *container["args"]] == [
+            "eventpipe",
+            "admin",
+            "ensure-topology",
+        ]
+        assert spec["restartPolicy"] == "OnFailure"
+        assert job["spec"]["ttlSecondsAfterFinished"] > 0, "a finished Job must make way"
+        common = config_map(objects, "eventpipe-common")["metadata"]["name"]
+        assert {"configMapRef": {"name": common}} in container["envFrom"]
+        for service in SERVICES:
+            deployment = named(objects, "Deployment", service)
+            (init,) = pod_spec(deployment)["initContainers"]
+            command = [*init["command"], *init["args"]]
+            assert command[:3] == ["eventpipe", "admin", "await-topology"], (overlay, service)
+            assert ("--topics-only" in command) == (service == "ingest"), service
+            # The same Kafka and Bigtable settings as the service and the Job.
+            assert container_env(objects, deployment, init) == container_env(objects, job)
+        policy = named(objects, "NetworkPolicy", "ensure-topology")["spec"]
+        assert selects(policy["podSelector"], job["spec"]["template"]["metadata"]["labels"])
+        assert "ingress" not in policy and "Ingress" in policy["policyTypes"]
+
+
+def test_envoy_reaches_each_service_only_on_its_own_port_and_services_call_no_service(rendered):
+    for overlay, objects in rendered.items():
+        envoy = named(objects, "NetworkPolicy", "envoy")["spec"]
+        in_cluster = [rule for rule in envoy["egress"] if "to" in rule]
+        allowed = {
+            (rule["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"], port["port"])
+            for rule in in_cluster
+            for port in rule["ports"]
+        }
+        assert allowed == {(name, port) for name, (port, _) in SERVICES.items()}, overlay
+        assert all("endPort" not in port for rule in in_cluster for port in rule["ports"])
+        services = named(objects, "NetworkPolicy", "grpc-services")["spec"]
+        assert all("to" not in rule for rule in services["egress"]), "no service calls another"
+
+
+def test_prod_uses_tls_and_sasl_to_a_managed_kafka_in_every_kafka_client(rendered, monkeypatch):
+    from eventpipe.core.config import CommonSettings, load_settings
+
+    prod = rendered["prod"]
+    kafka_clients = [
+        workload
+        for workload in workloads(prod)
+        if workload["metadata"]["name"] in (*SERVICES, "ensure-topology")
+    ]
+    assert len(kafka_clients) == len(SERVICES) + 1
+    for workload in kafka_clients:
+        spec = pod_spec(workload)
+        for container in [*spec.get("initContainers", []), *spec["containers"]]:
+            sources = [s["secretRef"]["name"] for s in container["envFrom"] if "secretRef" in s]
+            assert sources == ["kafka-credentials"], (workload["metadata"]["name"], container)
+    # What the Secret must hold, as docs/deployment.md creates it, makes valid settings.
+    for key in list(os.environ):
+        if key.startswith("EVENTPIPE_"):
+            monkeypatch.delenv(key)
+    for key, value in container_env(prod, named(prod, "Job", "ensure-topology")).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("EVENTPIPE_KAFKA_SASL_USERNAME", "eventpipe")
+    monkeypatch.setenv("EVENTPIPE_KAFKA_SASL_PASSWORD", "from-the-secret")
+    settings = load_settings(CommonSettings)
+    assert settings.kafka_security_protocol == "SASL_SSL"
+    assert settings.kafka_sasl_mechanism is not None
+
+
+def test_prod_envoy_serves_the_certificate_of_a_tls_secret_mounted_where_its_config_reads_it(
+    rendered,
+):
+    prod = rendered["prod"]
+    spec = pod_spec(named(prod, "Deployment", "envoy"))
+    (container,) = spec["containers"]
+    mounts = {mount["name"]: mount for mount in container["volumeMounts"]}
+    volumes = {volume["name"]: volume for volume in spec["volumes"]}
+    (tls_volume,) = [name for name, v in volumes.items() if v.get("secret", {}).get("secretName")]
+    assert mounts[tls_volume]["mountPath"] == "/etc/envoy/tls"
+    assert mounts[tls_volume]["readOnly"] is True
+    served = {item["path"] for item in volumes[tls_volume]["secret"]["items"]}
+    assert served == {"tls.crt", "tls.key"}
+    config = config_map(prod, "envoy-config")["data"]["envoy.yaml"]
+    read = set(re.findall(r"/etc/envoy/tls/([A-Za-z0-9._-]+)", config))
+    assert read <= served, f"Envoy reads {read - served}, which the Secret does not hold"
+    listener = next(
+        listener
+        for listener in yaml.safe_load(config)["static_resources"]["listeners"]
+        if listener["name"] == "eventpipe"
+    )
+    serves_tls = any("transport_socket" in chain for chain in listener["filter_chains"])
+    scheme = container["readinessProbe"]["httpGet"].get("scheme", "HTTP")
+    assert scheme == ("HTTPS" if serves_tls else "HTTP"), "probes must speak the listener's TLS"
+    assert of_kind(rendered["dev"], "Deployment") and not any(
+        "secret" in volume
+        for volume in pod_spec(named(rendered["dev"], "Deployment", "envoy"))["volumes"]
+    ), "dev keeps plain HTTP and needs no certificate"
+
+
+def test_prod_cors_allows_only_the_configured_https_origins(rendered):
+    common = config_map(rendered["prod"], "eventpipe-common")["data"]
+    origins = [origin.strip() for origin in common["EVENTPIPE_EDGE_CORS_ORIGINS"].split(",")]
+    assert origins and "*" not in origins
+    assert all(origin.startswith("https://") for origin in origins), origins
+
+
+def test_the_cert_manager_component_asks_for_the_secret_prod_envoy_mounts(tmp_path):
+    from tests.helpers.k8s import rendered_kustomization
+
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                # As when the component is listed among the prod overlay's own components.
+                "namespace": "eventpipe",
+                "resources": [os.path.relpath(REPO_ROOT / "k8s" / "overlays" / "prod", tmp_path)],
+                "components": [
+                    os.path.relpath(REPO_ROOT / "k8s" / "components" / "cert-manager", tmp_path)
+                ],
+            }
+        )
+    )
+    objects = rendered_kustomization(tmp_path)
+    (certificate,) = of_kind(objects, "Certificate")
+    assert certificate["apiVersion"] == "cert-manager.io/v1"
+    assert certificate["metadata"]["namespace"] == "eventpipe"
+    assert certificate["spec"]["secretName"] == "envoy-tls"
+    assert certificate["spec"]["dnsNames"] and certificate["spec"]["issuerRef"]["name"]
+
+
+def test_dashboards_and_alert_rules_ship_as_configmaps_unchanged_for_the_sidecars(rendered):
+    observability = REPO_ROOT / "k8s" / "observability"
+    for overlay, objects in rendered.items():
+        rules = named(objects, "ConfigMap", "eventpipe-prometheus-rules")
+        assert rules["metadata"]["labels"]["prometheus_rule"] == "1"
+        assert rules["data"]["eventpipe.rules.yaml"] == (observability / "alerts.yaml").read_text()
+        dashboards = named(objects, "ConfigMap", "eventpipe-grafana-dashboards")
+        assert dashboards["metadata"]["labels"]["grafana_dashboard"] == "1"
+        for path in (observability / "dashboards").glob("*.json"):
+            assert dashboards["data"][path.name] == path.read_text(), overlay
