@@ -4,18 +4,23 @@ Each version is its own row (``keys.row_key_for_dimension``), newest ``valid_fro
 so "the version valid at T" is the first row at or after ``dimension_as_of_start(T)``.
 Upserting a (key, valid_from) that exists replaces that version whole: its row is cleared
 and rewritten in one atomic row mutation, so a dropped attribute does not linger.
+
+Deleting a record writes a tombstone version (``storage.erasures.dimension_tombstone_row``)
+with its own ``valid_from``: as of a time it selects, the record has no version (NOT_FOUND);
+before it, the earlier versions are untouched. Enrichment's as-of joins read the same cell.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from eventpipe.common.v1 import event_pb2
-from eventpipe.core.errors import InvalidArgument, NotFound, Unavailable, Violation
+from eventpipe.core.errors import EventPipeError, InvalidArgument, NotFound, Unavailable, Violation
 from eventpipe.core.results import ItemOutcome, ItemStatus
+from eventpipe.core.storage.erasures import dimension_tombstone_row, is_dimension_tombstone
 from eventpipe.core.storage.keys import (
     REVERSED_TIME_MAX,
     dimension_as_of_start,
@@ -58,6 +63,13 @@ def check_dimension_name(value: str, field_path: str = "dimension") -> list[Viol
     return []
 
 
+def check_valid_from(field_path: str, valid_from_micros: int) -> list[Violation]:
+    """A version's valid_from must fit a row key (the wire range is checked before)."""
+    if not 0 <= valid_from_micros < REVERSED_TIME_MAX:
+        return [Violation(field_path, "must be at or after 1970-01-01")]
+    return []
+
+
 def check_record(record: DimensionRecordInput, index: int) -> list[Violation]:
     prefix = f"records[{index}]"
     violations = check_id(f"{prefix}.key", record.key)
@@ -65,8 +77,8 @@ def check_record(record: DimensionRecordInput, index: int) -> list[Violation]:
         violations += record.valid_from_violations
     elif record.valid_from_micros is None:
         violations.append(Violation(f"{prefix}.valid_from", "is required"))
-    elif not 0 <= record.valid_from_micros < REVERSED_TIME_MAX:
-        violations.append(Violation(f"{prefix}.valid_from", "must be at or after 1970-01-01"))
+    else:
+        violations += check_valid_from(f"{prefix}.valid_from", record.valid_from_micros)
     violations += check_attributes(record.attributes, f"{prefix}.attributes")
     return violations
 
@@ -76,10 +88,17 @@ def _check_scope(tenant_id: str, dimension: str) -> list[Violation]:
 
 
 class DimensionStore:
-    def __init__(self, writer: RowWriter, reader: RowReader, retry_delay: float = 0.1) -> None:
+    def __init__(
+        self,
+        writer: RowWriter,
+        reader: RowReader,
+        retry_delay: float = 0.1,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._writer = writer
         self._reader = reader
         self._retry_delay = retry_delay
+        self._clock = clock
 
     def upsert(
         self, tenant_id: str, dimension: str, records: Sequence[DimensionRecordInput]
@@ -164,6 +183,31 @@ class DimensionStore:
                 time.sleep(self._retry_delay * 2**attempt)
         return failed
 
+    def delete(
+        self,
+        tenant_id: str,
+        dimension: str,
+        key: str,
+        valid_from_micros: int | None,
+        valid_from_violations: Sequence[Violation] = (),
+    ) -> int:
+        """Writes the record's tombstone version; returns its valid_from (now when None)."""
+        violations = _check_scope(tenant_id, dimension) + check_id("key", key)
+        violations += valid_from_violations
+        if valid_from_micros is None:
+            valid_from_micros = int(self._clock() * 1_000_000)
+        elif not valid_from_violations:
+            violations += check_valid_from("valid_from", valid_from_micros)
+        if violations:
+            raise InvalidArgument("invalid request", violations=violations)
+        row = dimension_tombstone_row(tenant_id, dimension, key, valid_from_micros)
+        failure = self._write_with_retries([row]).get(0)
+        if failure is not None:
+            if failure.retryable:
+                raise Unavailable(f"Bigtable is unavailable: {failure.message}", 1.0)
+            raise EventPipeError(f"not written: {failure.code}: {failure.message}")
+        return valid_from_micros
+
     def get(
         self,
         tenant_id: str,
@@ -187,10 +231,12 @@ class DimensionStore:
             rows = self._reader.read_range(DIMENSIONS_TABLE, start, prefix_end(prefix), 1)
         except Exception as exc:
             raise Unavailable(f"Bigtable read failed: {exc}", 1.0) from None
+        when = " as of the requested time" if as_of_micros is not None else ""
         if not rows:
-            when = " as of the requested time" if as_of_micros is not None else ""
             raise NotFound(f"no {dimension} record {key!r}{when}")
         row = rows[0]
+        if is_dimension_tombstone(row.cells):
+            raise NotFound(f"{dimension} record {key!r} is deleted{when}")
         try:
             return dimension_version_from_cells(row.cells, skip_bad_cells(DIMENSIONS_TABLE))
         except BadCell as bad:

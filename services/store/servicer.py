@@ -95,6 +95,19 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
             record.attributes[name].CopyFrom(value)
         return store_pb2.GetDimensionRecordResponse(record=record)
 
+    def DeleteDimensionRecord(
+        self, request: store_pb2.DeleteDimensionRecordRequest, context: grpc.ServicerContext
+    ) -> store_pb2.DeleteDimensionRecordResponse:
+        valid_from, problems = (
+            checked_micros("valid_from", request.valid_from)
+            if request.HasField("valid_from")
+            else (None, [])
+        )
+        written = self._dimensions.delete(
+            request.tenant_id, request.dimension, request.key, valid_from, problems
+        )
+        return store_pb2.DeleteDimensionRecordResponse(valid_from=timestamp_from_micros(written))
+
     def ListRawEvents(
         self, request: store_pb2.ListRawEventsRequest, context: grpc.ServicerContext
     ) -> store_pb2.ListRawEventsResponse:

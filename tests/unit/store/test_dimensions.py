@@ -123,3 +123,56 @@ def test_the_servicer_answers_each_record_with_a_typed_code_and_a_message(
     assert [v.field for v in rejected.violations] == ["records[1].key"]
     assert rejected.message == f"records[1].key: {rejected.violations[0].description}"
     assert (response.summary.accepted_count, response.summary.rejected_count) == (1, 1)
+
+
+def test_a_deleted_record_has_no_version_from_its_tombstone_on_and_the_old_one_before(
+    store: DimensionStore,
+) -> None:
+    store.upsert("t", "users", [record("u", 0, "a"), record("u", 20 * DAY, "c")])
+    assert store.delete("t", "users", "u", 10 * DAY) == 10 * DAY
+    assert store.get("t", "users", "u", 10 * DAY - 1).attributes["tier"].string_value == "a"
+    with pytest.raises(NotFound, match="deleted"):
+        store.get("t", "users", "u", 10 * DAY)
+    with pytest.raises(NotFound):
+        store.get("t", "users", "u", 15 * DAY)
+    # A later version brings the record back from its valid_from on.
+    assert store.get("t", "users", "u", 20 * DAY).attributes["tier"].string_value == "c"
+
+
+def test_deleting_without_a_valid_from_deletes_from_now_on(table: FakeTable) -> None:
+    store = DimensionStore(table, table, retry_delay=0, clock=lambda: 30 * DAY / 1e6)
+    store.upsert("t", "users", [record("u", 0)])
+    assert store.delete("t", "users", "u", None) == 30 * DAY
+    with pytest.raises(NotFound):
+        store.get("t", "users", "u", None)
+    assert store.get("t", "users", "u", 30 * DAY - 1).valid_from_micros == 0
+
+
+def test_a_deletion_with_bad_names_or_time_is_refused_with_each_field(
+    store: DimensionStore,
+) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        store.delete("bad tenant", "Users", "", -1)
+    fields = {v.field for v in refused.value.violations}
+    assert fields == {"tenant_id", "dimension", "key", "valid_from"}
+
+
+def test_a_deletion_bigtable_cannot_take_is_unavailable(
+    store: DimensionStore, table: FakeTable
+) -> None:
+    table.fail_next = ["UNAVAILABLE"] * 3
+    with pytest.raises(Unavailable):
+        store.delete("t", "users", "u", DAY)
+
+
+def test_the_servicer_answers_a_deletion_with_the_tombstones_valid_from(
+    store: DimensionStore,
+) -> None:
+    servicer = StoreServicer(store, None, lambda: None)  # type: ignore[arg-type]
+    request = store_pb2.DeleteDimensionRecordRequest(
+        tenant_id="t", dimension="users", key="u", valid_from=Timestamp(seconds=86_400)
+    )
+    response = servicer.DeleteDimensionRecord(request, None)  # type: ignore[arg-type]
+    assert response.valid_from == Timestamp(seconds=86_400)
+    with pytest.raises(NotFound):
+        store.get("t", "users", "u", DAY)

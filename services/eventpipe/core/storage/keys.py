@@ -114,6 +114,32 @@ def row_key_for_profile(tenant_id: str, entity_id: str) -> bytes:
     return f"{salt(tenant_id, entity_id)}#{tenant_id}#{entity_id}".encode()
 
 
+def entity_rows_range(tenant_id: str, entity_id: str) -> KeyRange:
+    """Every event, enriched-event or metric row of one entity (not its profile, whose key
+    has no trailing separator): what erasing the entity deletes from those tables."""
+    return prefix_range(entity_prefix(tenant_id, entity_id))
+
+
+def row_key_for_erasure(tenant_id: str, entity_id: str) -> bytes:
+    """The erasure tombstone of one entity, salted like its rows (``storage.erasures``)."""
+    return f"{salt(tenant_id, entity_id)}#{tenant_id}#{entity_id}".encode()
+
+
+def row_key_for_erasure_audit(tenant_id: str, erased_micros: int, entity_id: str) -> bytes:
+    """One erasure's audit record: tenant first, newest first (a prefix scan lists them)."""
+    return tenant_prefix(tenant_id) + f"{reversed_time(erased_micros)}#{entity_id}".encode()
+
+
+def parse_erasure_audit_key(tenant_id: str, row_key: bytes) -> tuple[int, str]:
+    """Inverse of ``row_key_for_erasure_audit``: (erased micros, entity id); ValueError on a
+    key outside the tenant."""
+    prefix = tenant_prefix(tenant_id)
+    if not row_key.startswith(prefix):
+        raise ValueError(f"row key {row_key!r} is not under {prefix!r}")
+    reversed_erased, _, entity_id = row_key[len(prefix) :].decode().partition("#")
+    return _time_of_reversed(reversed_erased), entity_id
+
+
 def row_key_for_metric(
     tenant_id: str, entity_id: str, granularity: str, bucket_start_micros: int
 ) -> bytes:

@@ -15,6 +15,8 @@ ENRICHED_EVENTS_TABLE = "enriched_events"
 ENTITY_METRICS_TABLE = "entity_metrics"
 ENTITY_PROFILES_TABLE = "entity_profiles"
 EVENT_IDS_TABLE = "event_ids"  # the store's idempotency index: (tenant_id, event_id) -> claim
+ERASURES_TABLE = "erasures"  # one tombstone per erased entity (storage.erasures)
+ERASURE_AUDIT_TABLE = "erasure_audit"  # who erased which entity, when, how many rows
 
 # The enrich service's own state.
 ENRICH_SPECS_TABLE = "enrich_specs"
@@ -31,9 +33,24 @@ def _family_specs(
     return tuple(FamilySpec(name, max_versions=versions, max_age=max_age) for name in names)
 
 
+DEFAULT_KAFKA_RETENTION = timedelta(hours=168)
+"""The raw topic's retention by default (``EVENTPIPE_KAFKA_RETENTION_HOURS``)."""
+
+
+def erasure_retention(
+    raw_retention: timedelta | None, kafka_retention: timedelta = DEFAULT_KAFKA_RETENTION
+) -> timedelta | None:
+    """How long an erasure tombstone is kept: the raw retention (which bounds how old an
+    accepted event, backfilled or live, may be) plus the raw topic's retention (how long a
+    message of before the erasure can be re-read). None (kept forever) without a raw
+    retention."""
+    return None if raw_retention is None else raw_retention + kafka_retention
+
+
 def table_specs(
     raw_retention: timedelta | None = timedelta(days=30),
     enriched_retention: timedelta | None = timedelta(days=400),
+    kafka_retention: timedelta = DEFAULT_KAFKA_RETENTION,
 ) -> list[TableSpec]:
     """Every table the pipeline stores into, with GC rules from the retention settings."""
     attribute_families = list(ATTRIBUTE_FAMILIES.values())
@@ -58,6 +75,12 @@ def table_specs(
             ENTITY_PROFILES_TABLE,
             _family_specs([META_FAMILY, COUNTS_FAMILY, VALUES_FAMILY, *enriched_families], None),
         ),
+        TableSpec(
+            ERASURES_TABLE,
+            _family_specs([META_FAMILY], erasure_retention(raw_retention, kafka_retention)),
+        ),
+        # The record of an erasure outlives it: kept until an operator removes it.
+        TableSpec(ERASURE_AUDIT_TABLE, _family_specs([META_FAMILY], None)),
     ]
 
 
