@@ -134,6 +134,7 @@ class EventProducer:
         self.backfill = backfill
         self._lock = threading.Condition()
         self._queue: deque[_Pending] = deque()
+        self._queued_bytes = 0
         self._buffered_events = 0
         self._buffered_bytes = 0
         self._flushing = 0
@@ -173,6 +174,7 @@ class EventProducer:
             if self._closed:
                 raise RuntimeError("the producer is closed")
             self._queue.append(pending)
+            self._queued_bytes += size
             self._buffered_events += 1
             self._buffered_bytes += size
             self._start_senders()
@@ -242,7 +244,7 @@ class EventProducer:
                     self._flushing
                     or self._closed
                     or len(self._queue) >= settings.max_batch_events
-                    or sum(p.size for p in self._queue) >= settings.max_batch_bytes
+                    or self._queued_bytes >= settings.max_batch_bytes
                 )
                 wait = first.queued_at + settings.linger_seconds - time.monotonic()
                 if ready or wait <= 0:
@@ -256,6 +258,7 @@ class EventProducer:
                 and (not batch or size + self._queue[0].size <= settings.max_batch_bytes)
             ):
                 item = self._queue.popleft()
+                self._queued_bytes -= item.size
                 batch.append(item)
                 size += item.size
             return batch

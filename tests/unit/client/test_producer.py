@@ -114,6 +114,16 @@ def test_events_go_in_batches_no_larger_than_the_limit_and_each_gets_its_outcome
     assert fake.tenants == {"acme"}
 
 
+def test_batches_also_stop_at_the_byte_limit() -> None:
+    fake = FakeIngest()
+    size = event(0).ByteSize()
+    with serving(ingest=fake) as address, _client(address, max_batch_bytes=2 * size + 1) as client:
+        futures = [client.events.send(event(n)) for n in range(6)]
+        client.events.flush(timeout=10)
+        assert all(f.result(0).status is ItemStatus.ACCEPTED for f in futures)
+    assert max(len(call) for call in fake.calls) == 2
+
+
 def test_a_rejected_event_raises_invalid_argument_with_its_violations() -> None:
     with serving(ingest=FakeIngest()) as address, _client(address) as client:
         good, bad = client.events.send(event(1)), client.events.send(event("bad"))
