@@ -6,10 +6,17 @@ import subprocess
 from pathlib import Path
 
 from eventpipe.stack import install
+from eventpipe.stack.edge_k8s import image_files
 
 
 def envoy_validate(config: str, tmp_path: Path) -> str:
-    """Asserts that Envoy accepts ``config`` (YAML text); returns what Envoy printed."""
+    """Asserts that Envoy accepts ``config`` (YAML text); returns what Envoy printed.
+
+    Envoy reads the files a config names; those baked into the eventpipe-envoy image (a
+    Kubernetes config) are read from the local build outputs the image copies.
+    """
+    for image_path, built in image_files().items():
+        config = config.replace(image_path, str(built))
     path = tmp_path / "envoy-under-test.yaml"
     path.write_text(config)
     result = subprocess.run(

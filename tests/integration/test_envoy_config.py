@@ -105,7 +105,13 @@ def test_the_local_config_with_auth_verifies_the_local_jwks_and_forwards_the_tok
         {"header_name": "x-eventpipe-tenant", "claim_name": "tenant_id"}
     ]
     assert jwt["bypass_cors_preflight"] is True
-    assert jwt["rules"] == [{"match": {"prefix": "/"}, "requires": {"provider_name": "eventpipe"}}]
+    # Reading exactly the REST reference's two paths is public; all else needs the token.
+    read_only = [{"name": ":method", "string_match": {"safe_regex": {"regex": "GET|HEAD"}}}]
+    assert jwt["rules"] == [
+        {"match": {"path": "/openapi.json", "headers": read_only}},
+        {"match": {"path": "/docs", "headers": read_only}},
+        {"match": {"prefix": "/"}, "requires": {"provider_name": "eventpipe"}},
+    ]
 
 
 @pytest.mark.parametrize("auth", [False, True], ids=["without auth", "with auth"])
@@ -189,6 +195,8 @@ def _without_deployment_specifics(config: dict[str, Any]) -> dict[str, Any]:
         for route in vhost["routes"]:
             route.get("route", {}).pop("timeout", None)
             route.get("route", {}).pop("idle_timeout", None)
+            # The REST reference: a build output locally, a file baked into the image.
+            route.get("direct_response", {}).get("body", {}).pop("filename", None)
     for item in hcm["http_filters"]:
         typed = item.get("typed_config", {})
         typed.pop("proto_descriptor", None)

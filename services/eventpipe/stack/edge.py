@@ -20,7 +20,7 @@ import yaml
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from eventpipe.codegen import BODY_FILTER
+from eventpipe.codegen import BODY_FILTER, DOCS_PAGE, OPENAPI_DOCUMENT
 from eventpipe.core.config import load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -32,6 +32,8 @@ SERVICE_NAMES = ("ingest", "store", "enrich", "query")
 HOST = "127.0.0.1"
 MiB = 1024 * 1024
 DURATION = r"^\d+s$"
+# Largest body Envoy answers itself: the self-contained docs page at /docs is about 2.5 MB.
+MAX_DOCS_BYTES = 8 * MiB
 
 
 class EdgeSettings(BaseSettings):
@@ -119,6 +121,7 @@ def template_values(edge: EdgeSettings) -> dict[str, str]:
         "STREAM_MAX_DURATION": edge.stream_max_duration,
         "MAX_OPEN_STREAMS": str(edge.max_open_streams),
         "MAX_STREAMS_PER_CONNECTION": str(edge.max_streams_per_connection),
+        "MAX_DOCS_BYTES": str(MAX_DOCS_BYTES),
     }
 
 
@@ -160,9 +163,12 @@ def render_envoy_config(
     auth: EdgeAuth | None = None,
     template: Path = ENVOY_TEMPLATE,
     body_filter: Path = BODY_FILTER,
+    openapi_document: Path = OPENAPI_DOCUMENT,
+    docs_page: Path = DOCS_PAGE,
 ) -> str:
     """The local stack's Envoy: envoy/envoy.yaml filled in, every service on this host, the body
-    check inlined, and jwt_authn on the local JWKS when ``auth`` is given.
+    check inlined, the REST reference `make protos` built served at /openapi.json and /docs, and
+    jwt_authn on the local JWKS when ``auth`` is given.
 
     A missing template value raises KeyError.
     """
@@ -173,6 +179,8 @@ def render_envoy_config(
         "LISTEN_PORT": str(listen_port),
         "ADMIN_PORT": str(admin_port),
         "DESCRIPTOR_SET": str(descriptor_set),
+        "OPENAPI_DOCUMENT": str(openapi_document),
+        "DOCS_PAGE": str(docs_page),
         "ACCESS_LOG_PATH": str(access_log_path),
         **{f"{name.upper()}_HOST": HOST for name in SERVICE_NAMES},
         **{f"{name.upper()}_PORT": str(upstream_ports[name]) for name in SERVICE_NAMES},

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from eventpipe.codegen import BODY_FILTER, DESCRIPTOR_SET, DOCS_PAGE, OPENAPI_DOCUMENT
 from eventpipe.stack.edge import (
     ENVOY_TEMPLATE,
     REPO_ROOT,
@@ -73,6 +74,8 @@ def render_kubernetes_config(*, with_auth: bool) -> str:
         "LISTEN_PORT": str(parts["listen_port"]),
         "ADMIN_PORT": str(parts["admin_port"]),
         "DESCRIPTOR_SET": parts["descriptor_set"],
+        "OPENAPI_DOCUMENT": parts["openapi_document"],
+        "DOCS_PAGE": parts["docs_page"],
         "ACCESS_LOG_PATH": "/dev/stdout",
         **{f"{name.upper()}_HOST": name for name in SERVICE_NAMES},
         **{f"{name.upper()}_PORT": str(parts["service_ports"][name]) for name in SERVICE_NAMES},
@@ -114,6 +117,19 @@ def _service_cluster(cluster: Mapping[str, Any], discovery: Mapping[str, Any]) -
     """A template cluster (``type: STATIC``) made a DNS cluster with health checks."""
     rest = {key: value for key, value in cluster.items() if key not in ("name", "type")}
     return {"name": cluster["name"], **discovery, **rest}
+
+
+def image_files() -> dict[str, Path]:
+    """The files the eventpipe-envoy image bakes in (the Dockerfile's ``envoy`` target), each
+    with the build output of `make protos` it copies: a local Envoy checks a Kubernetes config
+    with these in their place."""
+    parts = yaml.safe_load(KUBERNETES_PARTS.read_text())
+    return {
+        parts["descriptor_set"]: DESCRIPTOR_SET,
+        parts["body_filter"]["filename"]: BODY_FILTER,
+        parts["openapi_document"]: OPENAPI_DOCUMENT,
+        parts["docs_page"]: DOCS_PAGE,
+    }
 
 
 def rendered_files() -> dict[Path, str]:
