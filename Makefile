@@ -53,13 +53,17 @@ protos: $(STAMP) ## Generate Python stubs (.py, _grpc.py, .pyi) and the Envoy de
 envoy-configs: $(STAMP) ## Render the Kubernetes Envoy configs from the one template in envoy/.
 	$(PY) -m eventpipe.stack.edge_k8s
 
-up: setup ## Start the whole local stack (Kafka, Bigtable emulator, Envoy, services), load demo data.
-	$(EVENTPIPE) stack up
+# PROFILE=cluster: 3 Kafka brokers, 2 replicas of each service behind Envoy, Spark standalone
+# (docs/cluster.md). TLS=1: Envoy terminates TLS with a self-signed certificate.
+PROFILE ?= default
+TLS ?=
+up: setup ## Start the whole local stack (Kafka, Bigtable emulator, Envoy, services), load demo data; PROFILE=cluster for the cluster profile.
+	$(EVENTPIPE) stack up --profile $(PROFILE) $(if $(filter 1 true yes,$(TLS)),--tls)
 
-down: $(STAMP) ## Stop everything `make up` started.
+down: $(STAMP) ## Stop everything `make up` started (whichever profile: it is recorded in .run/).
 	$(EVENTPIPE) stack down
 
-status: $(STAMP) ## Show what runs and whether it is healthy.
+status: $(STAMP) ## Show the profile, what runs and whether it is healthy.
 	$(EVENTPIPE) stack status
 
 test: setup ## Run every test tier: unit, integration (real processes), end-to-end.

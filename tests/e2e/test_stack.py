@@ -17,8 +17,17 @@ from typing import Any
 
 import grpc
 import pytest
+import yaml
 from eventpipe.stack import install
-from eventpipe.stack.components import GRPC_SERVICES, SERVICE_NAMES, KafkaBroker
+from eventpipe.stack.components import (
+    GRPC_SERVICES,
+    SERVICE_NAMES,
+    ComponentError,
+    KafkaBroker,
+    render_envoy_config,
+    validate_envoy_config,
+)
+from eventpipe.stack.edge import EdgeSettings
 from eventpipe.stack.probes import free_port
 from eventpipe.stack.stack import Stack, StackConfig
 from google.protobuf import json_format
@@ -226,3 +235,87 @@ def test_the_try_lines_make_up_prints_give_every_event_an_event_time(e2e_stack: 
 
     assert len(ingest) == 1 and '\\"event_time\\":\\"$EVENT_TIME\\"' in ingest[0]
     assert "Authorization" not in ingest[0]  # this stack runs without auth
+
+
+def test_the_cluster_profile_runs_three_brokers_and_two_of_each_service_on_derived_ports() -> None:
+    config = StackConfig(profile="cluster")
+
+    assert config.broker_ports() == [(9092, 9093), (9094, 9095), (9096, 9097)]
+    assert config.kafka_bootstrap_servers == "127.0.0.1:9092,127.0.0.1:9094,127.0.0.1:9096"
+    assert config.grpc_ports("query") == [50054, 50064]
+    assert config.metrics_ports_of("query") == [9104, 9114]
+    env = config.service_env()
+    assert env["EVENTPIPE_TOPIC_REPLICATION_FACTOR"] == "3"
+    assert env["EVENTPIPE_TOPIC_MIN_INSYNC_REPLICAS"] == "2"
+    assert env["EVENTPIPE_ENRICH_SPARK_MASTER"] == "spark://127.0.0.1:7077"
+    names = [c.name for c in Stack(config, progress=lambda _m: None).components()]
+    assert names[:3] == ["kafka-1", "kafka-2", "kafka-3"]
+    assert {"ingest-1", "ingest-2", "store-2", "enrich-2", "query-2", "spark-worker"} <= set(names)
+
+
+def test_the_default_profile_is_one_of_everything_without_spark_daemons() -> None:
+    config = StackConfig()
+    stack = Stack(config, progress=lambda _m: None)
+
+    assert [c.name for c in stack.components()] == [
+        "kafka",
+        "bigtable",
+        *SERVICE_NAMES,
+        "envoy",
+    ]
+    assert "EVENTPIPE_ENRICH_SPARK_MASTER" not in config.service_env()
+    assert config.kafka_bootstrap_servers == "127.0.0.1:9092"
+
+
+def test_an_unknown_profile_is_refused() -> None:
+    with pytest.raises(ValueError, match="profile 'big' is not one of default, cluster"):
+        StackConfig(profile="big")
+
+
+def test_stack_up_refuses_a_profile_while_another_still_runs_in_its_run_folder(
+    e2e_stack: Stack,
+) -> None:
+    config = StackConfig(run_dir=e2e_stack.config.run_dir, profile="cluster")
+
+    with pytest.raises(ComponentError, match="the default profile still runs"):
+        Stack(config, progress=lambda _m: None).check_profile()
+
+
+def test_envoy_balances_every_cluster_of_a_service_over_its_replicas_and_accepts_the_config(
+    tmp_path: Path,
+) -> None:
+    replicas = {name: [free_port(), free_port()] for name in SERVICE_NAMES}
+    rendered = render_envoy_config(
+        listen_port=free_port(),
+        admin_port=free_port(),
+        upstream_ports={name: ports[0] for name, ports in replicas.items()},
+        replica_ports=replicas,
+        edge_settings=EdgeSettings(),
+    )
+    config = yaml.safe_load(rendered)
+    endpoints = {
+        cluster["name"]: [
+            e["endpoint"]["address"]["socket_address"]["port_value"]
+            for group in cluster["load_assignment"]["endpoints"]
+            for e in group["lb_endpoints"]
+        ]
+        for cluster in config["static_resources"]["clusters"]
+    }
+    for name in SERVICE_NAMES:
+        assert endpoints[name] == replicas[name]
+    assert endpoints["ingest_streams"] == replicas["ingest"]
+    assert rendered.startswith("# Rendered from")
+    path = tmp_path / "envoy.yaml"
+    path.write_text(rendered)
+    validate_envoy_config(path)
+
+
+def test_tls_tells_the_edge_renderer_and_the_printed_lines_speak_https() -> None:
+    config = StackConfig(tls=True, envoy_port=8443)
+    stack = Stack(config, progress=lambda _m: None)
+
+    assert config.edge_env() == {"EVENTPIPE_EDGE_TLS": "true"}
+    assert StackConfig().edge_env() == {}
+    curls = [line for line in stack.try_commands() if line.startswith("curl")]
+    assert curls and all(line.startswith("curl -sSk") for line in curls)
+    assert all("https://127.0.0.1:8443/" in line for line in curls)

@@ -14,16 +14,25 @@ from pathlib import Path
 from eventpipe.core.waiting import DeadlineExceeded
 from eventpipe.stack import install
 from eventpipe.stack.components import ComponentError
-from eventpipe.stack.stack import Stack, StackConfig
+from eventpipe.stack.stack import PROFILES, Stack, StackConfig
+
+
+def _run_dir(args: argparse.Namespace) -> Path | None:
+    return args.run_dir.resolve() if args.run_dir else None
 
 
 def _stack(args: argparse.Namespace) -> Stack:
-    run_dir = args.run_dir.resolve() if args.run_dir else None
-    return Stack(StackConfig.from_env(run_dir=run_dir))
+    """The stack ``up`` saved in the run folder, with the profile it was started with."""
+    return Stack(StackConfig.of_running_stack(run_dir=_run_dir(args)))
 
 
 def _up(args: argparse.Namespace) -> int:
-    stack = _stack(args)
+    try:
+        config = StackConfig.from_env(run_dir=_run_dir(args), profile=args.profile, tls=args.tls)
+    except ValueError as exc:
+        print(f"stack up: {exc}", file=sys.stderr)
+        return 2
+    stack = Stack(config)
     try:
         stack.up(demo=not args.no_demo, timeout=args.timeout)
     except (ComponentError, DeadlineExceeded, install.InstallError) as exc:
@@ -43,11 +52,13 @@ def _down(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    rows = _stack(args).status()
-    print(f"{'component':<10} {'pid':>8} {'port':>6}  health")
+    stack = _stack(args)
+    rows = stack.status()
+    print(f"profile: {stack.config.profile}")
+    print(f"{'component':<14} {'pid':>8} {'port':>6}  health")
     for row in rows:
         pid = str(row.pid) if row.pid else "-"
-        print(f"{row.name:<10} {pid:>8} {row.port:>6}  {row.health}")
+        print(f"{row.name:<14} {pid:>8} {row.port:>6}  {row.health}")
     return 0
 
 
@@ -79,6 +90,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     up = actions.add_parser("up", help="install what is missing, start everything, print endpoints")
     up.add_argument("--no-demo", action="store_true", help="do not load demo data")
+    up.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default="default",
+        help="default: one of each component; cluster: 3 Kafka brokers, 2 replicas of each "
+        "service behind Envoy, a Spark standalone master and worker (docs/cluster.md)",
+    )
+    up.add_argument(
+        "--tls",
+        action="store_true",
+        help="Envoy terminates TLS with a self-signed certificate (EVENTPIPE_EDGE_TLS=true)",
+    )
     up.add_argument(
         "--timeout", type=float, default=None, help="seconds each component may take to be ready"
     )

@@ -10,13 +10,19 @@ starts again on the same port (tests stop Kafka or the emulator to exercise fail
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 import sys
+import urllib.request
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from eventpipe.core.config import ConfigError, load_settings
 from eventpipe.core.waiting import DeadlineExceeded, wait_until
@@ -91,9 +97,14 @@ class Component(ABC):
 
     def start(self, timeout: float | None = None) -> bool:
         """Starts and waits until healthy; returns False when it was already running."""
-        timeout = self.startup_timeout if timeout is None else timeout
+        started = self.launch()
+        self.wait_healthy(self.startup_timeout if timeout is None else timeout)
+        return started
+
+    def launch(self) -> bool:
+        """Starts the process without waiting for it to serve (members of a quorum start
+        together, then are waited for); returns False when it was already running."""
         if self.process.is_running():
-            self.wait_healthy(timeout)
             return False
         if probes.tcp_open(HOST, self.port):
             raise ComponentError(
@@ -103,8 +114,11 @@ class Component(ABC):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.prepare()
         self.process.start(self.argv(), self.env(), cwd=self.cwd, detach=self.detach)
-        self.wait_healthy(timeout)
         return True
+
+    def kill(self) -> None:
+        """SIGKILL, no grace (fault tests): what a crashed machine or the OOM killer does."""
+        self.process.kill()
 
     def wait_healthy(self, timeout: float) -> None:
         try:
@@ -126,14 +140,53 @@ class Component(ABC):
         self.start(timeout)
 
 
+@dataclass(frozen=True)
+class KafkaQuorum:
+    """The KRaft quorum a broker belongs to when there is more than one: every member's
+    (node id, controller port), and where the cluster id all of them format with is kept."""
+
+    voters: tuple[tuple[int, int], ...]
+    cluster_id_file: Path
+
+    @property
+    def size(self) -> int:
+        return len(self.voters)
+
+    def voters_setting(self) -> str:
+        return ",".join(f"{node}@{HOST}:{port}" for node, port in self.voters)
+
+    def cluster_id(self) -> str:
+        """One id for every member, drawn once and kept, so a member formatted later joins."""
+        if not self.cluster_id_file.exists():
+            self.cluster_id_file.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.cluster_id_file.with_suffix(".partial")
+            partial.write_text(_new_cluster_id())
+            partial.replace(self.cluster_id_file)
+        return self.cluster_id_file.read_text().strip()
+
+
 class KafkaBroker(Component):
-    """A single-node KRaft broker (broker and controller in one JVM)."""
+    """A KRaft broker (broker and controller in one JVM): a single node by default, or one
+    voter of ``quorum``, whose internal topics then keep three replicas (two in sync)."""
 
     startup_timeout = 120.0
 
-    def __init__(self, run_dir: Path, port: int, controller_port: int, name: str = "kafka") -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        port: int,
+        controller_port: int,
+        name: str = "kafka",
+        *,
+        node_id: int = 1,
+        quorum: KafkaQuorum | None = None,
+        max_heap: str = "768m",
+    ) -> None:
         super().__init__(name, run_dir, port)
         self.controller_port = controller_port
+        self.node_id = node_id
+        self.quorum = quorum
+        self.max_heap = max_heap
 
     @property
     def bootstrap_servers(self) -> str:
@@ -144,10 +197,18 @@ class KafkaBroker(Component):
         return self.data_dir / "server.properties"
 
     def _server_properties(self) -> str:
+        quorum: dict[str, str] = {
+            "controller.quorum.bootstrap.servers": f"{HOST}:{self.controller_port}"
+        }
+        replicas, min_isr = "1", "1"
+        if self.quorum is not None:
+            quorum = {"controller.quorum.voters": self.quorum.voters_setting()}
+            replicas = str(min(3, self.quorum.size))
+            min_isr = str(min(2, self.quorum.size))
         settings = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.bootstrap.servers": f"{HOST}:{self.controller_port}",
+            "node.id": str(self.node_id),
+            **quorum,
             "listeners": f"PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}",
             "advertised.listeners": f"PLAINTEXT://{HOST}:{self.port}",
             "controller.listener.names": "CONTROLLER",
@@ -155,12 +216,13 @@ class KafkaBroker(Component):
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             "log.dirs": str(self.data_dir / "log"),
             "num.partitions": "1",
-            # One node: every internal topic must make do with one replica.
-            "offsets.topic.replication.factor": "1",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
+            # One node: every internal topic must make do with one replica. A quorum keeps
+            # consumer offsets on three, so a group outlives the loss of one broker.
+            "offsets.topic.replication.factor": replicas,
+            "transaction.state.log.replication.factor": replicas,
+            "transaction.state.log.min.isr": min_isr,
+            "share.coordinator.state.topic.replication.factor": replicas,
+            "share.coordinator.state.topic.min.isr": min_isr,
             # Consumers in tests join alone; waiting 3 s for more members only slows them.
             "group.initial.rebalance.delay.ms": "0",
             # Topics are created by ensure_topology, with their settings, never by accident.
@@ -191,8 +253,8 @@ class KafkaBroker(Component):
         libs = install.tool_path("kafka")
         return [
             "java",
-            "-Xms256m",
-            "-Xmx768m",
+            "-Xms128m" if self.quorum else "-Xms256m",
+            f"-Xmx{self.max_heap}",
             "-XX:+UseG1GC",
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.yaml'}",
@@ -207,11 +269,15 @@ class KafkaBroker(Component):
         (self.data_dir / "log4j2.yaml").write_text(self._log4j_config())
         if (self.data_dir / "log" / "meta.properties").exists():
             return  # formatted before: a restart keeps topics and offsets
-        cluster_id = _new_cluster_id()
+        if self.quorum is None:
+            cluster_id, voters = _new_cluster_id(), ["--standalone"]
+        else:
+            # Static voters (controller.quorum.voters): the format takes no voter option.
+            cluster_id, voters = self.quorum.cluster_id(), []
         argv = self._java(
             "kafka.tools.StorageTool",
             "format",
-            "--standalone",
+            *voters,
             "-t",
             cluster_id,
             "-c",
@@ -227,7 +293,10 @@ class KafkaBroker(Component):
         return self._java("kafka.Kafka", str(self.config_path))
 
     def is_healthy(self) -> bool:
-        return probes.kafka_ready(self.bootstrap_servers)
+        # A quorum member serves once every voter is back in the cluster's metadata: topics of
+        # replication factor 3 can be created and written with their full set of replicas.
+        brokers = self.quorum.size if self.quorum else 1
+        return probes.kafka_ready(self.bootstrap_servers, min_brokers=brokers)
 
 
 class BigtableEmulator(Component):
@@ -260,9 +329,14 @@ def render_envoy_config(
     access_log_path: Path | str = "/dev/stdout",
     edge_settings: EdgeSettings | None = None,
     auth: EdgeAuth | None = None,
+    replica_ports: Mapping[str, Sequence[int]] | None = None,
 ) -> str:
-    """Fills envoy/envoy.yaml (see ``eventpipe.stack.edge``); a missing value raises KeyError."""
-    return edge.render_envoy_config(
+    """Fills envoy/envoy.yaml (see ``eventpipe.stack.edge``); a missing value raises KeyError.
+
+    ``replica_ports`` lists every replica of a service (the cluster profile): Envoy balances
+    each of that service's clusters over them, round robin.
+    """
+    rendered = edge.render_envoy_config(
         listen_port=listen_port,
         admin_port=admin_port,
         upstream_ports=upstream_ports,
@@ -274,6 +348,40 @@ def render_envoy_config(
         auth=auth,
         template=template,
     )
+    if not replica_ports:
+        return rendered
+    return spread_over_replicas(rendered, replica_ports)
+
+
+def spread_over_replicas(rendered: str, replica_ports: Mapping[str, Sequence[int]]) -> str:
+    """A rendered config whose upstream clusters list every replica of their service.
+
+    The renderer takes one port per service; its clusters name the service's port (ingest's
+    two clusters both do). Each cluster whose one endpoint is a replica's first port gets
+    every replica of that service as endpoints; the rest of the config stays as rendered.
+    """
+    header = "".join(line + "\n" for line in rendered.splitlines() if line.startswith("#"))
+    config: dict[str, Any] = yaml.safe_load(rendered)
+    by_first_port = {ports[0]: list(ports) for ports in replica_ports.values() if ports}
+    for cluster in config["static_resources"]["clusters"]:
+        groups = cluster.get("load_assignment", {}).get("endpoints", [])
+        for group in groups:
+            endpoints = group["lb_endpoints"]
+            address = endpoints[0]["endpoint"]["address"]["socket_address"]
+            ports = by_first_port.get(int(address["port_value"]))
+            if len(endpoints) != 1 or ports is None:
+                continue
+            group["lb_endpoints"] = [
+                {
+                    "endpoint": {
+                        "address": {
+                            "socket_address": {"address": address["address"], "port_value": port}
+                        }
+                    }
+                }
+                for port in ports
+            ]
+    return header + yaml.safe_dump(config, sort_keys=False, width=120)
 
 
 class Envoy(Component):
@@ -296,10 +404,12 @@ class Envoy(Component):
         *,
         auth: EdgeAuth | None = None,
         edge_settings: EdgeSettings | None = None,
+        replica_ports: Mapping[str, Sequence[int]] | None = None,
     ) -> None:
         super().__init__(name, run_dir, port)
         self.admin_port = admin_port
         self.upstream_ports = dict(upstream_ports)
+        self.replica_ports = {name: list(ports) for name, ports in (replica_ports or {}).items()}
         self.auth = auth
         self.edge_settings = edge_settings
 
@@ -337,6 +447,7 @@ class Envoy(Component):
                 access_log_path=self.access_log_path,
                 edge_settings=settings,
                 auth=self.auth,
+                replica_ports=self.replica_ports,
             )
         )
         validate_envoy_config(self.config_path)
@@ -371,11 +482,21 @@ def validate_envoy_config(config_path: Path) -> None:
 
 
 class GrpcService(Component):
-    """One EventPipe service, ``python -m <name>``, healthy when gRPC health says SERVING."""
+    """One EventPipe service, ``python -m <module>`` (the name by default: a replica is named
+    ``ingest-2`` and runs ``ingest``), healthy when gRPC health says SERVING."""
 
-    def __init__(self, name: str, run_dir: Path, port: int, env: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        run_dir: Path,
+        port: int,
+        env: Mapping[str, str],
+        *,
+        module: str | None = None,
+    ) -> None:
         super().__init__(name, run_dir, port)
         self._env = dict(env)
+        self.module = module or name
 
     @staticmethod
     def is_written(name: str) -> bool:
@@ -390,7 +511,7 @@ class GrpcService(Component):
         return REPO_ROOT
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", self.name]
+        return [sys.executable, "-m", self.module]
 
     def health(self) -> str:
         return probes.grpc_health(self.address)
@@ -403,6 +524,172 @@ class GrpcService(Component):
 
     def is_healthy(self) -> bool:
         return self.health() == "SERVING"
+
+
+def spark_home() -> Path:
+    """The pyspark package: a Spark distribution (``bin/spark-class``, ``jars/``)."""
+    import pyspark
+
+    return Path(pyspark.__file__).resolve().parent
+
+
+class SparkDaemon(Component):
+    """A Spark standalone daemon from the pyspark package, with a small heap.
+
+    ``bin/spark-class`` is a shell script that asks Spark's launcher
+    (``org.apache.spark.launcher.Main``) for the daemon's java command line and execs it; the
+    daemon is started the same way, minus the shell, so its pidfile records the JVM's own
+    command line (the one ``/proc`` shows, which is how a later ``down`` recognises it).
+    """
+
+    startup_timeout = 90.0
+    main_class = ""
+
+    def __init__(self, name: str, run_dir: Path, port: int, ui_port: int, env: Mapping[str, str]):
+        super().__init__(name, run_dir, port)
+        self.ui_port = ui_port
+        self._env = dict(env)
+        self._command: list[str] = []
+
+    @abstractmethod
+    def daemon_args(self) -> list[str]:
+        """The daemon's own arguments, as ``spark-class <main class>`` takes them."""
+
+    def prepare(self) -> None:
+        home = spark_home()
+        result = subprocess.run(
+            [
+                *("java", "-Xmx128m", "-cp", f"{home / 'jars'}/*"),
+                *("org.apache.spark.launcher.Main", self.main_class, *self.daemon_args()),
+            ],
+            env=self.env(),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        command = [part.decode().strip() for part in result.stdout.split(b"\0") if part.strip()]
+        if result.returncode != 0 or not command:
+            raise ComponentError(
+                f"Spark's launcher gave no command for {self.name}: {result.stderr.decode()}"
+            )
+        self._command = command
+
+    def argv(self) -> list[str]:
+        if not self._command:
+            raise ComponentError(f"{self.name}: prepare() resolves the command first")
+        return self._command
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://{HOST}:{self.ui_port}"
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            # spark-class reads these: the daemon's own heap, its address, and its files.
+            "SPARK_HOME": str(spark_home()),
+            # What bin/load-spark-env.sh exports for spark-class: pyspark's jars are Scala 2.13.
+            "SPARK_SCALA_VERSION": "2.13",
+            "SPARK_DAEMON_MEMORY": "256m",
+            "SPARK_LOCAL_IP": HOST,
+            "SPARK_LOG_DIR": str(self.data_dir),
+            "SPARK_WORKER_DIR": str(self.data_dir / "work"),
+            "PYSPARK_PYTHON": sys.executable,
+            **self._env,
+        }
+
+    def status(self) -> dict[str, Any]:
+        """The daemon's ``/json`` page (Spark's own status document)."""
+        with urllib.request.urlopen(f"{self.ui_url}/json/", timeout=2.0) as response:
+            document: dict[str, Any] = json.load(response)
+        return document
+
+
+class SparkMaster(SparkDaemon):
+    """A Spark standalone master; ``master_url`` is what enrich's ``spark_master`` names."""
+
+    main_class = "org.apache.spark.deploy.master.Master"
+
+    def __init__(
+        self,
+        run_dir: Path,
+        port: int,
+        ui_port: int,
+        env: Mapping[str, str],
+        name: str = "spark-master",
+        *,
+        workers: int = 1,
+    ) -> None:
+        super().__init__(name, run_dir, port, ui_port, env)
+        self.workers = workers
+
+    @property
+    def master_url(self) -> str:
+        return f"spark://{HOST}:{self.port}"
+
+    def daemon_args(self) -> list[str]:
+        return [
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--webui-port",
+            str(self.ui_port),
+        ]
+
+    def is_healthy(self) -> bool:
+        # Serving means able to run an application: alive, with its workers registered.
+        status = self.status()
+        alive = [w for w in status.get("workers", []) if w.get("state") == "ALIVE"]
+        return status.get("status") == "ALIVE" and len(alive) >= self.workers
+
+
+class SparkWorker(SparkDaemon):
+    """A Spark standalone worker of ``master``, offering ``cores`` and ``memory`` to
+    applications; healthy once the master lists it."""
+
+    main_class = "org.apache.spark.deploy.worker.Worker"
+
+    def __init__(
+        self,
+        run_dir: Path,
+        master: SparkMaster,
+        port: int,
+        ui_port: int,
+        env: Mapping[str, str],
+        name: str = "spark-worker",
+        *,
+        cores: int = 2,
+        memory: str = "2g",
+    ) -> None:
+        super().__init__(name, run_dir, port, ui_port, env)
+        self.master = master
+        self.cores = cores
+        self.memory = memory
+
+    def daemon_args(self) -> list[str]:
+        return [
+            self.master.master_url,
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--webui-port",
+            str(self.ui_port),
+            "--cores",
+            str(self.cores),
+            "--memory",
+            self.memory,
+            "--work-dir",
+            str(self.data_dir / "work"),
+        ]
+
+    def is_healthy(self) -> bool:
+        workers = self.master.status().get("workers", [])
+        return any(
+            w.get("state") == "ALIVE" and w.get("webuiaddress", "").endswith(f":{self.ui_port}")
+            for w in workers
+        )
 
 
 def _new_cluster_id() -> str:

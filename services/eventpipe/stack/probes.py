@@ -25,16 +25,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def kafka_ready(bootstrap_servers: str, timeout: float = 3.0) -> bool:
-    """True once the broker answers a metadata request."""
+def kafka_ready(bootstrap_servers: str, timeout: float = 3.0, min_brokers: int = 1) -> bool:
+    """True once the (first) broker answers a metadata request naming ``min_brokers`` brokers."""
     from confluent_kafka.admin import AdminClient
 
     host, _, port = bootstrap_servers.split(",")[0].rpartition(":")
     if not tcp_open(host, int(port)):
         return False
     admin = AdminClient({"bootstrap.servers": bootstrap_servers, "log_level": 0})
-    admin.list_topics(timeout=timeout)
-    return True
+    return len(admin.list_topics(timeout=timeout).brokers) >= min_brokers
 
 
 def bigtable_emulator_ready(host: str, port: int, timeout: float = 3.0) -> bool:

@@ -173,6 +173,15 @@ class ManagedProcess:
             else:
                 os.kill(pid, sig)
 
+    def kill(self) -> bool:
+        """SIGKILL at once, no grace; returns False if it was not running."""
+        pid = self.pid
+        if pid is None:
+            return False
+        self._signal(pid, signal.SIGKILL)
+        wait_until(lambda: not self.is_running(), timeout=10, what=f"{self.name} to die")
+        return True
+
     def stop(self, timeout: float = 20.0) -> bool:
         """SIGTERM, then SIGKILL after ``timeout``; returns False if it was not running."""
         pid = self.pid

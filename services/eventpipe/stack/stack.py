@@ -17,11 +17,12 @@ import importlib
 import inspect
 import json
 import os
+import secrets
 import shlex
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,17 +34,30 @@ from eventpipe.stack.components import (
     SERVICE_NAMES,
     BigtableEmulator,
     Component,
+    ComponentError,
     Envoy,
     GrpcService,
     KafkaBroker,
+    KafkaQuorum,
+    SparkMaster,
+    SparkWorker,
 )
 from eventpipe.stack.edge import EdgeAuth, EdgeSettings
+from eventpipe.stack.process import ManagedProcess
 
 DEFAULT_RUN_DIR = REPO_ROOT / ".run"
 STACK_FILE = "stack.json"
 """Written by ``Stack.up`` into the run folder: the configuration the stack runs with."""
 DEFAULT_SERVICE_PORTS = {"ingest": 50051, "store": 50052, "enrich": 50053, "query": 50054}
 DEFAULT_METRICS_PORTS = {"ingest": 9101, "store": 9102, "enrich": 9103, "query": 9104}
+PROFILES = ("default", "cluster")
+"""``default``: one of everything, Spark in local mode. ``cluster``: three KRaft brokers, two
+replicas of each service behind Envoy, a Spark standalone master and worker (docs/cluster.md)."""
+CLUSTER_BROKERS = 3
+CLUSTER_REPLICAS = 2
+# Replica k (from 0) of a service serves on its port + 10 k, broker k on Kafka's ports + 2 k.
+REPLICA_PORT_STEP = 10
+BROKER_PORT_STEP = 2
 
 Progress = Callable[[str], None]
 
@@ -90,12 +104,91 @@ class StackConfig:
     auth: bool = False
     # Envoy's limits; None reads EVENTPIPE_EDGE_* when Envoy starts.
     edge: EdgeSettings | None = None
+    # One of PROFILES; the cluster profile's ports follow, each list in replica order (empty:
+    # derived from the ports above by REPLICA_PORT_STEP and BROKER_PORT_STEP).
+    profile: str = "default"
+    kafka_ports: Sequence[int] = ()
+    kafka_controller_ports: Sequence[int] = ()
+    replica_ports: Mapping[str, Sequence[int]] = field(default_factory=dict)
+    replica_metrics_ports: Mapping[str, Sequence[int]] = field(default_factory=dict)
+    spark_master_port: int = 7077
+    spark_master_ui_port: int = 8090
+    spark_worker_ui_port: int = 8091
+    # Envoy terminates TLS (EVENTPIPE_EDGE_TLS=true for the edge's renderer).
+    tls: bool = False
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ValueError(f"profile {self.profile!r} is not one of {', '.join(PROFILES)}")
+        # Derived ports are filled in here, so a saved and reloaded config equals the original.
+        set_field = object.__setattr__
+        if not self.kafka_ports:
+            count = CLUSTER_BROKERS if self.is_cluster else 1
+            steps = [BROKER_PORT_STEP * k for k in range(count)]
+            set_field(self, "kafka_ports", [self.kafka_port + step for step in steps])
+            set_field(
+                self,
+                "kafka_controller_ports",
+                [self.kafka_controller_port + step for step in steps],
+            )
+        set_field(self, "kafka_ports", tuple(self.kafka_ports))
+        set_field(self, "kafka_controller_ports", tuple(self.kafka_controller_ports))
+        if len(self.kafka_ports) != len(self.kafka_controller_ports):
+            raise ValueError("kafka_ports and kafka_controller_ports differ in length")
+        steps = [REPLICA_PORT_STEP * k for k in range(self.replicas)]
+        for field_name, bases in (
+            ("replica_ports", self.service_ports),
+            ("replica_metrics_ports", self.metrics_ports),
+        ):
+            given: Mapping[str, Sequence[int]] = getattr(self, field_name)
+            set_field(
+                self,
+                field_name,
+                {
+                    name: tuple(given.get(name) or [bases[name] + step for step in steps])
+                    for name in SERVICE_NAMES
+                },
+            )
+
+    @property
+    def is_cluster(self) -> bool:
+        return self.profile == "cluster"
+
+    @property
+    def replicas(self) -> int:
+        """How many processes of each service the profile runs."""
+        return CLUSTER_REPLICAS if self.is_cluster else 1
+
+    def broker_ports(self) -> list[tuple[int, int]]:
+        """Every broker's (client port, controller port), the first on ``kafka_port``."""
+        return list(zip(self.kafka_ports, self.kafka_controller_ports, strict=True))
+
+    def grpc_ports(self, name: str) -> list[int]:
+        """The gRPC port of every replica of service ``name``, the first on its own port."""
+        return list(self.replica_ports[name])
+
+    def metrics_ports_of(self, name: str) -> list[int]:
+        return list(self.replica_metrics_ports[name])
+
+    @property
+    def spark_master_url(self) -> str:
+        return f"spark://127.0.0.1:{self.spark_master_port}"
 
     @classmethod
     def from_env(
-        cls, environ: Mapping[str, str] = os.environ, run_dir: Path | None = None
+        cls,
+        environ: Mapping[str, str] = os.environ,
+        run_dir: Path | None = None,
+        *,
+        profile: str = "default",
+        tls: bool = False,
     ) -> StackConfig:
         return cls(
+            profile=profile,
+            tls=tls,
+            spark_master_port=_port(environ, "EVENTPIPE_SPARK_MASTER_PORT", 7077),
+            spark_master_ui_port=_port(environ, "EVENTPIPE_SPARK_MASTER_UI_PORT", 8090),
+            spark_worker_ui_port=_port(environ, "EVENTPIPE_SPARK_WORKER_UI_PORT", 8091),
             run_dir=run_dir or Path(environ.get("EVENTPIPE_RUN_DIR") or DEFAULT_RUN_DIR),
             envoy_port=_port(environ, "EVENTPIPE_ENVOY_PORT", 8080),
             envoy_admin_port=_port(environ, "EVENTPIPE_ENVOY_ADMIN_PORT", 9901),
@@ -118,10 +211,13 @@ class StackConfig:
         )
 
     @classmethod
-    def of_running_stack(cls, environ: Mapping[str, str] = os.environ) -> StackConfig:
-        """The configuration ``eventpipe stack up`` saved in the run folder (``EVENTPIPE_RUN_DIR``
-        or ``.run``); ``from_env`` when nothing was saved there (a stack never started)."""
-        run_dir = Path(environ.get("EVENTPIPE_RUN_DIR") or DEFAULT_RUN_DIR)
+    def of_running_stack(
+        cls, environ: Mapping[str, str] = os.environ, run_dir: Path | None = None
+    ) -> StackConfig:
+        """The configuration ``eventpipe stack up`` saved in the run folder (``run_dir``, else
+        ``EVENTPIPE_RUN_DIR`` or ``.run``), profile included; ``from_env`` when nothing was
+        saved there (a stack never started)."""
+        run_dir = run_dir or Path(environ.get("EVENTPIPE_RUN_DIR") or DEFAULT_RUN_DIR)
         saved = run_dir / STACK_FILE
         if not saved.exists():
             return cls.from_env(environ, run_dir=run_dir)
@@ -153,6 +249,15 @@ class StackConfig:
             "topic_prefix": self.topic_prefix,
             "table_prefix": self.table_prefix,
             "auth": self.auth,
+            "profile": self.profile,
+            "kafka_ports": [port for port, _ in self.broker_ports()],
+            "kafka_controller_ports": [port for _, port in self.broker_ports()],
+            "replica_ports": {name: self.grpc_ports(name) for name in SERVICE_NAMES},
+            "replica_metrics_ports": {name: self.metrics_ports_of(name) for name in SERVICE_NAMES},
+            "spark_master_port": self.spark_master_port,
+            "spark_master_ui_port": self.spark_master_ui_port,
+            "spark_worker_ui_port": self.spark_worker_ui_port,
+            "tls": self.tls,
         }
 
     def save(self) -> Path:
@@ -188,7 +293,7 @@ class StackConfig:
 
     @property
     def kafka_bootstrap_servers(self) -> str:
-        return f"127.0.0.1:{self.kafka_port}"
+        return ",".join(f"127.0.0.1:{port}" for port, _ in self.broker_ports())
 
     @property
     def emulator_host(self) -> str:
@@ -213,7 +318,46 @@ class StackConfig:
             env[prefix + "HOST"] = "127.0.0.1"
             env[prefix + "PORT"] = str(self.service_ports[name])
             env[prefix + "METRICS_PORT"] = str(self.metrics_ports[name])
+        if self.is_cluster:
+            env.update(self.cluster_env())
         return env
+
+    @property
+    def edge_url(self) -> str:
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.envoy_port}"
+
+    def edge_env(self) -> dict[str, str]:
+        """What ``--tls`` tells the edge's renderer: terminate TLS (self-signed locally)."""
+        return {"EVENTPIPE_EDGE_TLS": "true"} if self.tls else {}
+
+    def cluster_env(self) -> dict[str, str]:
+        """What the cluster profile adds: replicated topics, and enrich on the standalone
+        master, each application with one core of the worker's two (so both replicas get
+        executors) and small heaps; executors write to the same emulator."""
+        spark_conf = {
+            "spark.cores.max": "1",
+            "spark.executor.cores": "1",
+            "spark.executor.memory": "512m",
+            "spark.driver.memory": "512m",
+            "spark.driver.host": "127.0.0.1",
+            "spark.driver.bindAddress": "127.0.0.1",
+            "spark.executorEnv.BIGTABLE_EMULATOR_HOST": self.emulator_host,
+        }
+        return {
+            "EVENTPIPE_TOPIC_REPLICATION_FACTOR": str(min(3, len(self.broker_ports()))),
+            "EVENTPIPE_TOPIC_MIN_INSYNC_REPLICAS": str(min(2, len(self.broker_ports()))),
+            "EVENTPIPE_ENRICH_SPARK_MASTER": self.spark_master_url,
+            "EVENTPIPE_ENRICH_SPARK_CONF": ";".join(f"{k}={v}" for k, v in spark_conf.items()),
+        }
+
+    def replica_env(self, name: str, index: int) -> dict[str, str]:
+        """Replica ``index`` (from 0) of service ``name``: its own ports."""
+        prefix = f"EVENTPIPE_{name.upper()}_"
+        return {
+            prefix + "PORT": str(self.grpc_ports(name)[index]),
+            prefix + "METRICS_PORT": str(self.metrics_ports_of(name)[index]),
+        }
 
 
 @contextlib.contextmanager
@@ -246,27 +390,92 @@ class Stack:
         self.config = config
         self.progress = progress
         run_dir = config.run_dir
-        self.kafka = KafkaBroker(run_dir, config.kafka_port, config.kafka_controller_port)
+        cluster = config.is_cluster
+        broker_ports = config.broker_ports()
+        quorum = (
+            KafkaQuorum(
+                tuple((k + 1, controller) for k, (_, controller) in enumerate(broker_ports)),
+                run_dir / "data" / "kafka-cluster-id",
+            )
+            if len(broker_ports) > 1
+            else None
+        )
+        self.brokers = [
+            KafkaBroker(
+                run_dir,
+                port,
+                controller,
+                name=f"kafka-{k + 1}" if quorum else "kafka",
+                node_id=k + 1,
+                quorum=quorum,
+                # Three JVMs share two cores with everything else: small heaps.
+                max_heap="256m" if quorum else "768m",
+            )
+            for k, (port, controller) in enumerate(broker_ports)
+        ]
+        self.kafka = self.brokers[0]
         self.bigtable = BigtableEmulator(run_dir, config.emulator_port)
         env = {**config.service_env(), **config.auth_env()}
-        self.services = {
-            name: GrpcService(name, run_dir, config.service_ports[name], env)
+        if cluster:
+            env.update(self._shared_page_token_secrets())
+        self.replicas = {
+            name: [
+                GrpcService(
+                    f"{name}-{k + 1}" if cluster else name,
+                    run_dir,
+                    config.grpc_ports(name)[k],
+                    {**env, **config.replica_env(name, k)},
+                    module=name,
+                )
+                for k in range(config.replicas)
+            ]
             for name in SERVICE_NAMES
         }
+        # The first replica of each service (the only one in the default profile).
+        self.services = {name: replicas[0] for name, replicas in self.replicas.items()}
+        self.spark: list[Component] = []
+        if cluster:
+            spark_env = {"BIGTABLE_EMULATOR_HOST": config.emulator_host}
+            master = SparkMaster(
+                run_dir, config.spark_master_port, config.spark_master_ui_port, spark_env
+            )
+            # The worker's own RPC port is of no interest: 0 lets Spark pick one.
+            worker = SparkWorker(run_dir, master, 0, config.spark_worker_ui_port, spark_env)
+            self.spark = [master, worker]
         self.envoy = Envoy(
             run_dir,
             config.envoy_port,
             config.envoy_admin_port,
-            config.service_ports,
+            {name: config.grpc_ports(name)[0] for name in SERVICE_NAMES},
             auth=config.edge_auth,
             edge_settings=config.edge,
+            replica_ports={name: config.grpc_ports(name) for name in SERVICE_NAMES}
+            if cluster
+            else None,
         )
         for component in self.components():
             component.detach = True
 
+    def _shared_page_token_secrets(self) -> dict[str, str]:
+        """One page-token secret for every replica (a token one replica signs, another reads),
+        drawn once per run folder and kept beside the signing key, never committed."""
+        path = self.config.auth_dir / "page-token-secret"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(".partial")
+            partial.touch(mode=0o600)
+            partial.write_text(secrets.token_urlsafe(32))
+            partial.replace(path)
+        secret = path.read_text().strip()
+        return {
+            f"EVENTPIPE_{name.upper()}_PAGE_TOKEN_SECRET": secret
+            for name in ("store", "enrich", "query")
+        }
+
     def components(self) -> list[Component]:
         """Every component, in start order."""
-        return [self.kafka, self.bigtable, *self.services.values(), self.envoy]
+        services = [replica for replicas in self.replicas.values() for replica in replicas]
+        return [*self.brokers, self.bigtable, *self.spark, *services, self.envoy]
 
     def _start(self, component: Component, timeout: float | None) -> None:
         self.progress(f"{component.name}: starting on 127.0.0.1:{component.port} ...")
@@ -289,7 +498,12 @@ class Stack:
         Components left out of ``only`` are assumed to be running already (tests pass a
         session's Kafka and emulator ports in the config and start only services and Envoy).
         """
-        wanted = set(only) if only is not None else {c.name for c in self.components()}
+        wanted = (
+            set(only)
+            if only is not None
+            else {"kafka", "bigtable", "spark", "envoy", *SERVICE_NAMES}
+        )
+        self.check_profile()
         self.config.save()
         needed = [tool for tool in install.STACK_TOOLS if tool != "envoy"]
         install.install(needed, progress=self.progress)
@@ -300,22 +514,65 @@ class Stack:
             generate_local_keys(self.config.auth_dir)
             self.progress(f"auth: signing key and JWKS in {self.config.auth_dir}")
 
-        for component in (self.kafka, self.bigtable):
-            if component.name in wanted:
-                self._start(component, timeout)
+        if "kafka" in wanted:
+            self._start_together(self.brokers, timeout)
+        if "bigtable" in wanted:
+            self._start(self.bigtable, timeout)
         if wanted & {"kafka", "bigtable", *SERVICE_NAMES}:
             self._ensure_topology()
-        for name, service in self.services.items():
+        if "spark" in wanted:
+            self._start_together(self.spark, timeout)
+        for name, replicas in self.replicas.items():
             if name not in wanted:
                 continue
             if not GrpcService.is_written(name):
                 self.progress(f"{name}: skipped, services/{name}/__main__.py does not exist yet")
                 continue
-            self._start(service, timeout)
+            self._start_together(replicas, timeout)
         if self.envoy.name in wanted:
-            self._start(self.envoy, timeout)
+            # The edge's renderer reads its settings (TLS among them) from the environment.
+            with patched_environ(self.config.edge_env()):
+                self._start(self.envoy, timeout)
         if demo:
             self._load_demo_data()
+
+    def _start_together(self, components: Sequence[Component], timeout: float | None) -> None:
+        """Launches every component, then waits for each: a KRaft quorum elects no leader until
+        most of its voters run, and replicas start faster side by side."""
+        if len(components) == 1:
+            self._start(components[0], timeout)
+            return
+        started_at = time.monotonic()
+        launched = []
+        for component in components:
+            self.progress(f"{component.name}: starting on 127.0.0.1:{component.port} ...")
+            launched.append(component.launch())
+        for component, was_started in zip(components, launched, strict=True):
+            component.wait_healthy(component.startup_timeout if timeout is None else timeout)
+            if was_started:
+                took = time.monotonic() - started_at
+                self.progress(f"{component.name}: ready in {took:.1f}s (pid {component.pid})")
+            else:
+                self.progress(f"{component.name}: already running (pid {component.pid})")
+
+    def check_profile(self) -> None:
+        """Refuses to start one profile over another that still runs in the same run folder
+        (their components would fight over ports): the saved one must be stopped first."""
+        saved = self.config.run_dir / STACK_FILE
+        if not saved.exists():
+            return
+        try:
+            running = StackConfig.of_running_stack(run_dir=self.config.run_dir)
+        except ValueError:
+            return
+        if running.profile == self.config.profile:
+            return
+        alive = [c.name for c in Stack(running, progress=self.progress).components() if c.pid]
+        if alive:
+            raise ComponentError(
+                f"the {running.profile} profile still runs in {self.config.run_dir} "
+                f"({', '.join(alive)}): stop it first (`make down` or `eventpipe stack down`)"
+            )
 
     def _ensure_topology(self) -> None:
         try:
@@ -352,12 +609,23 @@ class Stack:
         self.progress("demo data: loaded")
 
     def down(self, timeout: float = 20.0) -> list[str]:
-        """Stops every component this run folder's pidfiles name; returns the names stopped."""
+        """Stops every component this run folder's pidfiles name; returns the names stopped.
+
+        The profile's components go first, in reverse start order; then any other pidfile of
+        the run folder (a profile started before this one's configuration was saved): each is
+        signalled only while its process still has the command line the pidfile recorded.
+        """
         stopped = []
         for component in reversed(self.components()):
             if component.stop(timeout):
                 self.progress(f"{component.name}: stopped")
                 stopped.append(component.name)
+        for pidfile in sorted((self.config.run_dir / "pids").glob("*.json")):
+            name = pidfile.stem
+            process = ManagedProcess(name, pidfile.parent, self.config.run_dir / "logs" / name)
+            if process.stop(timeout):
+                self.progress(f"{name}: stopped")
+                stopped.append(name)
         return stopped
 
     def status(self) -> list[ComponentStatus]:
@@ -376,18 +644,24 @@ class Stack:
     def endpoints(self) -> str:
         """What a developer needs to talk to the running stack."""
         c = self.config
-        envoy = f"http://127.0.0.1:{c.envoy_port}"
+        envoy = c.edge_url
         lines = [
+            f"Profile                  {c.profile}",
             f"REST and gRPC via Envoy  {envoy}  (admin http://127.0.0.1:{c.envoy_admin_port})",
             f"Kafka                    {c.kafka_bootstrap_servers}",
             f"Bigtable emulator        {c.emulator_host}  "
             f"(export BIGTABLE_EMULATOR_HOST={c.emulator_host})",
         ]
-        for name in SERVICE_NAMES:
+        if c.is_cluster:
             lines.append(
-                f"{name:<8} gRPC 127.0.0.1:{c.service_ports[name]:<6} "
-                f"metrics http://127.0.0.1:{c.metrics_ports[name]}/metrics"
+                f"Spark master             {c.spark_master_url}  "
+                f"(UI http://127.0.0.1:{c.spark_master_ui_port})"
             )
+        for name in SERVICE_NAMES:
+            for port, metrics in zip(c.grpc_ports(name), c.metrics_ports_of(name), strict=True):
+                lines.append(
+                    f"{name:<8} gRPC 127.0.0.1:{port:<6} metrics http://127.0.0.1:{metrics}/metrics"
+                )
         grpcurl = "grpcurl"
         with contextlib.suppress(install.InstallError):
             grpcurl = str(install.tool_path("grpcurl"))
@@ -407,7 +681,7 @@ class Stack:
             "Health and reflection (no token needed):",
             f"  {grpcurl} -plaintext {ingest} list",
             f"  {grpcurl} -plaintext {ingest} grpc.health.v1.Health/Check",
-            f"  curl -s {envoy}/healthz",
+            f"  curl -s{'k' if c.tls else ''} {envoy}/healthz",
             f"Logs: {c.run_dir / 'logs'} (Envoy access log: envoy-access.log)    "
             "Stop: eventpipe stack down",
         ]
@@ -417,7 +691,7 @@ class Stack:
         """Shell lines that take one event through the whole path, to paste as they are:
         ingest it through Envoy, read it back raw, then read the entity's profile."""
         c = self.config
-        base = f"http://127.0.0.1:{c.envoy_port}/v1/tenants/{tenant}"
+        base = f"{c.edge_url}/v1/tenants/{tenant}"
         # With auth on, each curl carries the token the first line mints.
         bearer = ' -H "Authorization: Bearer $TOKEN"' if c.auth else ""
         commands = []
@@ -444,12 +718,14 @@ class Stack:
             separators=(",", ":"),
         )
         event = body.replace('"', '\\"')
+        # --tls: the local certificate is self-signed, so curl is told not to verify it.
+        curl = "curl -sSk" if c.tls else "curl -sS"
         commands += [
             "export EVENT_TIME=$(date -u +%Y-%m-%dT%H:%M:%SZ)",
-            f"curl -sS -X POST {base}/events{bearer} -H 'content-type: application/json' "
+            f"{curl} -X POST {base}/events{bearer} -H 'content-type: application/json' "
             f'-d "{event}"',
-            f"curl -sS{bearer} '{base}/entities/{entity}/events?view=EVENT_VIEW_RAW&page_size=3'",
-            f"curl -sS{bearer} {base}/entities/{entity}",
+            f"{curl}{bearer} '{base}/entities/{entity}/events?view=EVENT_VIEW_RAW&page_size=3'",
+            f"{curl}{bearer} {base}/entities/{entity}",
         ]
         return commands
 
