@@ -31,7 +31,6 @@ from eventpipe.core.storage.tables import DIMENSIONS_TABLE, ENRICHED_EVENTS_TABL
 from eventpipe.core.storage.times import micros, timestamp_from_micros
 from eventpipe.core.topic_contract import message_headers, message_key
 from eventpipe.core.topology import ensure_topology
-from eventpipe.enrich.v1 import enrich_pb2
 from google.cloud.bigtable.row import DirectRow
 from google.cloud.bigtable.row_filters import CellsColumnLimitFilter
 from google.cloud.bigtable.row_set import RowSet
@@ -43,17 +42,16 @@ DAY = 86_400_000_000
 BASE = 1_767_225_600_000_000
 
 
-def _spec() -> enrich_pb2.EnrichmentSpec:
-    return enrich_pb2.EnrichmentSpec(
+def _spec() -> Any:
+    """The bench's spec, as the domain's plain ``enrich.domain.spec.Spec``."""
+    from enrich.domain.spec import DerivedField, Join, Spec
+
+    return Spec(
         joins=[
-            enrich_pb2.Join(
-                dimension="products", key_field="attributes.product_id", fields=["price"]
-            ),
-            enrich_pb2.Join(dimension="users", key_field="entity_id", fields=["tier"]),
+            Join(dimension="products", key_field="attributes.product_id", fields=["price"]),
+            Join(dimension="users", key_field="entity_id", fields=["tier"]),
         ],
-        derived_fields=[
-            enrich_pb2.DerivedField(name="revenue", expression="quantity * products.price")
-        ],
+        derived_fields=[DerivedField(name="revenue", expression="quantity * products.price")],
         metric_fields=["quantity", "revenue"],
     )
 

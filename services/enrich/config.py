@@ -37,7 +37,15 @@ class EnrichSettings(ServiceSettings, EventLimitSettings):
     spark_master: str = Field(
         "local[*]",
         pattern=r"^(local(\[(\*|\d+)(,\d+)?\])?|spark://.+|k8s://.+|yarn)$",
-        description="Spark master: local[*] (embedded), spark://host:port or k8s://https://...",
+        description="Spark master: local[*] (embedded), spark://host:port (a standalone "
+        "cluster) or k8s://https://...; any but local needs spark_auth_secret.",
+    )
+    spark_auth_secret: SecretStr | None = Field(
+        None,
+        min_length=16,
+        description="Shared secret of spark.authenticate (at least 16 characters), set when "
+        "spark_master is not local; the Spark master and workers must have the same one. "
+        "Required then: the service refuses to start without it.",
     )
     spark_partitions: int = Field(
         8, ge=1, le=10_000, description="Key-range read tasks per job (ranges are grouped)."
@@ -123,6 +131,13 @@ class EnrichSettings(ServiceSettings, EventLimitSettings):
         description="Longest wait between retries of a failed window (also capped at the "
         "schedule's interval).",
     )
+    scheduler_rescan_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="How often a replica looks for scheduled jobs other replicas started "
+        "(created after it started), so it can take their windows over.",
+    )
     scheduler_claim_lease_seconds: float = Field(
         120.0,
         gt=0,
@@ -157,6 +172,16 @@ class EnrichSettings(ServiceSettings, EventLimitSettings):
             for entry in _entries(self.spark_jars):
                 if not Path(entry).exists():
                     raise ValueError(f"spark_jars: {entry} does not exist")
+        return self
+
+    @model_validator(mode="after")
+    def _remote_spark_is_authenticated(self) -> EnrichSettings:
+        # Executors outside this process reach the driver over Spark's RPC: never unauthenticated.
+        if not self.spark_master.startswith("local") and self.spark_auth_secret is None:
+            raise ValueError(
+                f"spark_auth_secret (EVENTPIPE_ENRICH_SPARK_AUTH_SECRET) is required with "
+                f"spark_master {self.spark_master}: Spark's RPC runs with spark.authenticate"
+            )
         return self
 
     @model_validator(mode="after")

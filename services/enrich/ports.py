@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from eventpipe.enrich.v1 import enrich_pb2
-
 from enrich.domain.records import JobRecord
+from enrich.domain.spec import Spec
 from enrich.domain.work import BatchWork, Counters, StreamWork
 
 
@@ -37,11 +36,11 @@ class Engine(Protocol):
 
 
 class SpecStore(Protocol):
-    def put(self, tenant_id: str, spec: enrich_pb2.EnrichmentSpec) -> enrich_pb2.EnrichmentSpec:
+    def put(self, tenant_id: str, spec: Spec) -> Spec:
         """Stores ``spec`` as the next version (assigned here) and returns it."""
         ...
 
-    def get(self, tenant_id: str, version: int = 0) -> enrich_pb2.EnrichmentSpec | None: ...
+    def get(self, tenant_id: str, version: int = 0) -> Spec | None: ...
 
 
 class JobStore(Protocol):
@@ -54,6 +53,11 @@ class JobStore(Protocol):
     ) -> list[JobRecord]: ...
 
     def all_records(self) -> list[JobRecord]: ...
+
+    def scheduled_records(self) -> list[JobRecord]:
+        """The records of every scheduled job that has not ended (PENDING or RUNNING), without
+        reading the other jobs: how a replica finds the schedules other replicas created."""
+        ...
 
     def claim_window(
         self,

@@ -61,6 +61,11 @@ def build(settings: EnrichSettings, common: CommonSettings) -> ServiceDefinition
             broadcast_max_rows=settings.broadcast_max_rows,
             jars=settings.spark_jar_paths(),
             extra_conf=settings.extra_spark_conf(),
+            auth_secret=(
+                settings.spark_auth_secret.get_secret_value()
+                if settings.spark_auth_secret
+                else None
+            ),
         ),
         BigtableTarget(
             common.bigtable_project,
@@ -87,6 +92,7 @@ def build(settings: EnrichSettings, common: CommonSettings) -> ServiceDefinition
         quotas=settings.quotas(),
         retention_micros=common.raw_retention_days * 86_400_000_000,
         tick_seconds=settings.scheduler_tick_seconds,
+        rescan_seconds=settings.scheduler_rescan_seconds,
         retry_initial_micros=round(settings.scheduler_retry_initial_seconds * 1e6),
         retry_max_micros=round(settings.scheduler_retry_max_seconds * 1e6),
         claim_lease_micros=round(settings.scheduler_claim_lease_seconds * 1e6),

@@ -8,6 +8,7 @@ from eventpipe.core.validation import check_id
 from eventpipe.enrich.v1 import enrich_pb2, enrich_pb2_grpc
 
 from enrich.adapters.job_codec import job_from_proto, job_to_proto
+from enrich.adapters.spec_codec import spec_from_proto, spec_to_proto
 from enrich.domain.jobs import JobManager
 
 
@@ -28,8 +29,8 @@ class EnrichServicer(enrich_pb2_grpc.EnrichServiceServicer):
     def PutEnrichmentSpec(
         self, request: enrich_pb2.PutEnrichmentSpecRequest, context: grpc.ServicerContext
     ) -> enrich_pb2.PutEnrichmentSpecResponse:
-        spec = self.manager.put_spec(_tenant(request.tenant_id), request.spec)
-        return enrich_pb2.PutEnrichmentSpecResponse(spec=spec)
+        spec = self.manager.put_spec(_tenant(request.tenant_id), spec_from_proto(request.spec))
+        return enrich_pb2.PutEnrichmentSpecResponse(spec=spec_to_proto(spec))
 
     def GetEnrichmentSpec(
         self, request: enrich_pb2.GetEnrichmentSpecRequest, context: grpc.ServicerContext
@@ -37,7 +38,7 @@ class EnrichServicer(enrich_pb2_grpc.EnrichServiceServicer):
         if request.version < 0:
             raise invalid("version", "must not be negative")
         spec = self.manager.get_spec(_tenant(request.tenant_id), request.version)
-        return enrich_pb2.GetEnrichmentSpecResponse(spec=spec)
+        return enrich_pb2.GetEnrichmentSpecResponse(spec=spec_to_proto(spec))
 
     def CreateEnrichmentJob(
         self, request: enrich_pb2.CreateEnrichmentJobRequest, context: grpc.ServicerContext

@@ -5,14 +5,9 @@ from __future__ import annotations
 
 from eventpipe.core.storage.times import micros, timestamp_from_micros
 from eventpipe.enrich.v1 import enrich_pb2
-from google.protobuf import duration_pb2
 
 from enrich.domain.records import Job, JobMode, JobState, Schedule, TimeRange
 from enrich.domain.work import Counters
-
-
-def _duration_micros(duration: duration_pb2.Duration) -> int:
-    return int(duration.seconds) * 1_000_000 + int(duration.nanos) // 1000
 
 
 def job_from_proto(message: enrich_pb2.EnrichmentJob) -> Job:
@@ -23,9 +18,9 @@ def job_from_proto(message: enrich_pb2.EnrichmentJob) -> Job:
     schedule = None
     if message.HasField("schedule"):
         schedule = Schedule(
-            _duration_micros(message.schedule.interval),
-            _duration_micros(message.schedule.window),
-            _duration_micros(message.schedule.lateness),
+            message.schedule.interval.ToMicroseconds(),
+            message.schedule.window.ToMicroseconds(),
+            message.schedule.lateness.ToMicroseconds(),
         )
     counters = message.counters
     return Job(
@@ -37,7 +32,7 @@ def job_from_proto(message: enrich_pb2.EnrichmentJob) -> Job:
         ),
         schedule=schedule,
         trigger_interval_micros=(
-            _duration_micros(message.trigger_interval)
+            message.trigger_interval.ToMicroseconds()
             if message.HasField("trigger_interval")
             else None
         ),
@@ -89,3 +84,12 @@ def job_to_proto(job: Job) -> enrich_pb2.EnrichmentJob:
         if moment is not None:
             getattr(message, name).CopyFrom(timestamp_from_micros(moment))
     return message
+
+
+def job_from_bytes(stored: bytes) -> Job:
+    """A job as the job store keeps it (the proto's serialization)."""
+    return job_from_proto(enrich_pb2.EnrichmentJob.FromString(stored))
+
+
+def job_to_bytes(job: Job) -> bytes:
+    return job_to_proto(job).SerializeToString()

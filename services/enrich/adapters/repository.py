@@ -2,12 +2,17 @@
 restarts. Both are created idempotently at start (``ensure_enrich_tables``).
 
 - ``enrich_specs``: row ``<tenant>#<reversed version>`` (latest first), ``m:spec`` = the
-  serialized EnrichmentSpec. A new version is written with CheckAndMutate on an empty row, so
-  two concurrent puts cannot both take the same version.
+  serialized EnrichmentSpec (``enrich.adapters.spec_codec``). A new version is written with
+  CheckAndMutate on an empty row, so two concurrent puts cannot both take the same version.
 - ``enrich_jobs``: row ``<tenant>#<job_id>``; job ids embed the reversed creation time, so a
-  prefix scan lists newest first. ``m:job`` = the serialized EnrichmentJob, ``m:next_run``
-  (int64 micros) = when a scheduled job's next window starts, ``m:claim`` = which replica runs
-  that window (below). ``save`` never writes ``m:claim``, so saving a record keeps its claim.
+  prefix scan lists newest first. ``m:job`` = the serialized EnrichmentJob
+  (``enrich.adapters.job_codec``), ``m:next_run`` (int64 micros) = when a scheduled job's next
+  window starts, ``m:claim`` = which replica runs that window (below). ``save`` never writes
+  ``m:claim``, so saving a record keeps its claim. ``m:active_schedule`` (value "1") marks a
+  scheduled job that has not ended: ``save`` sets it for a PENDING or RUNNING scheduled job and
+  deletes it otherwise, and ``scheduled_records`` reads only the rows that have it (a
+  conditional filter on the server), so replicas find each other's schedules without reading
+  the job table.
 
 The window claim is ASCII ``<due micros, 20 digits>/<lease expiry micros, 20 digits>/<owner>``.
 Zero-padded numbers sort as bytes like they sort as numbers, so "a claim that refuses mine" is
@@ -32,7 +37,6 @@ from eventpipe.core.storage.tables import (
     META_FAMILY,
     enrich_table_specs,
 )
-from eventpipe.enrich.v1 import enrich_pb2
 from google.cloud.bigtable.row_filters import (
     BlockAllFilter,
     CellsColumnLimitFilter,
@@ -47,8 +51,10 @@ from google.cloud.bigtable.row_filters import (
 )
 from google.cloud.bigtable.table import Table
 
-from enrich.adapters.job_codec import job_from_proto, job_to_proto
-from enrich.domain.records import JobRecord
+from enrich.adapters.job_codec import job_from_bytes, job_to_bytes
+from enrich.adapters.spec_codec import spec_from_bytes, spec_to_bytes
+from enrich.domain.records import TERMINAL, JobMode, JobRecord
+from enrich.domain.spec import Spec
 
 __all__ = [
     "CLAIM_OWNER_PATTERN",
@@ -60,6 +66,7 @@ __all__ = [
 ]
 
 FAMILY = META_FAMILY
+ACTIVE_SCHEDULE = b"active_schedule"
 CLAIM_OWNER_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
 """A claim owner, matched whole (``fullmatch``): a trailing newline does not pass."""
 
@@ -72,21 +79,20 @@ class BigtableSpecStore:
     def __init__(self, table: Table) -> None:
         self.table = table
 
-    def put(self, tenant_id: str, spec: enrich_pb2.EnrichmentSpec) -> enrich_pb2.EnrichmentSpec:
+    def put(self, tenant_id: str, spec: Spec) -> Spec:
         for _attempt in range(20):
             latest = self.get(tenant_id)
-            stored = enrich_pb2.EnrichmentSpec()
-            stored.CopyFrom(spec)
+            stored = spec.copy()
             stored.version = (latest.version if latest else 0) + 1
             row = self.table.conditional_row(
                 keys.row_key_for_spec(tenant_id, stored.version), filter_=PassAllFilter(True)
             )
-            row.set_cell(FAMILY, b"spec", stored.SerializeToString(), state=False)
+            row.set_cell(FAMILY, b"spec", spec_to_bytes(stored), state=False)
             if not row.commit():  # False: the row was empty and the write applied
                 return stored
         raise RuntimeError("could not allocate a spec version under contention")
 
-    def get(self, tenant_id: str, version: int = 0) -> enrich_pb2.EnrichmentSpec | None:
+    def get(self, tenant_id: str, version: int = 0) -> Spec | None:
         if version:
             row = self.table.read_row(keys.row_key_for_spec(tenant_id, version))
             rows = [row] if row is not None else []
@@ -95,7 +101,7 @@ class BigtableSpecStore:
             rows = list(self.table.read_rows(start_key=start, end_key=end, limit=1))
         if not rows:
             return None
-        return enrich_pb2.EnrichmentSpec.FromString(latest_cells(rows[0])[(FAMILY, b"spec")])
+        return spec_from_bytes(latest_cells(rows[0])[(FAMILY, b"spec")])
 
 
 class BigtableJobStore:
@@ -105,8 +111,12 @@ class BigtableJobStore:
     def save(self, record: JobRecord) -> None:
         row = self.table.direct_row(keys.row_key_for_job(record.tenant_id, record.job.job_id))
         row.set_cell(FAMILY, b"tenant_id", record.tenant_id.encode())
-        row.set_cell(FAMILY, b"job", job_to_proto(record.job).SerializeToString())
+        row.set_cell(FAMILY, b"job", job_to_bytes(record.job))
         row.set_cell(FAMILY, b"next_run", encode_int(record.next_run_micros))
+        if record.job.mode == JobMode.SCHEDULED and record.job.state not in TERMINAL:
+            row.set_cell(FAMILY, ACTIVE_SCHEDULE, b"1")
+        else:
+            row.delete_cell(FAMILY, ACTIVE_SCHEDULE)
         status = row.commit()
         if status is not None and getattr(status, "code", 0) != 0:
             raise RuntimeError(f"saving job {record.job.job_id} failed: {status}")
@@ -116,7 +126,7 @@ class BigtableJobStore:
         cells = latest_cells(row)
         return JobRecord(
             cells[(FAMILY, b"tenant_id")].decode(),
-            job_from_proto(enrich_pb2.EnrichmentJob.FromString(cells[(FAMILY, b"job")])),
+            job_from_bytes(cells[(FAMILY, b"job")]),
             decode_int(cells.get((FAMILY, b"next_run"), encode_int(0))),
         )
 
@@ -135,6 +145,12 @@ class BigtableJobStore:
 
     def all_records(self) -> list[JobRecord]:
         return [self._record(row) for row in self.table.read_rows()]
+
+    def scheduled_records(self) -> list[JobRecord]:
+        marked = ConditionalRowFilter(
+            RowFilterChain(_cell(ACTIVE_SCHEDULE)), true_filter=PassAllFilter(True)
+        )
+        return [self._record(row) for row in self.table.read_rows(filter_=marked)]
 
     def claim_window(
         self,

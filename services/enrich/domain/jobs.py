@@ -35,9 +35,8 @@ from eventpipe.core.errors import (
     Violation,
 )
 from eventpipe.core.page_tokens import PageTokenCodec
-from eventpipe.core.storage.times import timestamp_from_micros
-from eventpipe.enrich.v1 import enrich_pb2
 
+from enrich import metrics
 from enrich.domain.fair_shares import FairSlots, Quotas
 from enrich.domain.records import (
     TERMINAL,
@@ -57,7 +56,7 @@ from enrich.domain.scheduler import (
     default_owner_id,
     describe_failure,
 )
-from enrich.domain.spec import CheckedSpec, validate_spec
+from enrich.domain.spec import CheckedSpec, Spec, validate_spec
 from enrich.domain.windows import batch_window, validate_job
 from enrich.domain.work import BatchWork, Cancelled, Counters, StreamWork
 from enrich.ports import Engine, JobStore, SpecStore
@@ -82,6 +81,7 @@ class JobManager(WindowScheduler):
         retention_micros: int = 30 * 86_400_000_000,
         clock: Callable[[], int] = lambda: time.time_ns() // 1000,
         tick_seconds: float = 1.0,
+        rescan_seconds: float = 30.0,
         owner_id: str | None = None,
         retry_initial_micros: int = DEFAULT_RETRY_INITIAL_MICROS,
         retry_max_micros: int = DEFAULT_RETRY_MAX_MICROS,
@@ -95,6 +95,7 @@ class JobManager(WindowScheduler):
         self.clock = clock
         self.retention_micros = retention_micros
         self.tick_seconds = tick_seconds
+        self.rescan_seconds = rescan_seconds
         self.owner_id = owner_id or default_owner_id()
         self.retry_initial_micros = retry_initial_micros
         self.retry_max_micros = retry_max_micros
@@ -113,16 +114,13 @@ class JobManager(WindowScheduler):
 
     # -- specs
 
-    def put_spec(
-        self, tenant_id: str, spec: enrich_pb2.EnrichmentSpec
-    ) -> enrich_pb2.EnrichmentSpec:
+    def put_spec(self, tenant_id: str, spec: Spec) -> Spec:
         validate_spec(spec)
-        stored = enrich_pb2.EnrichmentSpec()
-        stored.CopyFrom(spec)
-        stored.create_time.CopyFrom(timestamp_from_micros(self.clock()))
+        stored = spec.copy()
+        stored.create_micros = self.clock()
         return self.specs.put(tenant_id, stored)
 
-    def get_spec(self, tenant_id: str, version: int = 0) -> enrich_pb2.EnrichmentSpec:
+    def get_spec(self, tenant_id: str, version: int = 0) -> Spec:
         spec = self.specs.get(tenant_id, version)
         if spec is None:
             what = f"version {version}" if version else "any version"
@@ -328,6 +326,13 @@ class JobManager(WindowScheduler):
             record.job.error = error
             record.job.ended_micros = self.clock()
             self.jobs.save(record)
+            if record.job.mode != JobMode.SCHEDULED:  # a schedule's windows are counted
+                began = record.job.started_micros or record.job.create_micros
+                metrics.observe_job_end(
+                    record.job.mode.name.lower(),
+                    state.name.lower(),
+                    (record.job.ended_micros - (began or record.job.ended_micros)) / 1e6,
+                )
         finally:
             with self._lock:
                 self._active.pop(record.job.job_id, None)
@@ -351,6 +356,8 @@ class JobManager(WindowScheduler):
             spec = self._checked_spec(record.tenant_id, job.spec_version)
             if not self._mark_running(record):
                 return
+            with self._lock:
+                active.running = True
             job.progress = 0.0
             counters = self.engine.run_batch(
                 BatchWork(
@@ -410,6 +417,8 @@ class JobManager(WindowScheduler):
             if cancelled.is_set() or not self._mark_running(record):
                 stream.stop()  # cancelled while it started
                 return
+            with self._lock:
+                active.running = True
             while stream.is_active() and not cancelled.is_set() and not self._stopped.is_set():
                 cancelled.wait(0.5)
             if cancelled.is_set():

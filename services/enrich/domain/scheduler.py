@@ -24,8 +24,15 @@ and this replica wins its claim:
   or once the claim of its previous incarnation expires, and its backoff starts again from
   ``retry_initial``. That costs at most one early retry; no window is skipped or run twice.
 - Index: the ticker keeps a heap of (due time, job) of the schedules it runs, updated when a
-  job is created, recovered, claimed, finished or cancelled, so a tick reads only the records
-  of the windows that are due, never the whole job table.
+  job is created, recovered, discovered, claimed, finished or cancelled, so a tick reads only
+  the records of the windows that are due, never the whole job table.
+- Discovery: every replica ticks every schedule of the deployment, not only those it created
+  or recovered at its start. Every ``rescan_seconds`` the ticker asks the job store for the
+  running schedules (``JobStore.scheduled_records``: only those rows, not the job table) and
+  indexes those it does not know yet, created by another replica since this one started.
+  So when the replica that created a schedule dies, the others take its window over once the
+  lease expires (the claim decides who), without a restart; a schedule cancelled on another
+  replica leaves this one's index at its next due time (its record is no longer RUNNING).
 """
 
 from __future__ import annotations
@@ -37,9 +44,11 @@ import re
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from enrich import metrics
 from enrich.domain.fair_shares import FairSlots
 from enrich.domain.records import JobMode, JobRecord, JobState, Schedule
 from enrich.domain.spec import CheckedSpec
@@ -67,7 +76,8 @@ class ActiveJob:
     mode: JobMode
     cancelled: CancellationToken = field(default_factory=CancellationToken)
     stream: RunningStream | None = None
-    window_running: bool = False
+    window_running: bool = False  # scheduled: a window claimed here, queued or running
+    running: bool = False  # at work: a batch job, a window on its slot, a stream (metrics)
     # Scheduled jobs only. Guarded by JobManager._lock:
     failures: int = 0  # of the current window, in a row, in this process
     retry_at_micros: int = 0
@@ -85,6 +95,7 @@ class WindowScheduler:
     engine: Engine
     clock: Callable[[], int]
     tick_seconds: float
+    rescan_seconds: float
     owner_id: str
     retry_initial_micros: int
     retry_max_micros: int
@@ -123,11 +134,55 @@ class WindowScheduler:
         return due
 
     def _tick_loop(self) -> None:
+        next_scan = time.monotonic() + self.rescan_seconds
         while not self._stopped.wait(self.tick_seconds):
+            if time.monotonic() >= next_scan:
+                next_scan = time.monotonic() + self.rescan_seconds
+                try:
+                    self.discover_schedules()
+                except Exception:
+                    log.exception("looking for other replicas' schedules failed")
             try:
                 self.tick()
             except Exception:
                 log.exception("scheduler tick failed")
+            self.report_job_counts()
+
+    def job_counts(self) -> dict[str, int]:
+        """This replica's jobs by ``metrics.JOB_STATES`` state."""
+        counts = dict.fromkeys(metrics.JOB_STATES, 0)
+        with self._lock:
+            for active in self._active.values():
+                if active.running:
+                    counts["running"] += 1
+                elif active.mode == JobMode.SCHEDULED and not active.window_running:
+                    counts["scheduled"] += 1
+                else:
+                    counts["pending"] += 1
+        return counts
+
+    def report_job_counts(self) -> None:
+        """Sets ``eventpipe_enrich_jobs`` (the ticker does at every tick)."""
+        metrics.set_job_counts(self.job_counts())
+
+    def discover_schedules(self) -> int:
+        """Indexes the running schedules this replica does not tick yet (created or recovered
+        by another replica since this one started), at their persisted next run; returns how
+        many. A window of theirs runs here only if this replica wins its claim."""
+        found = 0
+        for record in self.jobs.scheduled_records():
+            job_id = record.job.job_id
+            if record.job.mode != JobMode.SCHEDULED or record.job.state != JobState.RUNNING:
+                continue  # a PENDING one is about to be marked RUNNING by its creator
+            with self._lock:
+                if self._stopped.is_set() or job_id in self._active:
+                    continue
+                active = ActiveJob(record.tenant_id, JobMode.SCHEDULED)
+                self._active[job_id] = active
+            log.info("ticking a schedule another replica started", extra={"job_id": job_id})
+            self._index(job_id, active, record.next_run_micros)
+            found += 1
+        return found
 
     def tick(self) -> None:
         """Renews the claims of the windows running here and starts every due window whose
@@ -250,6 +305,10 @@ class WindowScheduler:
         start, end = scheduled_window(schedule, due)
         failures, retry_at = 0, 0
         next_look: int | None = None
+        began = self.clock()
+        outcome: str | None = None  # how the window ended, for the duration metric
+        with self._lock:
+            active.running = True
         try:
             cancelled.raise_if_cancelled(job.job_id)
             spec = self._checked_spec(record.tenant_id, job.spec_version)
@@ -265,13 +324,17 @@ class WindowScheduler:
                 job.error = ""
                 self.jobs.save(record)
             next_look = record.next_run_micros
+            outcome = "succeeded"
         except Exception as exc:
             self._end_claim(job.job_id)  # before the claim is held or released below
             failed_at = self.clock()
             if self._stopped.is_set():
                 # Released, so the replica that takes over need not wait for the lease.
                 self._hold_claim(record, due, failed_at, 0)
-            elif not cancelled.is_set() and not isinstance(exc, Cancelled):
+            elif cancelled.is_set() or isinstance(exc, Cancelled):
+                outcome = "cancelled"
+            else:
+                outcome = "failed"
                 failures = active.failures + 1
                 delay = retry_delay_micros(
                     schedule, failures, self.retry_initial_micros, self.retry_max_micros
@@ -286,8 +349,11 @@ class WindowScheduler:
                 self._save_window_error(record, describe_failure(exc))
         finally:
             self._end_claim(job.job_id)
+            if outcome is not None:
+                metrics.observe_job_end("scheduled", outcome, (self.clock() - began) / 1e6)
             with self._lock:
                 active.window_running = False
+                active.running = False
                 active.failures, active.retry_at_micros = failures, retry_at
             if next_look is not None:
                 self._index(job.job_id, active, next_look)

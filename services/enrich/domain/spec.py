@@ -1,17 +1,20 @@
-"""Enrichment specs: validation with field-level violations, and the checked form jobs run.
+"""Enrichment specs: the domain's plain spec type, validation with field-level violations, and
+the checked form jobs run.
 
-A spec arrives as ``eventpipe.enrich.v1.EnrichmentSpec``; ``validate_spec`` returns a
+A spec is ``Spec`` (plain data: the servicer and the spec store convert the wire's
+``EnrichmentSpec`` with ``enrich.adapters.spec_codec``); ``validate_spec`` returns a
 ``CheckedSpec`` (plain data, picklable, so Spark workers can use it) or raises
-InvalidArgument naming every bad field, for example ``spec.derived_fields[0].expression``.
+InvalidArgument naming every bad field, for example ``spec.derived_fields[0].expression``
+(the paths are the wire's field names, which the plain type keeps).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, field
 
 from eventpipe.core.errors import InvalidArgument, Violation, describe
 from eventpipe.core.validation import ATTRIBUTE_KEY_PATTERN, DIMENSION_NAME_PATTERN
-from eventpipe.enrich.v1 import enrich_pb2
 
 from enrich.domain import expressions
 from enrich.domain.expressions import ExpressionError, Node, ValueType
@@ -29,6 +32,39 @@ _FIELD_RULE = "must match [A-Za-z][A-Za-z0-9_]{0,63}"
 ENTITY_ID = "entity_id"
 ATTRIBUTE_PREFIX = "attributes."
 RESERVED_NAMES = frozenset({"entity_id", "event_type", "event_id", "event_time", "tenant_id"})
+
+
+@dataclass
+class Join:
+    """Copies ``fields`` of the ``dimension`` record whose key is the event's ``key_field``
+    ("entity_id" or "attributes.NAME"), as of the event's time."""
+
+    dimension: str = ""
+    key_field: str = ""
+    fields: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DerivedField:
+    """A field computed from ``expression`` (enrich.domain.expressions)."""
+
+    name: str = ""
+    expression: str = ""
+
+
+@dataclass
+class Spec:
+    """How a tenant's events are enriched, as asked (unchecked: see ``validate_spec``).
+    ``version`` and ``create_micros`` are set when the spec is stored (0 / None before)."""
+
+    joins: list[Join] = field(default_factory=list)
+    derived_fields: list[DerivedField] = field(default_factory=list)
+    metric_fields: list[str] = field(default_factory=list)
+    version: int = 0
+    create_micros: int | None = None
+
+    def copy(self) -> Spec:
+        return copy.deepcopy(self)
 
 
 @dataclass(frozen=True)
@@ -60,7 +96,7 @@ class CheckedSpec:
         return [f"{j.dimension}.{f}" for j in self.joins for f in j.fields]
 
 
-def _check_joins(spec: enrich_pb2.EnrichmentSpec, violations: list[Violation]) -> list[CheckedJoin]:
+def _check_joins(spec: Spec, violations: list[Violation]) -> list[CheckedJoin]:
     joins: list[CheckedJoin] = []
     if len(spec.joins) > MAX_JOINS:
         violations.append(Violation("spec.joins", f"at most {MAX_JOINS} joins"))
@@ -106,7 +142,7 @@ def _check_joins(spec: enrich_pb2.EnrichmentSpec, violations: list[Violation]) -
 
 
 def _check_derived(
-    spec: enrich_pb2.EnrichmentSpec, joins: list[CheckedJoin], violations: list[Violation]
+    spec: Spec, joins: list[CheckedJoin], violations: list[Violation]
 ) -> list[CheckedDerived]:
     if len(spec.derived_fields) > MAX_DERIVED:
         violations.append(Violation("spec.derived_fields", f"at most {MAX_DERIVED} fields"))
@@ -144,7 +180,7 @@ def _check_derived(
 
 
 def _check_metrics(
-    spec: enrich_pb2.EnrichmentSpec,
+    spec: Spec,
     joins: list[CheckedJoin],
     derived: list[CheckedDerived],
     violations: list[Violation],
@@ -173,7 +209,7 @@ def _check_metrics(
     return fields
 
 
-def validate_spec(spec: enrich_pb2.EnrichmentSpec, version: int = 0) -> CheckedSpec:
+def validate_spec(spec: Spec, version: int = 0) -> CheckedSpec:
     """Checks every rule; raises InvalidArgument listing all violations at once."""
     violations: list[Violation] = []
     joins = _check_joins(spec, violations)

@@ -15,6 +15,7 @@ from enrich.adapters.bigtable_io import BigtableTarget
 from enrich.adapters.spark.session import SparkSettings, build_session
 from enrich.adapters.spark.streaming import StreamingHandle, StreamingRequest
 from enrich.adapters.spark_engine import SparkEngine
+from enrich.adapters.spec_codec import spec_from_proto
 from enrich.domain.spec import validate_spec
 from eventpipe.common.v1 import event_pb2
 from eventpipe.core import bigtable as core_bigtable
@@ -162,7 +163,7 @@ def start_test_stream(
         StreamingRequest(
             f"stream-{tenant_id}",
             tenant_id,
-            validate_spec(dataset.test_spec(), version=1),
+            validate_spec(spec_from_proto(dataset.test_spec()), version=1),
             common_settings.kafka_bootstrap_servers,
             common_settings.raw_topic,
             trigger_seconds,
@@ -170,3 +171,23 @@ def start_test_stream(
             on_batch=on_batch,
         )
     )
+
+
+def produce_events(
+    common_settings: Any, events: list[event_pb2.Event], traceparent: str | None = None
+) -> None:
+    """Sends ``events`` to the test's raw topic as ingest does (key, headers), and waits for
+    every delivery."""
+    from confluent_kafka import Producer
+    from eventpipe.core.kafka import producer_config
+    from eventpipe.core.topic_contract import message_headers, message_key
+
+    producer = Producer(producer_config(common_settings))
+    for event in events:
+        producer.produce(
+            common_settings.raw_topic,
+            key=message_key(event.tenant_id, event.entity_id),
+            value=event.SerializeToString(),
+            headers=message_headers(event, traceparent),
+        )
+    assert producer.flush(30) == 0

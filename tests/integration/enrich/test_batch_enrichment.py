@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from enrich.adapters.spark.session import JobCancelled
 from enrich.adapters.spark_engine import SparkEngine
+from enrich.adapters.spec_codec import spec_from_proto
 from enrich.domain.spec import validate_spec
 from enrich.domain.work import BatchWork
 from eventpipe.core.storage.attributes import decode_double, decode_int
@@ -34,7 +35,7 @@ def dump(table: Table) -> Dump:
 
 
 def run(engine: SparkEngine, tenant: str, start: int, end: int, version: int = 1) -> Any:
-    spec = validate_spec(dataset.test_spec(), version=version)
+    spec = validate_spec(spec_from_proto(dataset.test_spec()), version=version)
     changed: list[tuple[str, str]] = []
     engine.on_entities_changed = changed.extend
     counters = engine.run_batch(BatchWork("job-test", tenant, spec, start, end))
@@ -169,7 +170,7 @@ def test_a_dimension_change_then_re_enrichment_rewrites_exactly_the_affected_row
 def test_cancelling_a_running_batch_stops_it_before_it_writes(
     engine: SparkEngine, tables: dict[str, Table], loaded: dataset.Dataset
 ) -> None:
-    spec = validate_spec(dataset.test_spec(), version=1)
+    spec = validate_spec(spec_from_proto(dataset.test_spec()), version=1)
     request = BatchWork("job-cancel", loaded.tenant_id, spec, BASE, BASE + 2 * DAY)
 
     def cancel_after_the_first_stage(_progress: float, _counters: Any) -> None:

@@ -13,6 +13,7 @@ import pytest
 from enrich.adapters import bigtable_io
 from enrich.adapters.bigtable_io import BigtableTarget, ProfileInput
 from enrich.adapters.spark_engine import SparkEngine
+from enrich.adapters.spec_codec import spec_from_proto
 from enrich.domain.spec import validate_spec
 from enrich.domain.work import BatchWork
 from eventpipe.common.v1 import event_pb2
@@ -101,7 +102,7 @@ def overflowed(
     tenant = isolation.tenant_id
     events = overflow_events(tenant)
     dataset.write_events(tables[RAW_EVENTS_TABLE], events)
-    spec = validate_spec(overflow_spec(), version=1)
+    spec = validate_spec(spec_from_proto(overflow_spec()), version=1)
     counters = engine.run_batch(BatchWork("job-overflow", tenant, spec, BASE, BASE + 2 * DAY))
     assert counters.read == len(events)
     return {

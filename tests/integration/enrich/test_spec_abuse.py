@@ -11,6 +11,7 @@ import grpc
 import pytest
 from enrich.adapters.spark.transforms import enrich_frame
 from enrich.adapters.spark_engine import SparkEngine
+from enrich.adapters.spec_codec import spec_from_proto
 from enrich.domain import expressions
 from enrich.domain.spec import validate_spec
 from enrich.domain.work import BatchWork
@@ -78,7 +79,7 @@ def empty_products(spark: SparkSession) -> DataFrame:
 
 def derived_frame(spark: SparkSession, sources: list[str], rows: list[dict[str, Any]]) -> DataFrame:
     """enrich_frame's derived columns (dv{k}_n, dv{k}_s) for one event per row, in order."""
-    spec = validate_spec(spec_deriving(*sources))
+    spec = validate_spec(spec_from_proto(spec_deriving(*sources)))
     events = events_frame(spark, rows)
     frame = enrich_frame(events, {"products": empty_products(spark)}, spec, {})
     columns = [c for k in range(len(sources)) for c in (f"dv{k}_n", f"dv{k}_s")]
@@ -161,7 +162,7 @@ def test_a_job_whose_spec_has_a_31_operator_chain_finishes_with_the_right_values
     dataset.write_events(tables[RAW_EVENTS_TABLE], data.events)
     spec = spec_deriving(chain("quantity", MAX_OPERATORS), right_nested("quantity", 15))
     spec.metric_fields.append("f0")
-    checked = validate_spec(spec, version=1)
+    checked = validate_spec(spec_from_proto(spec), version=1)
     counters = engine.run_batch(
         BatchWork("job-chain", isolation.tenant_id, checked, BASE, BASE + 2 * DAY)
     )

@@ -77,3 +77,52 @@ def test_a_spark_jars_folder_stands_for_its_jars_and_a_missing_path_is_refused(
     assert EnrichSettings(spark_jars="").spark_jar_paths() == ()
     with pytest.raises(ValidationError, match="does not exist"):
         EnrichSettings(spark_jars=str(tmp_path / "missing.jar"))
+
+
+def test_a_remote_spark_master_without_an_auth_secret_fails_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("EVENTPIPE_ENRICH_SPARK_MASTER", "spark://spark-master:7077")
+    with pytest.raises(ValidationError, match=r"EVENTPIPE_ENRICH_SPARK_AUTH_SECRET\) is required"):
+        EnrichSettings()
+    monkeypatch.setenv("EVENTPIPE_ENRICH_SPARK_AUTH_SECRET", "a-secret-of-16-chars")
+    settings = EnrichSettings()
+    assert settings.spark_master == "spark://spark-master:7077"
+    assert settings.spark_auth_secret is not None
+    assert "a-secret" not in repr(settings)
+
+
+def test_a_local_master_needs_no_auth_secret_and_a_short_secret_is_refused() -> None:
+    assert EnrichSettings(spark_master="local[2]").spark_auth_secret is None
+    with pytest.raises(ValidationError, match="at least 16 items"):
+        EnrichSettings(spark_master="spark://m:7077", spark_auth_secret="short")
+
+
+def test_a_remote_master_session_runs_with_spark_authenticate_that_extra_conf_cannot_undo() -> None:
+    from enrich.adapters.spark.session import SparkSettings, session_conf
+
+    remote = SparkSettings(
+        master="spark://spark-master:7077",
+        extra_conf=(("spark.authenticate", "false"), ("spark.executor.memory", "1g")),
+        auth_secret="a-secret-of-16-chars",
+    )
+    conf = dict(session_conf(remote))  # the last setting of a key wins, as in the builder
+    assert conf["spark.authenticate"] == "true"
+    assert conf["spark.authenticate.secret"] == "a-secret-of-16-chars"
+    assert conf["spark.executor.memory"] == "1g"
+    assert "a-secret" not in repr(remote)
+    with pytest.raises(ValueError, match="is not local"):
+        session_conf(SparkSettings(master="spark://spark-master:7077"))
+    local = dict(session_conf(SparkSettings(master="local[2]", auth_secret="unused-secret-16c")))
+    assert "spark.authenticate" not in local
+    assert "spark.authenticate.secret" not in local
+
+
+def test_the_schedule_rescan_interval_comes_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert EnrichSettings().scheduler_rescan_seconds == 30.0
+    monkeypatch.setenv("EVENTPIPE_ENRICH_SCHEDULER_RESCAN_SECONDS", "5")
+    assert EnrichSettings().scheduler_rescan_seconds == 5.0
+    with pytest.raises(ValidationError):
+        EnrichSettings(scheduler_rescan_seconds=0)

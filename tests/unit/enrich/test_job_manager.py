@@ -10,9 +10,18 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from enrich.adapters.job_codec import job_from_proto, job_to_proto
+from enrich.adapters.job_codec import job_from_bytes, job_to_bytes
 from enrich.domain.jobs import JobManager
-from enrich.domain.records import Job, JobMode, JobRecord, JobState, Schedule, TimeRange
+from enrich.domain.records import (
+    TERMINAL,
+    Job,
+    JobMode,
+    JobRecord,
+    JobState,
+    Schedule,
+    TimeRange,
+)
+from enrich.domain.spec import Join, Spec
 from enrich.domain.windows import next_run_after, retry_delay_micros, scheduled_window
 from enrich.domain.work import BatchWork, Cancelled, Counters, StreamWork
 from eventpipe.core.errors import FailedPrecondition, InvalidArgument
@@ -26,17 +35,16 @@ LEASE = 2 * MINUTE
 
 class MemorySpecs:
     def __init__(self) -> None:
-        self.specs: dict[str, list[enrich_pb2.EnrichmentSpec]] = {}
+        self.specs: dict[str, list[Spec]] = {}
 
-    def put(self, tenant_id: str, spec: enrich_pb2.EnrichmentSpec) -> enrich_pb2.EnrichmentSpec:
+    def put(self, tenant_id: str, spec: Spec) -> Spec:
         versions = self.specs.setdefault(tenant_id, [])
-        stored = enrich_pb2.EnrichmentSpec()
-        stored.CopyFrom(spec)
+        stored = spec.copy()
         stored.version = len(versions) + 1
         versions.append(stored)
         return stored
 
-    def get(self, tenant_id: str, version: int = 0) -> enrich_pb2.EnrichmentSpec | None:
+    def get(self, tenant_id: str, version: int = 0) -> Spec | None:
         versions = self.specs.get(tenant_id, [])
         if not versions or version > len(versions):
             return None
@@ -53,11 +61,11 @@ class MemoryJobs:
     def save(self, record: JobRecord) -> None:
         with self.lock:
             key = (record.tenant_id, record.job.job_id)
-            self.rows[key] = job_to_proto(record.job).SerializeToString()  # as the store keeps it
+            self.rows[key] = job_to_bytes(record.job)  # as the store keeps it
             self.next_run[key] = record.next_run_micros
 
     def _load(self, key: tuple[str, str]) -> JobRecord:
-        job = job_from_proto(enrich_pb2.EnrichmentJob.FromString(self.rows[key]))
+        job = job_from_bytes(self.rows[key])
         return JobRecord(key[0], job, self.next_run[key])
 
     def get(self, tenant_id: str, job_id: str) -> JobRecord | None:
@@ -75,6 +83,14 @@ class MemoryJobs:
     def all_records(self) -> list[JobRecord]:
         with self.lock:
             return [self._load(k) for k in self.rows]
+
+    def scheduled_records(self) -> list[JobRecord]:
+        """BigtableJobStore's marked rows: scheduled jobs that have not ended."""
+        return [
+            r
+            for r in self.all_records()
+            if r.job.mode == JobMode.SCHEDULED and r.job.state not in TERMINAL
+        ]
 
     def claim_window(
         self,
@@ -145,10 +161,8 @@ class Clock:
         return self.now
 
 
-def spec() -> enrich_pb2.EnrichmentSpec:
-    return enrich_pb2.EnrichmentSpec(
-        joins=[enrich_pb2.Join(dimension="users", key_field="entity_id", fields=["tier"])]
-    )
+def spec() -> Spec:
+    return Spec(joins=[Join(dimension="users", key_field="entity_id", fields=["tier"])])
 
 
 def batch_job(start: int, end: int) -> Job:

@@ -1,31 +1,29 @@
-"""Spec validation: every bad field is named, good specs come back checked."""
+"""Spec validation on the domain's plain spec type: every bad field is named, good specs come back
+checked."""
 
 from __future__ import annotations
 
 import pytest
 from enrich.domain.expressions import ValueType
-from enrich.domain.spec import validate_spec
+from enrich.domain.spec import DerivedField, Join, Spec, validate_spec
 from eventpipe.core.errors import InvalidArgument
-from eventpipe.enrich.v1 import enrich_pb2
 
 
-def good_spec() -> enrich_pb2.EnrichmentSpec:
-    return enrich_pb2.EnrichmentSpec(
+def good_spec() -> Spec:
+    return Spec(
         joins=[
-            enrich_pb2.Join(
-                dimension="products", key_field="attributes.product_id", fields=["price"]
-            ),
-            enrich_pb2.Join(dimension="users", key_field="entity_id", fields=["tier"]),
+            Join(dimension="products", key_field="attributes.product_id", fields=["price"]),
+            Join(dimension="users", key_field="entity_id", fields=["tier"]),
         ],
         derived_fields=[
-            enrich_pb2.DerivedField(name="revenue", expression="quantity * products.price"),
-            enrich_pb2.DerivedField(name="tag", expression="users.tier + '!'"),
+            DerivedField(name="revenue", expression="quantity * products.price"),
+            DerivedField(name="tag", expression="users.tier + '!'"),
         ],
         metric_fields=["quantity", "revenue", "products.price"],
     )
 
 
-def violations(spec: enrich_pb2.EnrichmentSpec) -> dict[str, str]:
+def violations(spec: Spec) -> dict[str, str]:
     with pytest.raises(InvalidArgument) as raised:
         validate_spec(spec)
     return {v.field: v.description for v in raised.value.violations}
@@ -42,7 +40,7 @@ def test_a_good_spec_is_checked_with_its_joins_and_types() -> None:
 
 def test_join_mistakes_are_reported_per_field() -> None:
     spec = good_spec()
-    spec.joins.append(enrich_pb2.Join(dimension="products", key_field="x", fields=["a", "a"]))
+    spec.joins.append(Join(dimension="products", key_field="x", fields=["a", "a"]))
     found = violations(spec)
     assert set(found) == {
         "spec.joins[2].dimension",
@@ -54,8 +52,8 @@ def test_join_mistakes_are_reported_per_field() -> None:
 
 def test_an_expression_may_only_read_fields_a_join_copies() -> None:
     spec = good_spec()
-    spec.derived_fields.append(enrich_pb2.DerivedField(name="x", expression="products.cost"))
-    spec.derived_fields.append(enrich_pb2.DerivedField(name="y", expression="shops.size"))
+    spec.derived_fields.append(DerivedField(name="x", expression="products.cost"))
+    spec.derived_fields.append(DerivedField(name="y", expression="shops.size"))
     found = violations(spec)
     assert "not among the fields" in found["spec.derived_fields[2].expression"]
     assert "names no joined dimension" in found["spec.derived_fields[3].expression"]
@@ -75,9 +73,9 @@ def test_metric_fields_must_be_numeric_and_known() -> None:
 
 def test_derived_names_are_unique_and_not_reserved() -> None:
     spec = good_spec()
-    spec.derived_fields.append(enrich_pb2.DerivedField(name="revenue", expression="1"))
-    spec.derived_fields.append(enrich_pb2.DerivedField(name="event_type", expression="1"))
-    spec.derived_fields.append(enrich_pb2.DerivedField(name="Bad", expression="1"))
+    spec.derived_fields.append(DerivedField(name="revenue", expression="1"))
+    spec.derived_fields.append(DerivedField(name="event_type", expression="1"))
+    spec.derived_fields.append(DerivedField(name="Bad", expression="1"))
     assert set(violations(spec)) == {
         "spec.derived_fields[2].name",
         "spec.derived_fields[3].name",
@@ -88,10 +86,8 @@ def test_derived_names_are_unique_and_not_reserved() -> None:
 @pytest.mark.parametrize("name", ["users\n", "users\r\n", "\nusers", "us ers", ""])
 def test_every_name_rule_matches_the_whole_name(name: str) -> None:
     spec = good_spec()
-    spec.joins.append(
-        enrich_pb2.Join(dimension=name, key_field=f"attributes.{name}", fields=[name])
-    )
-    spec.derived_fields.append(enrich_pb2.DerivedField(name=name, expression="1"))
+    spec.joins.append(Join(dimension=name, key_field=f"attributes.{name}", fields=[name]))
+    spec.derived_fields.append(DerivedField(name=name, expression="1"))
     spec.metric_fields.append(name)
     found = violations(spec)
     assert {
@@ -113,9 +109,7 @@ def test_a_field_name_with_a_trailing_newline_is_refused_where_the_clean_one_pas
 
 def test_511_nested_parentheses_are_a_violation_of_the_expression_field() -> None:
     spec = good_spec()
-    spec.derived_fields.append(
-        enrich_pb2.DerivedField(name="deep", expression="(" * 511 + "a" + ")" * 511)
-    )
+    spec.derived_fields.append(DerivedField(name="deep", expression="(" * 511 + "a" + ")" * 511))
     found = violations(spec)
     assert set(found) == {"spec.derived_fields[2].expression"}
     assert "nesting deeper than 32 levels" in found["spec.derived_fields[2].expression"]

@@ -111,6 +111,41 @@ class SparkSettings:
     shuffle_partitions: int = 8
     jars: tuple[str, ...] = ()
     extra_conf: tuple[tuple[str, str], ...] = ()
+    # spark.authenticate's shared secret, required by any master that is not local.
+    auth_secret: str | None = field(default=None, repr=False)
+
+
+def is_local_master(master: str) -> bool:
+    """local, local[N], local[*], local[N,F]: the driver runs its executors in-process."""
+    return master.startswith("local")
+
+
+def session_conf(settings: SparkSettings) -> list[tuple[str, str]]:
+    """The Spark settings of the session, in the order they are applied.
+
+    With a master that is not local (``spark://``, ``k8s://``, ``yarn``), executors run in
+    other processes and talk to the driver over Spark's RPC: it runs with ``spark.authenticate``
+    and the shared secret (the master and workers must be configured with the same secret).
+    They come after ``extra_conf``, so an extra setting cannot switch authentication off."""
+    conf = [
+        ("spark.scheduler.mode", "FAIR"),
+        ("spark.sql.shuffle.partitions", str(settings.shuffle_partitions)),
+        ("spark.ui.enabled", "false"),
+        ("spark.sql.adaptive.enabled", "true"),
+        # Columns are built by code, never parsed from clients; the broadcast decision is ours.
+        ("spark.sql.autoBroadcastJoinThreshold", "-1"),
+    ]
+    if settings.jars:
+        conf.append(("spark.jars", ",".join(settings.jars)))
+    conf.extend(settings.extra_conf)
+    if not is_local_master(settings.master):
+        if not settings.auth_secret:
+            raise ValueError(
+                f"Spark master {settings.master} is not local: set a spark.authenticate secret"
+            )
+        conf.append(("spark.authenticate", "true"))
+        conf.append(("spark.authenticate.secret", settings.auth_secret))
+    return conf
 
 
 class CancelFlag(Protocol):
@@ -123,18 +158,7 @@ def build_session(settings: SparkSettings) -> SparkSession:
     # Local workers must run this interpreter (the venv with the enrich package), not whatever
     # `python3` is first on PATH; pyspark reads only the environment variable for this.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    builder = (
-        SparkSession.builder.master(settings.master)
-        .appName(settings.app_name)
-        .config("spark.scheduler.mode", "FAIR")
-        .config("spark.sql.shuffle.partitions", str(settings.shuffle_partitions))
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.adaptive.enabled", "true")
-        # Columns are built by code, never parsed from clients; the broadcast decision is ours.
-        .config("spark.sql.autoBroadcastJoinThreshold", "-1")
-    )
-    if settings.jars:
-        builder = builder.config("spark.jars", ",".join(settings.jars))
-    for key, value in settings.extra_conf:
+    builder = SparkSession.builder.master(settings.master).appName(settings.app_name)
+    for key, value in session_conf(settings):
         builder = builder.config(key, value)
     return builder.getOrCreate()

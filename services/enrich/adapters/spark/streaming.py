@@ -1,20 +1,26 @@
 """Streaming enrichment: the Kafka source decoded by the store's own rules, each micro-batch
-enriched and written in one Spark job, and the handle the job manager holds."""
+enriched and written in one Spark job (in a span ``enrich.stream_batch`` when tracing is on),
+the consumer lag of the streams, and the handle the job manager holds."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from eventpipe.core import tracing
 from eventpipe.core.validation import EventLimits
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.streaming import StreamingQueryListener
 
+from enrich import metrics
 from enrich.adapters import bigtable_io
 from enrich.adapters.spark.layout import EVENT_SCHEMA, arrow_rows, event_tuple
 from enrich.adapters.spark.session import first_line, tenant_pool
@@ -110,6 +116,118 @@ class StreamingHandle:
             log.info("stopping a stream on a broken session failed", exc_info=True)
 
 
+# ---------------------------------------------------------------- consumer lag
+
+PartitionLags = dict[tuple[str, str], int]
+"""(topic, partition) -> messages behind the partition's latest offset."""
+
+
+def partition_lags(end_offset: str | None, latest_offset: str | None) -> PartitionLags:
+    """A Kafka source's lag from one progress report: its offsets are JSON objects
+    ``{"topic": {"0": 42, ...}}``; a partition the latest offsets do not name is left out."""
+    if not end_offset or not latest_offset:
+        return {}
+    try:
+        end, latest = json.loads(end_offset), json.loads(latest_offset)
+    except ValueError:
+        return {}
+    lags: PartitionLags = {}
+    for topic, partitions in latest.items():
+        for partition, offset in partitions.items():
+            consumed = end.get(topic, {}).get(partition)
+            if consumed is not None:
+                lags[(topic, partition)] = max(0, int(offset) - int(consumed))
+    return lags
+
+
+class StreamLags:
+    """The lag of every streaming query of this process, published per partition as
+    ``eventpipe_enrich_streaming_lag``: several jobs (tenants) read the same raw topic, each
+    at its own offsets, so a partition shows the largest lag of them."""
+
+    def __init__(self, gauge: Any = metrics.STREAMING_LAG) -> None:
+        self._gauge = gauge
+        self._by_query: dict[str, PartitionLags] = {}
+        self._published: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def update(self, query_id: str, lags: PartitionLags) -> None:
+        with self._lock:
+            self._by_query[query_id] = lags
+            self._publish()
+
+    def drop(self, query_id: str) -> None:
+        with self._lock:
+            self._by_query.pop(query_id, None)
+            self._publish()
+
+    def _publish(self) -> None:
+        worst: PartitionLags = {}
+        for lags in self._by_query.values():
+            for label, lag in lags.items():
+                worst[label] = max(lag, worst.get(label, 0))
+        for label in self._published - set(worst):
+            self._gauge.remove(*label)
+        for (topic, partition), lag in worst.items():
+            self._gauge.labels(topic, partition).set(lag)
+        self._published = set(worst)
+
+
+STREAM_LAGS = StreamLags()
+
+
+class LagListener(StreamingQueryListener):
+    """Feeds ``STREAM_LAGS`` from the progress Spark reports after every micro-batch (and
+    every ``spark.sql.streaming.noDataProgressEventInterval`` while a stream is idle)."""
+
+    def onQueryStarted(self, event: Any) -> None:
+        pass
+
+    def onQueryProgress(self, event: Any) -> None:
+        progress = event.progress
+        lags: PartitionLags = {}
+        for source in progress.sources:
+            lags.update(partition_lags(source.endOffset, source.latestOffset))
+        STREAM_LAGS.update(str(progress.id), lags)
+
+    def onQueryIdle(self, event: Any) -> None:
+        pass
+
+    def onQueryTerminated(self, event: Any) -> None:
+        STREAM_LAGS.drop(str(event.id))
+
+
+_LISTENED: weakref.WeakSet[SparkSession] = weakref.WeakSet()
+_LISTENED_LOCK = threading.Lock()
+
+
+def listen_for_lag(spark: SparkSession) -> None:
+    """Registers the lag listener once per session (a rebuilt session gets its own)."""
+    with _LISTENED_LOCK:
+        if spark not in _LISTENED:
+            spark.streams.addListener(LagListener())
+            _LISTENED.add(spark)
+
+
+# ---------------------------------------------------------------- traces
+
+
+def batch_traceparent(batch: DataFrame, tenant_id: str) -> bytes | None:
+    """The ``traceparent`` header of one of the tenant's messages in ``batch``: the span of the
+    micro-batch continues that message's trace (one parent per span; the other messages'
+    traces are not linked). A small extra Spark action, run only while tracing is on."""
+    prefix = f"{tenant_id}#"
+    headers = F.filter(F.col("headers"), lambda h: h["key"] == tracing.HEADER)
+    rows = (
+        batch.where(F.col("key").cast("string").startswith(prefix))
+        .select(headers.getItem(0).getField("value").alias("traceparent"))
+        .where(F.col("traceparent").isNotNull())
+        .limit(1)
+        .collect()
+    )
+    return bytes(rows[0]["traceparent"]) if rows else None
+
+
 SINGLE_TASK_MAX_EVENTS = 5_000
 """Micro-batches up to this size run in one task: no shuffle, the lowest latency."""
 
@@ -144,7 +262,25 @@ def start_streaming_query(engine: SparkEngine, request: StreamingRequest) -> Str
             state["loaded_at"] = now
         return state["dims"]  # type: ignore[no-any-return]
 
-    def process(batch: DataFrame, _batch_id: int) -> None:
+    def process(batch: DataFrame, batch_id: int) -> None:
+        if not tracing.enabled():
+            enrich_batch(batch)
+            return
+        with tracing.span(
+            "enrich.stream_batch",
+            parent=batch_traceparent(batch, tenant_id),
+            attributes={
+                "eventpipe.tenant_id": tenant_id,
+                "eventpipe.job_id": request.job_id,
+                "eventpipe.batch_id": batch_id,
+            },
+        ) as current:
+            counters = enrich_batch(batch)
+            if current is not None and counters is not None:
+                current.set_attribute("eventpipe.events_read", counters.read)
+                current.set_attribute("eventpipe.events_unmatched", counters.unmatched)
+
+    def enrich_batch(batch: DataFrame) -> Counters | None:
         sc = spark.sparkContext
         sc.setJobGroup(request.job_id, f"stream {tenant_id}", interruptOnCancel=True)
         sc.setLocalProperty("spark.scheduler.pool", tenant_pool(tenant_id))
@@ -191,13 +327,16 @@ def start_streaming_query(engine: SparkEngine, request: StreamingRequest) -> Str
         if not read:
             if skipped:
                 request.on_batch(Counters(0, 0, 0, skipped))
-            return
+            return None
         unmatched = sum(r["n"] for r in results if r["kind"] == "unmatched")
         request.on_entities_changed(
             [(r["tenant_id"], r["entity_id"]) for r in results if r["kind"] == "entity"]
         )
-        request.on_batch(Counters(read, read - unmatched, unmatched, skipped))
+        counters = Counters(read, read - unmatched, unmatched, skipped)
+        request.on_batch(counters)
+        return counters
 
+    listen_for_lag(spark)
     query: Any = (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", request.bootstrap_servers)
