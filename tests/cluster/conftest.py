@@ -11,16 +11,25 @@ prefix for the tier), as in a deployment.
 from __future__ import annotations
 
 import contextlib
+import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from eventpipe.core.config import CommonSettings
-from eventpipe.core.waiting import DeadlineExceeded
+from confluent_kafka import Consumer, TopicPartition
+from eventpipe.common.v1 import event_pb2
+from eventpipe.core import topic_contract
+from eventpipe.core.config import CommonSettings, load_settings
+from eventpipe.core.kafka import consumer_config
+from eventpipe.core.storage import keys
+from eventpipe.core.storage.tables import RAW_EVENTS_TABLE
+from eventpipe.core.waiting import DeadlineExceeded, wait_until
 from eventpipe.stack import install
 from eventpipe.stack.components import SERVICE_NAMES, Component, ComponentError
 from eventpipe.stack.probes import free_port
 from eventpipe.stack.stack import CLUSTER_BROKERS, CLUSTER_REPLICAS, Stack, StackConfig
+from google.cloud.bigtable.data import BigtableDataClient, ReadRowsQuery, RowRange
 
 from tests.conftest import Isolation, install_or_fail
 
@@ -92,7 +101,7 @@ def cluster_settings(cluster_stack: Stack) -> CommonSettings:
     with pytest.MonkeyPatch.context() as patch:
         for key, value in env.items():
             patch.setenv(key, value)
-        return CommonSettings()
+        return load_settings(CommonSettings)
 
 
 @contextlib.contextmanager
@@ -111,3 +120,75 @@ def restored(component: Component, timeout: float = 180.0) -> Iterator[Component
 @pytest.fixture
 def tenant() -> str:
     return Isolation.new().tenant_id
+
+
+def stored_rows(settings: CommonSettings, tenant_id: str) -> dict[str, Counter[tuple[str, bytes]]]:
+    """event_id -> cell versions per column, for every raw-table row of ``tenant_id``."""
+    client = BigtableDataClient(project=settings.bigtable_project)
+    try:
+        table = client.get_table(
+            settings.bigtable_instance, settings.table_prefix + RAW_EVENTS_TABLE
+        )
+        ranges = [RowRange(start, end) for start, end in keys.tenant_event_ranges(tenant_id)]
+        result: dict[str, Counter[tuple[str, bytes]]] = {}
+        for row in table.read_rows(ReadRowsQuery(row_ranges=ranges)):
+            event_id = row.row_key.rsplit(b"#", 1)[1].decode()
+            assert event_id not in result, f"event {event_id} stored in two rows"
+            result[event_id] = Counter((cell.family, cell.qualifier) for cell in row.cells)
+        return result
+    finally:
+        client.close()
+
+
+def assert_each_stored_once(
+    stored: dict[str, Counter[tuple[str, bytes]]], event_ids: set[str]
+) -> None:
+    missing = event_ids - stored.keys()
+    assert not missing, f"{len(missing)} events missing, e.g. {sorted(missing)[:5]}"
+    extra = stored.keys() - event_ids
+    assert not extra, f"{len(extra)} rows nobody sent, e.g. {sorted(extra)[:5]}"
+    doubled = {eid: c for eid, c in stored.items() if any(n != 1 for n in c.values())}
+    assert not doubled, f"{len(doubled)} events written twice, e.g. {next(iter(doubled.items()))}"
+
+
+def wait_stored(
+    settings: CommonSettings, tenant_id: str, event_ids: set[str], timeout: float = 300
+) -> dict[str, Counter[tuple[str, bytes]]]:
+    """The tenant's rows once every one of ``event_ids`` is there (fails after ``timeout``)."""
+    found: dict[str, Counter[tuple[str, bytes]]] = {}
+
+    def all_there() -> bool:
+        found.clear()
+        found.update(stored_rows(settings, tenant_id))
+        return event_ids <= found.keys()
+
+    wait_until(all_there, timeout=timeout, what=f"{len(event_ids)} events in Bigtable", interval=2)
+    return found
+
+
+def raw_topic_event_ids(settings: CommonSettings, tenant_id: str) -> Counter[str]:
+    """How many times each event id of ``tenant_id`` is in the raw topic (read to its end)."""
+    topic = settings.raw_topic
+    consumer = Consumer(consumer_config(settings, f"reader-{uuid.uuid4().hex[:8]}"))
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {}
+        for partition in partitions:
+            _low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), 10)
+            ends[partition] = high
+        assigned = [TopicPartition(topic, p, 0) for p in partitions]
+        consumer.assign(assigned)
+        ids: Counter[str] = Counter()
+        prefix = topic_contract.tenant_key_prefix(tenant_id)
+
+        def read_to_end() -> bool:
+            for message in consumer.consume(1000, 0.5):
+                if message.error() is None and (message.key() or b"").startswith(prefix):
+                    ids[event_pb2.Event.FromString(message.value() or b"").event_id] += 1
+            # The position, not the last message: transaction markers take offsets too.
+            return all(tp.offset >= ends[tp.partition] for tp in consumer.position(assigned))
+
+        wait_until(read_to_end, timeout=120, what="the raw topic read to its end", interval=0)
+        return ids
+    finally:
+        consumer.close()
