@@ -24,15 +24,21 @@ def codec(secret: str, rpc: str) -> PageTokenCodec:
     return PageTokenCodec(secret.encode(), rpc)
 
 
-def test_query_refuses_to_start_in_prod_with_the_public_development_secret(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(
+    ("settings_class", "prefix"),
+    [(QuerySettings, "EVENTPIPE_QUERY_"), (StoreSettings, "EVENTPIPE_STORE_")],
+    ids=["query, instead of signing with the public development secret", "store"],
+)
+def test_in_prod_a_service_without_its_shared_secret_refuses_to_start_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, settings_class: type, prefix: str
 ) -> None:
-    monkeypatch.setenv("EVENTPIPE_QUERY_REQUIRE_PAGE_TOKEN_SECRET", "true")
+    monkeypatch.setenv(f"{prefix}REQUIRE_PAGE_TOKEN_SECRET", "true")
+    monkeypatch.delenv(f"{prefix}PAGE_TOKEN_SECRET", raising=False)
 
     with pytest.raises(ConfigError) as failure:
-        load_settings(QuerySettings)
+        load_settings(settings_class)
 
-    assert "EVENTPIPE_QUERY_PAGE_TOKEN_SECRET" in failure.value.message
+    assert f"{prefix}PAGE_TOKEN_SECRET" in failure.value.message
 
 
 def test_query_in_prod_refuses_a_token_forged_with_the_public_development_secret(
@@ -48,18 +54,6 @@ def test_query_in_prod_refuses_a_token_forged_with_the_public_development_secret
         served.verify(forged, BINDING)
 
     assert "page_token" in str(refused.value)
-
-
-def test_the_store_refuses_to_start_in_prod_without_a_shared_secret(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("EVENTPIPE_STORE_REQUIRE_PAGE_TOKEN_SECRET", "true")
-    monkeypatch.delenv("EVENTPIPE_STORE_PAGE_TOKEN_SECRET", raising=False)
-
-    with pytest.raises(ConfigError) as failure:
-        load_settings(StoreSettings)
-
-    assert "EVENTPIPE_STORE_PAGE_TOKEN_SECRET" in failure.value.message
 
 
 def test_the_store_refuses_a_secret_too_short_to_sign_with(monkeypatch: pytest.MonkeyPatch) -> None:
