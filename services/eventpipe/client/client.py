@@ -272,7 +272,7 @@ class Entities:
 
 
 class Dimensions:
-    """Reference data: upserts of any size, and versioned reads."""
+    """Reference data: upserts of any size, versioned reads, deletion as a version."""
 
     def __init__(self, client: EventPipeClient) -> None:
         self._client = client
@@ -321,6 +321,23 @@ class Dimensions:
         if as_of is not None:
             request.as_of_time.CopyFrom(timestamp(as_of))
         return self._client.store.get_dimension_record(request).record
+
+    def delete(
+        self,
+        dimension: str,
+        key: str,
+        *,
+        tenant_id: str | None = None,
+        valid_from: TimeLike | None = None,
+    ) -> Timestamp:
+        """Deletes the record as a version from ``valid_from`` (unset: the server's now) on;
+        returns the tombstone's valid_from. Before it, the earlier versions still apply."""
+        request = store_pb2.DeleteDimensionRecordRequest(
+            tenant_id=self._client.tenant(tenant_id), dimension=dimension, key=key
+        )
+        if valid_from is not None:
+            request.valid_from.CopyFrom(timestamp(valid_from))
+        return self._client.store.delete_dimension_record(request).valid_from
 
 
 def _add_summary(total: results_pb2.BatchSummary, more: results_pb2.BatchSummary) -> None:

@@ -1,10 +1,10 @@
 """One typed method per RPC of each service, named after the RPC (``IngestEvents`` ->
 ``ingest_events``), taking the request message and returning the response message.
 
-Reads, and writes keyed by an idempotency key (events by event_id, dimension records by key
-and valid_from, a cancel), are retried on UNAVAILABLE and RESOURCE_EXHAUSTED; a call that
-makes something new each time (a spec version, a job) is tried once. Each list RPC also has an
-``iter_`` twin that follows next_page_token and yields the items.
+Reads, and writes keyed by an idempotency key (events by event_id, dimension records and their
+deletions by key and valid_from, a cancel), are retried on UNAVAILABLE and RESOURCE_EXHAUSTED;
+a call that makes something new each time (a spec version, a job) is tried once. Each list RPC
+also has an ``iter_`` twin that follows next_page_token and yields the items.
 """
 
 from __future__ import annotations
@@ -53,6 +53,9 @@ class StoreApi:
         self.get_dimension_record = Unary[
             store_pb2.GetDimensionRecordRequest, store_pb2.GetDimensionRecordResponse
         ](stub.GetDimensionRecord, retry, timeout)
+        self.delete_dimension_record = Unary[
+            store_pb2.DeleteDimensionRecordRequest, store_pb2.DeleteDimensionRecordResponse
+        ](stub.DeleteDimensionRecord, retry, timeout)
         self.list_raw_events = Unary[
             store_pb2.ListRawEventsRequest, store_pb2.ListRawEventsResponse
         ](stub.ListRawEvents, retry, timeout)

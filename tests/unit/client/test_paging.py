@@ -1,7 +1,9 @@
-"""List calls page automatically: every item once, in order, one call per page."""
+"""List calls page automatically: every item once, in order, one call per page; and the
+helpers send what they are given."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from eventpipe.client import EventPipeClient
@@ -100,3 +102,18 @@ def test_a_reader_that_stops_early_fetches_no_further_page() -> None:
         assert [next(iterator).event.event_id for _ in range(3)] == ["e-0", "e-1", "e-2"]
 
     assert len(_with_client(first_three).requests) == 1
+
+
+def test_a_dimension_record_is_deleted_from_the_time_given() -> None:
+    requests: list[Any] = []
+
+    class Deleting(store_pb2_grpc.StoreServiceServicer):
+        def DeleteDimensionRecord(self, request: Any, context: Any) -> Any:
+            requests.append(request)
+            return store_pb2.DeleteDimensionRecordResponse(valid_from=request.valid_from)
+
+    when = datetime(2025, 3, 1, tzinfo=UTC)
+    with serving(store=Deleting()) as address, EventPipeClient(address, tenant_id="acme") as client:
+        tombstone = client.dimensions.delete("users", "user-1", valid_from=when)
+    assert tombstone.ToDatetime(tzinfo=UTC) == when
+    assert [(r.tenant_id, r.dimension, r.key) for r in requests] == [("acme", "users", "user-1")]
