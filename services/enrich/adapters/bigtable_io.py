@@ -46,6 +46,12 @@ from eventpipe.core.storage.attributes import (
     encode_double,
     encode_int,
 )
+from eventpipe.core.storage.erasures import (
+    EntityKey,
+    erasure_keys,
+    erasures_from_rows,
+    is_dimension_tombstone,
+)
 from eventpipe.core.storage.granularity import DAY_MICROS, HOUR_MICROS, Granularity
 from eventpipe.core.storage.keys import KeyRange, tenant_event_ranges
 from eventpipe.core.storage.rows import (
@@ -237,9 +243,9 @@ def read_events(
 
 
 DimensionTuple = tuple[Any, ...]
-"""(key, valid_from, deleted, s, i, d, b, t). ``deleted`` is always False: nothing writes a
-deletion yet (issue 18 brings deletion as a tombstone version); the column stays so the Spark
-join keeps its shape."""
+"""(key, valid_from, deleted, s, i, d, b, t). ``deleted``: the version is a tombstone
+(``DeleteDimensionRecord``, ``storage.erasures.is_dimension_tombstone``), so as of it the
+record has no match."""
 
 
 def read_dimension(target: BigtableTarget, tenant_id: str, dimension: str) -> list[DimensionTuple]:
@@ -250,8 +256,19 @@ def read_dimension(target: BigtableTarget, tenant_id: str, dimension: str) -> li
     result: list[DimensionTuple] = []
     for row_key, cells in rows:
         key, valid_from = keys.parse_dimension_key(tenant_id, dimension, row_key)
-        result.append((key, valid_from, False, *_typed_maps(cells, KIND_BY_FAMILY)))
+        deleted = is_dimension_tombstone(cells)
+        result.append((key, valid_from, deleted, *_typed_maps(cells, KIND_BY_FAMILY)))
     return result
+
+
+def read_erasures(target: BigtableTarget, entities: Iterable[EntityKey]) -> dict[EntityKey, int]:
+    """The erasure tombstones of ``entities`` (``storage.erasures``): (tenant, entity) ->
+    erased_at micros; one ReadRows of one key per distinct entity, almost always empty."""
+    wanted = erasure_keys(entities)
+    if not wanted:
+        return {}
+    rows = _read(target, tables.ERASURES_TABLE, keys=sorted(wanted))
+    return erasures_from_rows(rows, wanted)
 
 
 # ---------------------------------------------------------------- writing
@@ -307,6 +324,19 @@ def write_rows(target: BigtableTarget, name: str, rows: Iterable[EventRow]) -> i
             batch = []
     bigtable_rows.mutate_rows_or_raise(client, path, batch)
     return written
+
+
+def delete_rows(target: BigtableTarget, name: str, row_keys: Iterable[bytes]) -> None:
+    """Deletes the rows (a row that does not exist is no error)."""
+    write_rows(target, name, (EventRow(key, {}, 0) for key in row_keys))
+
+
+def day_metric_keys(tenant_id: str, entity_id: str, day_start: int) -> list[bytes]:
+    """The keys of one entity's day bucket and its 24 hour buckets."""
+    return [keys.row_key_for_metric(tenant_id, entity_id, Granularity.DAY, day_start)] + [
+        keys.row_key_for_metric(tenant_id, entity_id, Granularity.HOUR, day_start + h)
+        for h in range(0, DAY_MICROS, HOUR_MICROS)
+    ]
 
 
 @dataclass(frozen=True)
