@@ -1,21 +1,30 @@
 """Query read latency and throughput: GetEntity and ListEntityEvents, cached and uncached, over
 gRPC (ghz) and REST through Envoy (hey), against the raw Bigtable point read and scan of the
-same rows measured in the same run.
+same rows and the gRPC ``Health/Check`` floor of the same server, measured in the same run.
 
 Self-contained on the local stack's Kafka and Bigtable emulator (`eventpipe stack up`): it seeds
-its own tables (a unique prefix), starts two query processes of its own (cache on; cache off,
-which is the "uncached" path) and an Envoy in front of the cached one, and stops them after.
+its own tables (a unique prefix), starts its own query processes (cache on, once per worker
+count measured; cache off, which is the "uncached" path) and an Envoy in front of the cached
+one, and stops them after. Auth is on as production runs it: the processes verify an RS256
+token of their own key pair (EVENTPIPE_AUTH_JWKS_FILE), Envoy checks it with ``jwt_authn``.
 
-Latency (p50/p99) is measured with one request at a time, so it is the cost of a request, not
-queueing on this 2-core machine; throughput (QPS) with ``CONCURRENCY`` requests in flight.
-The raw baselines use the same client library the service uses (google-cloud-bigtable's data
-API) from Python threads.
+Cached ``GetEntity`` and the ``Health/Check`` floor are measured at 1, 8 and 32 requests in
+flight (``CONCURRENCIES``), over up to ``CONNECTIONS`` connections, so several worker processes
+sharing the port all get work. Each figure carries the CPU cores the query processes (the
+supervisor and every worker, from /proc) and the load generator used during it, so per-core
+figures are honest on a shared machine. The other figures keep the earlier shape: p50/p99 with
+one request in flight, QPS at 8. The raw baselines use the same client library the service
+uses (google-cloud-bigtable's data API) from Python threads.
+
+``BENCH_QUERY_WORKERS`` (e.g. ``1,2``) names the worker counts of the cached process to
+measure; default: the service's default (the CPU limit) in quick mode, that and 1 in full mode.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -28,16 +37,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from eventpipe.core.auth import generate_local_keys, mint_token
 from eventpipe.core.config import CommonSettings
+from eventpipe.core.server import default_worker_count
 from eventpipe.core.storage import keys, tables
 from eventpipe.core.topology import ensure_topology
 from eventpipe.stack import install
 from eventpipe.stack.components import DESCRIPTOR_SET, SERVICE_NAMES, Envoy, GrpcService
+from eventpipe.stack.edge import EdgeAuth
 from eventpipe.stack.probes import free_port
 from google.cloud.bigtable.data import BigtableDataClient, ReadRowsQuery, RowRange
 from google.cloud.bigtable.data import row_filters as rf
+from google.protobuf import descriptor_pb2
+from grpc_health.v1 import health_pb2
 
 from bench.harness import BenchContext, Measurement
+from tests.helpers.http import metric_values
 from tests.integration.query.loader import RowLoader
 from tests.unit.query.rows import (
     BASE_MICROS,
@@ -51,8 +66,14 @@ from tests.unit.query.rows import (
 
 NAME = "query_reads"
 CONCURRENCY = 8
+CONCURRENCIES = (1, 8, 32)
+CONNECTIONS = 8
+"""Most client connections per load run: a client such as Envoy opens several, and each lands
+on one worker process (the kernel spreads connections over the sockets sharing the port)."""
 PAGE_SIZE = 20
 SERVICE = "eventpipe.query.v1.QueryService"
+HEALTH_CHECK = "grpc.health.v1.Health/Check"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -60,6 +81,8 @@ class Figures:
     p50_ms: float
     p99_ms: float
     qps: float
+    server_cores: float = 0.0
+    client_cores: float = 0.0
 
 
 def _median(figures: list[Figures]) -> Figures:
@@ -67,76 +90,167 @@ def _median(figures: list[Figures]) -> Figures:
         statistics.median(f.p50_ms for f in figures),
         statistics.median(f.p99_ms for f in figures),
         statistics.median(f.qps for f in figures),
+        statistics.median(f.server_cores for f in figures),
+        statistics.median(f.client_cores for f in figures),
+    )
+
+
+# ---------------------------------------------------------------- CPU time from /proc
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a supervisor and its workers)."""
+    tree, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        tree.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                pending.extend(int(child) for child in task.read_text().split())
+            except OSError:
+                continue
+    return tree
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of live processes (fields 14 and 15 of /proc/PID/stat)."""
+    total = 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / CLOCK_TICKS
+
+
+def _children_cpu_seconds() -> float:
+    """CPU time of this process's waited-for children (the load generator runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _with_cores(server_pid: int | None, run: Callable[[], Figures]) -> Figures:
+    """Runs one load run and adds the cores the server's processes and the client used."""
+    pids = _process_tree(server_pid) if server_pid else []
+    server_before, client_before = _cpu_seconds(pids), _children_cpu_seconds()
+    started = time.perf_counter()
+    figures = run()
+    elapsed = time.perf_counter() - started
+    return Figures(
+        figures.p50_ms,
+        figures.p99_ms,
+        figures.qps,
+        (_cpu_seconds(pids) - server_before) / elapsed,
+        (_children_cpu_seconds() - client_before) / elapsed,
     )
 
 
 # ---------------------------------------------------------------- load tools
 
 
+@dataclass(frozen=True)
+class Target:
+    """A gRPC server to load: its address, the token it wants and its process id."""
+
+    address: str
+    token: str
+    pid: int | None = None
+
+
+def _health_protoset(directory: Path) -> Path:
+    """ghz needs a descriptor of the health service, which the project's set leaves out."""
+    files = descriptor_pb2.FileDescriptorSet()
+    health_pb2.DESCRIPTOR.CopyToProto(files.file.add())
+    path = directory / "health.pb"
+    path.write_bytes(files.SerializeToString())
+    return path
+
+
 def _ghz(
-    address: str, method: str, data: dict[str, object], total: int, concurrency: int
+    target: Target,
+    call: str,
+    data: dict[str, object],
+    total: int,
+    concurrency: int,
+    protoset: Path = DESCRIPTOR_SET,
 ) -> Figures:
-    result = subprocess.run(
-        [
-            str(install.tool_path("ghz")),
-            "--insecure",
-            # The descriptor set `make protos` builds: ghz's reflection client does not find
-            # the services through grpcio's reflection service.
-            "--protoset",
-            str(DESCRIPTOR_SET),
-            "--call",
-            f"{SERVICE}/{method}",
-            "-d",
-            json.dumps(data),
-            "-n",
-            str(total),
-            "-c",
-            str(concurrency),
-            "--connections",
-            "1",
-            "--skipFirst",
-            str(min(100, total // 10)),
-            "--format",
-            "json",
-            address,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=600,
-    )
-    report = json.loads(result.stdout)
-    if report.get("statusCodeDistribution", {}).keys() - {"OK"}:
-        raise RuntimeError(f"ghz saw errors: {report['statusCodeDistribution']}")
-    percentiles = {p["percentage"]: p["latency"] / 1e6 for p in report["latencyDistribution"]}
-    return Figures(percentiles[50], percentiles[99], float(report["rps"]))
+    def run() -> Figures:
+        result = subprocess.run(
+            [
+                str(install.tool_path("ghz")),
+                "--insecure",
+                # The descriptor set `make protos` builds: ghz's reflection client does not find
+                # the services through grpcio's reflection service.
+                "--protoset",
+                str(protoset),
+                "--call",
+                call,
+                "-d",
+                json.dumps(data),
+                "--metadata",
+                json.dumps({"authorization": f"Bearer {target.token}"}),
+                "-n",
+                str(total),
+                "-c",
+                str(concurrency),
+                "--connections",
+                str(min(concurrency, CONNECTIONS)),
+                "--skipFirst",
+                str(min(100, total // 10)),
+                "--format",
+                "json",
+                target.address,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=600,
+        )
+        report = json.loads(result.stdout)
+        if report.get("statusCodeDistribution", {}).keys() - {"OK"}:
+            raise RuntimeError(f"ghz saw errors: {report['statusCodeDistribution']}")
+        percentiles = {p["percentage"]: p["latency"] / 1e6 for p in report["latencyDistribution"]}
+        return Figures(percentiles[50], percentiles[99], float(report["rps"]))
+
+    return _with_cores(target.pid, run)
 
 
-def _hey(url: str, total: int, concurrency: int) -> Figures:
-    result = subprocess.run(
-        ["hey", "-n", str(total), "-c", str(concurrency), url],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=600,
-    )
-    text = result.stdout
-    if "[200]" not in text or any(f"[{c}]" in text for c in ("400", "404", "500", "503")):
-        raise RuntimeError(f"hey saw errors:\n{text}")
-    percentiles: dict[int, float] = {}
-    qps = 0.0
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("Requests/sec:"):
-            qps = float(line.split()[1])
-        for p in (50, 99):
-            if line.startswith(f"{p}% in"):
-                percentiles[p] = float(line.split()[2]) * 1000
-    return Figures(percentiles[50], percentiles[99], qps)
+def _hey(url: str, token: str, total: int, concurrency: int, envoy_pid: int | None) -> Figures:
+    def run() -> Figures:
+        result = subprocess.run(
+            [
+                *("hey", "-n", str(total), "-c", str(concurrency)),
+                *("-H", f"Authorization: Bearer {token}", url),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=600,
+        )
+        text = result.stdout
+        if "[200]" not in text or any(
+            f"[{c}]" in text for c in ("400", "401", "403", "404", "500", "503")
+        ):
+            raise RuntimeError(f"hey saw errors:\n{text}")
+        percentiles: dict[int, float] = {}
+        qps = 0.0
+        for line in text.splitlines():
+            line = line.strip()
+            if line.startswith("Requests/sec:"):
+                qps = float(line.split()[1])
+            for p in (50, 99):
+                if line.startswith(f"{p}% in"):
+                    percentiles[p] = float(line.split()[2]) * 1000
+        return Figures(percentiles[50], percentiles[99], qps)
+
+    return _with_cores(envoy_pid, run)
 
 
 def _threads(call: Callable[[], object], total: int, concurrency: int) -> Figures:
-    """The raw baseline: ``call`` from Python threads, like the service's own handlers."""
+    """The raw baseline: ``call`` from Python threads, like the service's own handlers. Its
+    "server" cores are this process's own CPU time (the client library's work)."""
     latencies: list[float] = []
     lock = threading.Lock()
     per_thread = max(1, total // concurrency)
@@ -150,6 +264,7 @@ def _threads(call: Callable[[], object], total: int, concurrency: int) -> Figure
         with lock:
             latencies.extend(mine)
 
+    cpu_before = time.process_time()
     started = time.perf_counter()
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     for t in threads:
@@ -162,6 +277,7 @@ def _threads(call: Callable[[], object], total: int, concurrency: int) -> Figure
         latencies[len(latencies) // 2] * 1000,
         latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
         len(latencies) / elapsed,
+        (time.process_time() - cpu_before) / elapsed,
     )
 
 
@@ -208,13 +324,29 @@ def _seed(common: CommonSettings, tenant: str, entities: int) -> None:
     loader.close()
 
 
-@contextmanager
-def _processes(common: CommonSettings, run_dir: Path) -> Iterator[tuple[str, str, str]]:
-    """(cached gRPC address, uncached gRPC address, REST base URL via Envoy)."""
-    started: list[GrpcService | Envoy] = []
+@dataclass
+class Processes:
+    """What the scenario started: cached servers by worker count, the uncached one, Envoy."""
 
-    def query(cache_entries: int) -> GrpcService:
-        port = free_port()
+    cached: dict[int, GrpcService]
+    uncached: GrpcService
+    rest_base: str
+    envoy_pid: int | None
+    metrics_ports: dict[int, int]
+
+
+@contextmanager
+def _processes(
+    common: CommonSettings, run_dir: Path, jwks: Path, worker_counts: list[int]
+) -> Iterator[Processes]:
+    """Query processes with auth on: one cached per worker count, one uncached; Envoy with
+    ``jwt_authn`` in front of the first cached one."""
+    started: list[GrpcService | Envoy] = []
+    metrics_ports: dict[int, int] = {}
+
+    def query(cache_entries: int, workers: int) -> GrpcService:
+        port, metrics_port = free_port(), free_port()
+        metrics_ports[port] = metrics_port
         service = GrpcService(
             "query",
             run_dir / f"query-{port}",
@@ -226,8 +358,10 @@ def _processes(common: CommonSettings, run_dir: Path) -> Iterator[tuple[str, str
                 "EVENTPIPE_TABLE_PREFIX": common.table_prefix,
                 "EVENTPIPE_QUERY_HOST": "127.0.0.1",
                 "EVENTPIPE_QUERY_PORT": str(port),
-                "EVENTPIPE_QUERY_METRICS_PORT": str(free_port()),
+                "EVENTPIPE_QUERY_METRICS_PORT": str(metrics_port),
                 "EVENTPIPE_QUERY_CACHE_MAX_ENTRIES": str(cache_entries),
+                "EVENTPIPE_QUERY_WORKERS": str(workers),
+                "EVENTPIPE_AUTH_JWKS_FILE": str(jwks),
                 "EVENTPIPE_LOG_LEVEL": "WARNING",
             },
         )
@@ -236,26 +370,47 @@ def _processes(common: CommonSettings, run_dir: Path) -> Iterator[tuple[str, str
         return service
 
     try:
-        cached, uncached = query(100_000), query(0)
-        upstreams = {name: free_port() for name in SERVICE_NAMES} | {"query": cached.port}
-        envoy = Envoy(run_dir, port=free_port(), admin_port=free_port(), upstream_ports=upstreams)
+        cached = {workers: query(100_000, workers) for workers in worker_counts}
+        uncached = query(0, 1)
+        front = cached[worker_counts[0]]
+        upstreams = {name: free_port() for name in SERVICE_NAMES} | {"query": front.port}
+        envoy = Envoy(
+            run_dir,
+            port=free_port(),
+            admin_port=free_port(),
+            upstream_ports=upstreams,
+            auth=EdgeAuth(jwks),
+        )
         started.append(envoy)
         envoy.start()
-        yield cached.address, uncached.address, envoy.base_url
+        yield Processes(
+            cached,
+            uncached,
+            envoy.base_url,
+            envoy.pid,
+            {workers: metrics_ports[service.port] for workers, service in cached.items()},
+        )
     finally:
         for component in reversed(started):
             component.stop()
 
 
-def _wait_cache_on(address: str, tenant: str) -> None:
-    """The cache turns on once the entity-changes consumer is positioned: until a repeat read
-    stops costing Bigtable time, keep asking (bounded)."""
+def _wait_cache_on(metrics_port: int) -> None:
+    """The cache turns on in every worker once its entity-changes consumer is positioned."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        figures = _ghz(address, "GetEntity", {"tenant_id": tenant, "entity_id": "user-0"}, 200, 1)
-        if figures.p50_ms < 0.8:
+        if metric_values(metrics_port).get("eventpipe_query_cache_suspended") == 0.0:
             return
-        time.sleep(0.5)
+        time.sleep(0.2)
+    raise RuntimeError("the query cache did not turn on within 60 s")
+
+
+def _worker_counts(quick: bool) -> list[int]:
+    named = os.environ.get("BENCH_QUERY_WORKERS", "")
+    if named.strip():
+        return sorted({int(n) for n in named.split(",") if n.strip()})
+    default = default_worker_count()
+    return [default] if quick else sorted({1, default})
 
 
 # ---------------------------------------------------------------- the scenario
@@ -271,6 +426,7 @@ def run(ctx: BenchContext) -> list[Measurement]:
     common = _common(ctx, token)
     ensure_topology(common)
     _seed(common, tenant, entities)
+    worker_counts = _worker_counts(ctx.quick)
 
     client = BigtableDataClient(project=common.bigtable_project)
     profiles = client.get_table(
@@ -305,36 +461,96 @@ def run(ctx: BenchContext) -> list[Measurement]:
 
     results: dict[str, list[Figures]] = {}
 
-    def record(name: str, latency: Figures, throughput: Figures) -> None:
-        results.setdefault(name, []).append(Figures(latency.p50_ms, latency.p99_ms, throughput.qps))
+    def record(name: str, figures: Figures) -> None:
+        results.setdefault(name, []).append(figures)
 
-    with (
-        tempfile.TemporaryDirectory(prefix="bench-query-") as tmp,
-        _processes(common, Path(tmp)) as (cached, uncached, rest_base),
-    ):
-        _wait_cache_on(cached, tenant)
-        for _ in range(ctx.rounds):
-            for what, call in (("point_read", raw_point_read), ("scan", raw_scan)):
-                record(f"raw.{what}", _threads(call, total, 1), _threads(call, total, CONCURRENCY))
-            for method, data, path in (
-                ("GetEntity", get_data, rest_get),
-                ("ListEntityEvents", list_data, rest_list),
-            ):
-                for label, address in (("cached", cached), ("uncached", uncached)):
+    def latency_and_throughput(latency: Figures, throughput: Figures) -> Figures:
+        return Figures(
+            latency.p50_ms,
+            latency.p99_ms,
+            throughput.qps,
+            throughput.server_cores,
+            throughput.client_cores,
+        )
+
+    with tempfile.TemporaryDirectory(prefix="bench-query-") as tmp:
+        private_key, jwks = generate_local_keys(Path(tmp) / "keys")
+        bearer = mint_token(private_key.read_bytes(), jwks, tenant_id=tenant, scopes=["query"])
+        health_protoset = _health_protoset(Path(tmp))
+        with _processes(common, Path(tmp), jwks, worker_counts) as procs:
+            for metrics_port in procs.metrics_ports.values():
+                _wait_cache_on(metrics_port)
+            cached = {
+                workers: Target(service.address, bearer, service.pid)
+                for workers, service in procs.cached.items()
+            }
+            front = cached[worker_counts[0]]
+            uncached = Target(procs.uncached.address, bearer, procs.uncached.pid)
+            for _ in range(ctx.rounds):
+                for what, call in (("point_read", raw_point_read), ("scan", raw_scan)):
                     record(
-                        f"{method}.grpc.{label}",
-                        _ghz(address, method, data, total, 1),
-                        _ghz(address, method, data, total, CONCURRENCY),
+                        f"raw.{what}",
+                        latency_and_throughput(
+                            _threads(call, total, 1), _threads(call, total, CONCURRENCY)
+                        ),
                     )
-                url = rest_base + path
-                record(
-                    f"{method}.rest.cached",
-                    _hey(url, total, 1),
-                    _hey(url, total, CONCURRENCY),
-                )
+                for workers, target in cached.items():
+                    for concurrency in CONCURRENCIES:
+                        record(
+                            f"GetEntity.grpc.cached.w{workers}.c{concurrency}",
+                            _ghz(target, f"{SERVICE}/GetEntity", get_data, total, concurrency),
+                        )
+                        record(
+                            f"Health.w{workers}.c{concurrency}",
+                            _ghz(
+                                target,
+                                HEALTH_CHECK,
+                                {"service": ""},
+                                total,
+                                concurrency,
+                                health_protoset,
+                            ),
+                        )
+                for method, data, path in (
+                    ("GetEntity", get_data, rest_get),
+                    ("ListEntityEvents", list_data, rest_list),
+                ):
+                    for label, target in (("cached", front), ("uncached", uncached)):
+                        rpc = f"{SERVICE}/{method}"
+                        record(
+                            f"{method}.grpc.{label}",
+                            latency_and_throughput(
+                                _ghz(target, rpc, data, total, 1),
+                                _ghz(target, rpc, data, total, CONCURRENCY),
+                            ),
+                        )
+                    url = procs.rest_base + path
+                    record(
+                        f"{method}.rest.cached",
+                        latency_and_throughput(
+                            _hey(url, bearer, total, 1, procs.envoy_pid),
+                            _hey(url, bearer, total, CONCURRENCY, procs.envoy_pid),
+                        ),
+                    )
     client.close()
 
     fig = {name: _median(values) for name, values in results.items()}
+    measurements = _read_measurements(fig)
+    measurements += _serving_measurements(fig, worker_counts)
+    measurements[0].note = (
+        f"auth on (RS256 token verified by each query process, jwt_authn at Envoy); "
+        f"p50/p99 at 1 request in flight, QPS at {CONCURRENCY} unless a name says c1/c8/c32; "
+        f"ghz (gRPC, up to {CONNECTIONS} connections) and hey (REST via Envoy) are Go clients, "
+        f"the raw baselines Python threads using the service's client library; {total} "
+        f"requests per figure, median of {ctx.rounds} rounds; rows: profile with 9 dimension "
+        f"fields, pages of {PAGE_SIZE} enriched events; cores = CPU seconds / wall seconds "
+        f"of the run, from /proc (server: the query supervisor and all its workers)"
+    )
+    return measurements
+
+
+def _read_measurements(fig: dict[str, Figures]) -> list[Measurement]:
+    """The per-read figures against the raw Bigtable reads (and REST against direct gRPC)."""
     measurements: list[Measurement] = []
     for method, raw in (("GetEntity", "raw.point_read"), ("ListEntityEvents", "raw.scan")):
         base = fig[raw]
@@ -358,6 +574,15 @@ def run(ctx: BenchContext) -> list[Measurement]:
                         higher_is_better=better,
                     )
                 )
+            cores_of = "envoy" if label.startswith("rest") else "query"
+            measurements.append(
+                Measurement(
+                    name=f"{method}.{label}.{cores_of}_cores",
+                    value=f.server_cores,
+                    unit="cores",
+                    higher_is_better=False,
+                )
+            )
         for stat, unit in (("p50_ms", "ms"), ("p99_ms", "ms"), ("qps", "req/s")):
             measurements.append(
                 Measurement(
@@ -367,10 +592,59 @@ def run(ctx: BenchContext) -> list[Measurement]:
                     higher_is_better=stat == "qps",
                 )
             )
-    measurements[0].note = (
-        f"p50/p99 at 1 request in flight, QPS at {CONCURRENCY}; ghz (gRPC) and hey (REST via "
-        f"Envoy) are Go clients, the raw baselines Python threads using the service's client "
-        f"library; {total} requests per figure, median of {ctx.rounds} rounds; rows: profile "
-        f"with 9 dimension fields, pages of {PAGE_SIZE} enriched events"
-    )
+        measurements.append(
+            Measurement(
+                name=f"{raw}.bench_process_cores",
+                value=base.server_cores,
+                unit="cores",
+                higher_is_better=False,
+            )
+        )
+    return measurements
+
+
+def _serving_measurements(fig: dict[str, Figures], worker_counts: list[int]) -> list[Measurement]:
+    """Cached GetEntity at each concurrency against the Health/Check floor of the same server,
+    with requests/s per core the query processes used."""
+    measurements: list[Measurement] = []
+    for workers in worker_counts:
+        for concurrency in CONCURRENCIES:
+            name = f"GetEntity.grpc.cached.w{workers}.c{concurrency}"
+            floor = f"Health.w{workers}.c{concurrency}"
+            f, h = fig[name], fig[floor]
+            for stat, unit, better in (
+                ("p50_ms", "ms", False),
+                ("p99_ms", "ms", False),
+                ("qps", "req/s", True),
+            ):
+                short = stat.removesuffix("_ms")
+                measurements.append(
+                    Measurement(
+                        name=f"{name}.{short}",
+                        value=getattr(f, stat),
+                        unit=unit,
+                        baseline_name=f"{floor}.{short}",
+                        baseline_value=getattr(h, stat),
+                        higher_is_better=better,
+                    )
+                )
+            measurements.append(
+                Measurement(
+                    name=f"{name}.qps_per_query_core",
+                    value=f.qps / f.server_cores if f.server_cores else 0.0,
+                    unit="req/s/core",
+                    baseline_name=f"{floor}.qps_per_query_core",
+                    baseline_value=h.qps / h.server_cores if h.server_cores else None,
+                )
+            )
+            for who, value_of in (("query", "server_cores"), ("ghz", "client_cores")):
+                for label, figures in ((name, f), (floor, h)):
+                    measurements.append(
+                        Measurement(
+                            name=f"{label}.{who}_cores",
+                            value=getattr(figures, value_of),
+                            unit="cores",
+                            higher_is_better=False,
+                        )
+                    )
     return measurements

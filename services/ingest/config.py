@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from eventpipe.core.config import EventLimitSettings, ServiceSettings
+from eventpipe.core.server import default_worker_count
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -15,6 +16,13 @@ class IngestSettings(ServiceSettings, EventLimitSettings):
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
     metrics_port: int = Field(
         9101, ge=0, le=65535, description="Prometheus /metrics port; 0 picks a free one."
+    )
+    workers: int = Field(
+        default_factory=default_worker_count,
+        ge=1,
+        le=64,
+        description="Server processes sharing the port under one supervisor (docs/serving.md); "
+        "default: the CPU limit from cgroups, else the machine's CPUs; 1: a single process.",
     )
     max_batch_bytes: int = Field(
         4 * 1024 * 1024,

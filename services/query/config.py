@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from eventpipe.core.config import ServiceSettings
+from eventpipe.core.server import default_worker_count
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -24,6 +25,13 @@ class QuerySettings(ServiceSettings):
     port: int = Field(50054, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
     metrics_port: int = Field(
         9104, ge=0, le=65535, description="Prometheus /metrics port; 0 picks a free one."
+    )
+    workers: int = Field(
+        default_factory=default_worker_count,
+        ge=1,
+        le=64,
+        description="Server processes sharing the port under one supervisor (docs/serving.md); "
+        "default: the CPU limit from cgroups, else the machine's CPUs; 1: a single process.",
     )
     page_token_secret: SecretStr = Field(
         SecretStr(LOCAL_DEV_PAGE_TOKEN_SECRET),

@@ -27,11 +27,20 @@ CACHE_INVALIDATIONS = Counter(
 CACHE_INVALIDATED_ENTRIES = Counter(
     "eventpipe_query_cache_invalidated_entries_total", "Entries dropped by entity changes."
 )
-CACHE_ENTRIES = Gauge("eventpipe_query_cache_entries", "Answers currently cached.")
-CACHE_BYTES = Gauge("eventpipe_query_cache_bytes", "Estimated memory charged to cached answers.")
+# Each worker process has a cache of its own: entries and bytes add up, and the cache counts
+# as suspended while any worker's is.
+CACHE_ENTRIES = Gauge(
+    "eventpipe_query_cache_entries", "Answers currently cached.", multiprocess_mode="livesum"
+)
+CACHE_BYTES = Gauge(
+    "eventpipe_query_cache_bytes",
+    "Estimated memory charged to cached answers.",
+    multiprocess_mode="livesum",
+)
 CACHE_SUSPENDED = Gauge(
     "eventpipe_query_cache_suspended",
     "1 while the cache is bypassed because entity changes cannot be consumed.",
+    multiprocess_mode="livemax",
 )
 BIGTABLE_READ_LATENCY = Histogram(
     "eventpipe_query_bigtable_read_seconds",

@@ -151,6 +151,13 @@ class ServiceSettings(BaseSettings):
         0, ge=0, le=65535, description="Prometheus /metrics port; 0 picks a free one."
     )
     max_workers: int = Field(16, ge=1, le=512, description="gRPC handler threads.")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Server processes sharing the gRPC port (SO_REUSEPORT) under one "
+        "supervisor; 1 serves from this process alone. See docs/serving.md.",
+    )
     shutdown_grace_seconds: float = Field(
         20.0, ge=0, le=600, description="How long in-flight RPCs may finish on SIGTERM."
     )

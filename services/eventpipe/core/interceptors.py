@@ -1,9 +1,18 @@
 """Server interceptors: domain errors to gRPC statuses (with google.rpc details), metrics, and
-the limits on open streams (per server, per tenant, per client connection)."""
+the limits on open streams (per server, per tenant, per client connection).
+
+A server of several worker processes (docs/serving.md) keeps its server and tenant stream
+counts in a file every worker maps (``SharedStreamCounts``), so those limits hold for the whole
+server, not for each process; a connection lives in one process, so its count stays local."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import logging
+import mmap
+import struct
 import threading
 import time
 from collections import Counter as Tally
@@ -11,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -158,7 +168,11 @@ def _context_code(context: grpc.ServicerContext) -> str:
 
 # ---------------------------------------------------------------- open streams
 
-STREAMS_OPEN = Gauge("eventpipe_streams_open", "Streaming RPCs open now (health Watch excepted).")
+STREAMS_OPEN = Gauge(
+    "eventpipe_streams_open",
+    "Streaming RPCs open now (health Watch excepted).",
+    multiprocess_mode="livesum",
+)
 STREAMS_REFUSED = Counter(
     "eventpipe_streams_refused_total",
     "Streaming RPCs refused RESOURCE_EXHAUSTED, by the limit they met "
@@ -185,14 +199,111 @@ class StreamSlot:
         self.limits.release(self)
 
 
+class SharedStreamCounts:
+    """Open streams of every worker process of one server, in a file they all map.
+
+    Each worker writes only its own region (its open streams, and an open-addressing table of
+    tenant digest -> open streams) and reads every region to check the server's limits, under
+    an exclusive lock of the file. A worker clears its region when it starts, so a crashed
+    worker's streams are not counted after its replacement starts.
+    """
+
+    HEADER = struct.Struct("<I4x")
+    SLOT = struct.Struct("<QI4x")
+
+    def __init__(self, path: Path, index: int, count: int, max_streams: int) -> None:
+        self.index = index
+        self.count = count
+        # Twice the most tenants one worker can hold streams for: a free slot always exists.
+        self.slots = 2 * max_streams + 1
+        self.region = self.HEADER.size + self.slots * self.SLOT.size
+        self._file = path.open("r+b")
+        self._map = mmap.mmap(self._file.fileno(), self.region * count)
+        with self.locked():
+            start = self.region * index
+            self._map[start : start + self.region] = bytes(self.region)
+
+    @classmethod
+    def create(cls, path: Path, count: int, max_streams: int) -> None:
+        """Writes the empty file (the supervisor, before it starts the workers)."""
+        path.write_bytes(bytes((cls.HEADER.size + (2 * max_streams + 1) * cls.SLOT.size) * count))
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Excludes the other processes (the caller excludes its own threads)."""
+        fcntl.flock(self._file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+
+    def server_open(self) -> int:
+        return sum(
+            self.HEADER.unpack_from(self._map, self.region * worker)[0]
+            for worker in range(self.count)
+        )
+
+    def tenant_open(self, tenant: str) -> int:
+        digest = _tenant_digest(tenant)
+        return sum(self._slot(worker, digest)[1] for worker in range(self.count))
+
+    def add(self, tenant: str | None, delta: int, *, server: bool = True) -> None:
+        """Adds ``delta`` to this worker's open streams (``server``) and to ``tenant``'s."""
+        base = self.region * self.index
+        if server:
+            (open_now,) = self.HEADER.unpack_from(self._map, base)
+            self.HEADER.pack_into(self._map, base, max(0, open_now + delta))
+        if tenant is not None:
+            digest = _tenant_digest(tenant)
+            slot, count = self._slot(self.index, digest, for_update=True)
+            self.SLOT.pack_into(
+                self._map, self._slot_offset(self.index, slot), digest, max(0, count + delta)
+            )
+
+    def _slot_offset(self, worker: int, slot: int) -> int:
+        return self.region * worker + self.HEADER.size + slot * self.SLOT.size
+
+    def _slot(self, worker: int, digest: int, *, for_update: bool = False) -> tuple[int, int]:
+        """(slot, open streams) of ``digest`` in ``worker``'s table; with ``for_update`` a slot
+        to write it to when absent (the first one at zero along its probe chain)."""
+        free: int | None = None
+        for step in range(self.slots):
+            slot = (digest + step) % self.slots
+            found, count = self.SLOT.unpack_from(self._map, self._slot_offset(worker, slot))
+            if found == digest:
+                return slot, count
+            if free is None and count == 0:
+                free = slot
+            if found == 0:
+                break
+        if for_update and free is not None:
+            return free, 0
+        return -1, 0
+
+
+def _tenant_digest(tenant: str) -> int:
+    # Never 0: 0 marks a slot never used, where a probe chain ends.
+    return int.from_bytes(hashlib.blake2b(tenant.encode(), digest_size=8).digest(), "little") | 1
+
+
 class StreamLimits:
     """Counts open streams against three ceilings: the server's, each tenant's, each
-    connection's. A stream over any of them is refused at once with RESOURCE_EXHAUSTED."""
+    connection's. A stream over any of them is refused at once with RESOURCE_EXHAUSTED.
 
-    def __init__(self, max_streams: int, per_tenant: int, per_connection: int) -> None:
+    With ``shared`` (a worker of several) the server's and the tenants' counts are those of
+    every worker together."""
+
+    def __init__(
+        self,
+        max_streams: int,
+        per_tenant: int,
+        per_connection: int,
+        shared: SharedStreamCounts | None = None,
+    ) -> None:
         self.max_streams = max_streams
         self.per_tenant = per_tenant
         self.per_connection = per_connection
+        self.shared = shared
         self._lock = threading.Lock()
         self._open = 0
         self._by_tenant: Tally[str] = Tally()
@@ -202,12 +313,24 @@ class StreamLimits:
     def open_streams(self) -> int:
         return self._open
 
+    @contextmanager
+    def _counting(self) -> Iterator[None]:
+        """This process's threads, and with ``shared`` the other workers, wait their turn."""
+        with self._lock, self.shared.locked() if self.shared else contextlib.nullcontext():
+            yield
+
+    def _server_open(self) -> int:
+        return self.shared.server_open() if self.shared else self._open
+
+    def _tenant_open(self, tenant: str) -> int:
+        return self.shared.tenant_open(tenant) if self.shared else self._by_tenant[tenant]
+
     def open(self, connection: str, tenant: str | None) -> StreamSlot:
         """Takes a slot for a new stream, or raises ResourceExhausted naming the limit met."""
-        with self._lock:
-            if self._open >= self.max_streams:
+        with self._counting():
+            if self._server_open() >= self.max_streams:
                 refusal = ("server", f"the server holds {self.max_streams} open streams, its limit")
-            elif tenant is not None and self._by_tenant[tenant] >= self.per_tenant:
+            elif tenant is not None and self._tenant_open(tenant) >= self.per_tenant:
                 refusal = ("tenant", self._tenant_message())
             elif self._by_connection[connection] >= self.per_connection:
                 refusal = (
@@ -219,6 +342,8 @@ class StreamLimits:
                 self._by_connection[connection] += 1
                 if tenant is not None:
                     self._by_tenant[tenant] += 1
+                if self.shared:
+                    self.shared.add(tenant, 1)
                 refusal = None
         if refusal is not None:
             self._refuse(*refusal)
@@ -226,18 +351,20 @@ class StreamLimits:
         return StreamSlot(self, connection, tenant)
 
     def claim_tenant(self, slot: StreamSlot, tenant: str) -> None:
-        with self._lock:
+        with self._counting():
             if slot.closed or slot.tenant is not None:
                 return
-            full = self._by_tenant[tenant] >= self.per_tenant
+            full = self._tenant_open(tenant) >= self.per_tenant
             if not full:
                 self._by_tenant[tenant] += 1
+                if self.shared:
+                    self.shared.add(tenant, 1, server=False)
                 slot.tenant = tenant
         if full:
             self._refuse("tenant", self._tenant_message())
 
     def release(self, slot: StreamSlot) -> None:
-        with self._lock:
+        with self._counting():
             if slot.closed:
                 return
             slot.closed = True
@@ -245,6 +372,8 @@ class StreamLimits:
             _decrement(self._by_connection, slot.connection)
             if slot.tenant is not None:
                 _decrement(self._by_tenant, slot.tenant)
+            if self.shared:
+                self.shared.add(slot.tenant, -1)
         STREAMS_OPEN.dec()
 
     def _tenant_message(self) -> str:
