@@ -125,6 +125,7 @@ def test_the_filters_run_in_the_order_the_edge_needs(tmp_path: Path, auth: bool)
         RATE_LIMIT,  # flood backstop, before signature checks
         *([JWT] if auth else []),
         RATE_LIMIT,  # per tenant, keyed by jwt_authn's claim header
+        "eventpipe.grpc_metadata",  # drops headers gRPC metadata cannot carry
         "envoy.filters.http.buffer",  # the whole REST body, up to its limit, for the check below
         "envoy.filters.http.lua",  # refuses unknown JSON body fields
         "envoy.filters.http.grpc_json_transcoder",
