@@ -12,7 +12,6 @@ before it, the earlier versions are untouched. Enrichment's as-of joins read the
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,9 +40,9 @@ from eventpipe.core.storage.tables import DIMENSIONS_TABLE
 from eventpipe.core.validation import DIMENSION_NAME_PATTERN, check_attributes, check_id
 
 from store.ports import RowFailure, RowReader, RowWriter
+from store.writes import write_with_retries
 
 MAX_BATCH_RECORDS = 1000
-WRITE_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -162,26 +161,9 @@ class DimensionStore:
         return [outcome for outcome in outcomes if outcome is not None]
 
     def _write_with_retries(self, rows: list[EventRow]) -> dict[int, RowFailure]:
-        """Failures by position in ``rows`` after a few quick retries of retryable ones."""
-        pending = list(range(len(rows)))
-        failed: dict[int, RowFailure] = {}
-        for attempt in range(WRITE_ATTEMPTS):
-            if not pending:
-                break
-            failures = self._writer.write_rows(
-                DIMENSIONS_TABLE, [rows[i] for i in pending], replace=True
-            )
-            failed_now = {pending[f.index]: f for f in failures}
-            for position in pending:
-                failed.pop(position, None)
-            failed.update(failed_now)
-            pending = [p for p, f in failed_now.items() if f.retryable]
-            if pending and attempt + 1 < WRITE_ATTEMPTS:
-                if any(f.code == "NOT_FOUND" for f in failed_now.values()):
-                    with contextlib.suppress(Exception):  # the retry reports it
-                        self._writer.ensure_schema()
-                time.sleep(self._retry_delay * 2**attempt)
-        return failed
+        return write_with_retries(
+            self._writer, DIMENSIONS_TABLE, rows, replace=True, retry_delay=self._retry_delay
+        )
 
     def delete(
         self,

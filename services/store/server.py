@@ -20,6 +20,7 @@ from typing import cast
 from confluent_kafka import Consumer
 from eventpipe.core.bigtable import check_bigtable, ensure_tables
 from eventpipe.core.config import CommonSettings, ConfigError, load_settings
+from eventpipe.core.entity_changes import EntityChangePublisher
 from eventpipe.core.kafka import check_kafka, consumer_config
 from eventpipe.core.logging import configure_logging
 from eventpipe.core.metrics import start_metrics_server
@@ -37,6 +38,7 @@ from store.consumer.backoff import Backoff
 from store.consumer.daemon import ConsumerDaemon, KafkaConsumerLike
 from store.consumer.status import ConsumerState, ConsumerStatus
 from store.dimensions import DimensionStore
+from store.erasure import EntityEraser
 from store.raw_events import RawEventBrowser
 from store.servicer import StoreServicer
 
@@ -105,6 +107,7 @@ def build_consumer(
 
 
 LIST_RAW_EVENTS = "eventpipe.store.v1.StoreService/ListRawEvents"
+LIST_ERASURES = "eventpipe.store.v1.StoreService/ListEntityErasures"
 
 
 def build(settings: StoreSettings, common: CommonSettings) -> ServiceDefinition:
@@ -137,6 +140,13 @@ def build(settings: StoreSettings, common: CommonSettings) -> ServiceDefinition:
         DimensionStore(writer, reader),
         RawEventBrowser(reader, PageTokenCodec(secret, LIST_RAW_EVENTS)),
         status,
+        EntityEraser(
+            writer,
+            reader,
+            reader,
+            EntityChangePublisher(common),
+            PageTokenCodec(secret, LIST_ERASURES),
+        ),
     )
     return ServiceDefinition(
         name="store",

@@ -6,7 +6,9 @@ from collections.abc import Callable
 
 import grpc
 from eventpipe.common.v1 import results_pb2
+from eventpipe.core.auth import current_principal
 from eventpipe.core.results import ItemStatus
+from eventpipe.core.storage.erasures import ErasureRecord
 from eventpipe.core.storage.times import timestamp_from_micros
 from eventpipe.core.validation import check_time_range, checked_micros
 from eventpipe.store.v1 import store_pb2, store_pb2_grpc
@@ -14,6 +16,7 @@ from google.rpc import code_pb2
 
 from store.consumer.status import ConsumerState, ConsumerStatus
 from store.dimensions import DimensionRecordInput, DimensionStore
+from store.erasure import EntityEraser
 from store.raw_events import RawEventBrowser
 
 _ITEM_STATUS = {
@@ -37,10 +40,12 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         dimensions: DimensionStore,
         raw_events: RawEventBrowser,
         consumer_status: Callable[[], ConsumerStatus],
+        eraser: EntityEraser | None = None,
     ) -> None:
         self._dimensions = dimensions
         self._raw_events = raw_events
         self._consumer_status = consumer_status
+        self._eraser = eraser
 
     def UpsertDimensionRecords(
         self, request: store_pb2.UpsertDimensionRecordsRequest, context: grpc.ServicerContext
@@ -108,6 +113,27 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         )
         return store_pb2.DeleteDimensionRecordResponse(valid_from=timestamp_from_micros(written))
 
+    def DeleteEntity(
+        self, request: store_pb2.DeleteEntityRequest, context: grpc.ServicerContext
+    ) -> store_pb2.DeleteEntityResponse:
+        assert self._eraser is not None
+        principal = current_principal()
+        record = self._eraser.erase(
+            request.tenant_id, request.entity_id, principal.subject if principal else None
+        )
+        return store_pb2.DeleteEntityResponse(erasure=_erasure_message(record))
+
+    def ListEntityErasures(
+        self, request: store_pb2.ListEntityErasuresRequest, context: grpc.ServicerContext
+    ) -> store_pb2.ListEntityErasuresResponse:
+        assert self._eraser is not None
+        records, next_token = self._eraser.records(
+            request.tenant_id, request.page_size, request.page_token
+        )
+        return store_pb2.ListEntityErasuresResponse(
+            erasures=[_erasure_message(r) for r in records], next_page_token=next_token
+        )
+
     def ListRawEvents(
         self, request: store_pb2.ListRawEventsRequest, context: grpc.ServicerContext
     ) -> store_pb2.ListRawEventsResponse:
@@ -139,3 +165,13 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
                 lag=position.lag,
             )
         return response
+
+
+def _erasure_message(record: ErasureRecord) -> store_pb2.EntityErasure:
+    return store_pb2.EntityErasure(
+        tenant_id=record.tenant_id,
+        entity_id=record.entity_id,
+        erase_time=timestamp_from_micros(record.erased_micros),
+        subject=record.subject,
+        deleted_rows=record.deleted_rows,
+    )

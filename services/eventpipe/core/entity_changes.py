@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from confluent_kafka import Producer
+
+from eventpipe.core.config import CommonSettings
+from eventpipe.core.kafka import producer_config
 from eventpipe.core.topic_contract import message_key
 
 
@@ -43,3 +48,30 @@ class EntityChange:
     def decode(cls, raw: bytes) -> EntityChange:
         data = json.loads(raw)
         return cls(str(data["tenant_id"]), str(data["entity_id"]), int(data["changed_at_micros"]))
+
+
+class EntityChangePublisher:
+    """Announces changed entities on the entity-changes topic and waits for Kafka's acks.
+
+    For every writer that rewrites or deletes an entity's views (the store's ``DeleteEntity``;
+    enrichment has its own copy in ``enrich.adapters.entity_changes``, to move here).
+    """
+
+    def __init__(self, settings: CommonSettings) -> None:
+        self.topic = settings.entity_changes_topic
+        self._producer = Producer(producer_config(settings, **{"linger.ms": 0}))
+
+    def publish(self, changes: Sequence[EntityChange], timeout: float = 10.0) -> int:
+        """Produces the changes; returns how many Kafka did not confirm within ``timeout``."""
+        failed = 0
+
+        def on_delivery(error: object, _message: object) -> None:
+            nonlocal failed
+            if error is not None:
+                failed += 1
+
+        for change in changes:
+            self._producer.produce(
+                self.topic, key=change.key(), value=change.encode(), on_delivery=on_delivery
+            )
+        return self._producer.flush(timeout) + failed

@@ -91,6 +91,8 @@ class PreparedBatch:
     message_count: int = 0
     # Indices into rows dropped as re-sent event ids (store.consumer.idempotency).
     duplicates: set[int] = field(default_factory=set)
+    # Indices into rows dropped because their entity was erased (store.consumer.erasures).
+    erased: set[int] = field(default_factory=set)
 
 
 def prepare_batch(

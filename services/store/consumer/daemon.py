@@ -29,6 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 from confluent_kafka import KafkaException, TopicPartition
+from eventpipe.core.storage.rows import EventRow
 from eventpipe.core.validation import EventLimits
 
 from store.consumer import metrics
@@ -40,7 +41,8 @@ from store.consumer.batch import (
     prepare_batch,
     source_of,
 )
-from store.consumer.idempotency import store_once
+from store.consumer.erasures import delete_erased_rows, erased_positions
+from store.consumer.idempotency import code_of, store_once
 from store.consumer.status import ConsumerState, ConsumerStatus, PartitionPosition
 from store.ports import KeyReader, RowFailure, RowWriter
 
@@ -241,15 +243,61 @@ class ConsumerDaemon:
 
     def _store_rows(self, batch: PreparedBatch, indices: list[int]) -> list[RowFailure]:
         """Stores ``batch.rows[i]`` for ``indices`` once per event id (store.consumer.
-        idempotency); failures index into ``indices``, as RowWriter.write_rows's do."""
+        idempotency), never for an erased entity (store.consumer.erasures: checked before
+        and after the write); failures index into ``indices``, as RowWriter.write_rows's do."""
+        rows = [batch.rows[i] for i in indices]
+        try:
+            erased = erased_positions(self._index_reader, rows)
+        except Exception as exc:
+            # NOT_FOUND (a fresh emulator) makes the retry re-create the tables first.
+            message = f"reading erasure tombstones: {exc}".splitlines()[0][:300]
+            return [RowFailure(p, code_of(exc), message) for p in range(len(rows))]
+        failures: dict[int, RowFailure] = {}
+        self._drop_erased(batch, indices, rows, erased, failures)
+        dropped = set(erased)
+        keep = [p for p in range(len(rows)) if p not in dropped]
         outcome = store_once(
             self._writer,
             self._index_reader,
-            [batch.rows[i] for i in indices],
-            [source_of(batch.row_messages[i]) for i in indices],
+            [rows[p] for p in keep],
+            [source_of(batch.row_messages[indices[p]]) for p in keep],
         )
-        batch.duplicates.update(indices[p] for p in outcome.duplicates)
-        return outcome.failures
+        duplicates = {keep[p] for p in outcome.duplicates}
+        batch.duplicates.update(indices[p] for p in duplicates)
+        for failure in outcome.failures:
+            position = keep[failure.index]
+            failures[position] = RowFailure(position, failure.code, failure.message)
+        written = [p for p in keep if p not in failures and p not in duplicates]
+        try:
+            late = erased_positions(self._index_reader, [rows[p] for p in written])
+        except Exception as exc:
+            # Written, but not known to be clear of a new tombstone: retried whole.
+            message = f"re-reading erasure tombstones: {exc}".splitlines()[0][:300]
+            failures.update({p: RowFailure(p, code_of(exc), message) for p in written})
+        else:
+            self._drop_erased(batch, indices, rows, [written[p] for p in late], failures)
+        return sorted(failures.values(), key=lambda f: f.index)
+
+    def _drop_erased(
+        self,
+        batch: PreparedBatch,
+        indices: list[int],
+        rows: list[EventRow],
+        positions: list[int],
+        failures: dict[int, RowFailure],
+    ) -> None:
+        """Marks rows of erased entities as dropped and deletes them (and their claims) in
+        case an earlier attempt, or this one, wrote them."""
+        if not positions:
+            return
+        batch.erased.update(indices[p] for p in positions)
+        for failure in delete_erased_rows(
+            self._writer, self._index_reader, [rows[p] for p in positions]
+        ):
+            position = positions[failure.index]
+            failures[position] = RowFailure(
+                position, failure.code, f"deleting an erased entity's row: {failure.message}"
+            )
 
     def _complete(
         self,
@@ -269,6 +317,7 @@ class ConsumerDaemon:
             self._dead_lettered += len(batch.dead_letters)
         metrics.ROWS_WRITTEN.inc(rows_written)
         metrics.DUPLICATES.inc(len(batch.duplicates))
+        metrics.ERASED.inc(len(batch.erased))
         metrics.DEAD_LETTERED.inc(len(batch.dead_letters))
         metrics.BATCH_LATENCY.observe(time.perf_counter() - started)
 
@@ -311,7 +360,7 @@ class ConsumerDaemon:
             failures = self._store_rows(batch, retry)
         if attempt:
             log.info("batch written after %d retries", attempt)
-        return len(batch.rows) - len(dead) - len(batch.duplicates)
+        return len(set(range(len(batch.rows))) - dead - batch.duplicates - batch.erased)
 
     def _send_dead_letters(self, consumer: KafkaConsumerLike, letters: list[DeadLetter]) -> None:
         attempt = 0

@@ -38,7 +38,8 @@ class StoreOutcome:
     duplicates: list[int] = field(default_factory=list)
 
 
-def _code_of(exc: BaseException) -> str:
+def code_of(exc: BaseException) -> str:
+    """The gRPC code name of a failed Bigtable call (UNAVAILABLE when it carries none)."""
     code = getattr(exc, "grpc_status_code", None)
     name = getattr(code, "name", None)
     return name if isinstance(name, str) else "UNAVAILABLE"
@@ -61,7 +62,7 @@ def store_once(
     except Exception as exc:
         first_line = (str(exc) or type(exc).__name__).splitlines()[0][:300]
         message = f"reading the event-id index: {first_line}"
-        outcome.failures = [RowFailure(i, _code_of(exc), message) for i in range(len(rows))]
+        outcome.failures = [RowFailure(i, code_of(exc), message) for i in range(len(rows))]
         return outcome
     column = (META_FAMILY, EVENT_ID_CLAIM_QUALIFIER)
     owner: dict[bytes, bytes] = {

@@ -34,3 +34,8 @@ DUPLICATES = Counter(
     "eventpipe_store_duplicate_events_total",
     "Messages dropped because their (tenant_id, event_id) was already stored by another message.",
 )
+ERASED = Counter(
+    "eventpipe_store_erased_events_dropped_total",
+    "Events not stored (or deleted right after their write) because their entity was erased "
+    "at or after their event time (DeleteEntity's tombstone).",
+)

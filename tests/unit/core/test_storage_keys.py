@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from eventpipe.core.storage import keys
 from eventpipe.core.storage.granularity import Granularity
 
@@ -94,3 +95,20 @@ def test_an_entity_key_suffix_rebuilds_its_key_and_refuses_another_entitys_key()
     except ValueError:
         return
     raise AssertionError("another entity's key was cut")
+
+
+def test_an_entitys_rows_range_holds_its_events_and_buckets_but_no_longer_ids_or_profile() -> None:
+    start, end = keys.entity_rows_range("acme", "user-1")
+    assert start <= keys.row_key_for_event("acme", "user-1", 5, "e") < end
+    assert start <= keys.row_key_for_metric("acme", "user-1", "d", 0) < end
+    assert not start <= keys.row_key_for_event("acme", "user-10", 5, "e") < end
+    assert not start <= keys.row_key_for_profile("acme", "user-1") < end
+
+
+def test_erasure_audit_keys_list_a_tenants_erasures_newest_first_and_parse_back() -> None:
+    older = keys.row_key_for_erasure_audit("acme", 1_000, "user-1")
+    newer = keys.row_key_for_erasure_audit("acme", 2_000, "user-2")
+    assert newer < older
+    assert keys.parse_erasure_audit_key("acme", older) == (1_000, "user-1")
+    with pytest.raises(ValueError):
+        keys.parse_erasure_audit_key("acm", older)

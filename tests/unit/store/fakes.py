@@ -117,6 +117,9 @@ class FakeTable:
             if row.key in self.fail_keys:
                 failures.append(RowFailure(index, self.fail_keys[row.key], "refused"))
                 continue
+            if replace and not row.cells:  # a row deletion (DeleteFromRow alone)
+                stored.pop(row.key, None)
+                continue
             cells = {} if replace else stored.get(row.key, {})
             ts = cell_timestamp_micros(row.timestamp_micros)
             for column, value in row.cells.items():

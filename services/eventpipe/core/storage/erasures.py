@@ -38,6 +38,7 @@ versions apply as they did.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 from eventpipe.core.storage import keys
 from eventpipe.core.storage.attributes import decode_int, encode_int
@@ -94,6 +95,50 @@ def is_erased(
     """Whether an event of the entity at ``event_time`` falls under its tombstone."""
     erased_at = erasures.get((tenant_id, entity_id))
     return erased_at is not None and event_time_micros <= erased_at
+
+
+@dataclass(frozen=True)
+class ErasureRecord:
+    """The audit record of one erasure (table ``ERASURE_AUDIT_TABLE``, key
+    ``keys.row_key_for_erasure_audit``): who erased which entity, when, and the rows deleted
+    per table (table names without the prefix)."""
+
+    tenant_id: str
+    entity_id: str
+    erased_micros: int
+    subject: str
+    deleted_rows: dict[str, int] = field(default_factory=dict)
+
+
+_DELETED_ROWS_PREFIX = b"rows."
+
+
+def erasure_audit_row(record: ErasureRecord) -> EventRow:
+    """The audit row of an erasure: ``m:subject``, ``m:erased_at`` and ``m:rows.<table>``."""
+    cells: Cells = {
+        (META_FAMILY, b"tenant_id"): record.tenant_id.encode(),
+        (META_FAMILY, b"entity_id"): record.entity_id.encode(),
+        (META_FAMILY, b"subject"): record.subject.encode(),
+        (META_FAMILY, ERASED_AT_QUALIFIER): encode_int(record.erased_micros),
+    }
+    for table, count in record.deleted_rows.items():
+        cells[(META_FAMILY, _DELETED_ROWS_PREFIX + table.encode())] = encode_int(count)
+    key = keys.row_key_for_erasure_audit(record.tenant_id, record.erased_micros, record.entity_id)
+    return EventRow(key, cells, record.erased_micros)
+
+
+def erasure_record_from_row(
+    tenant_id: str, key: bytes, cells: Mapping[tuple[str, bytes], bytes]
+) -> ErasureRecord:
+    """Inverse of ``erasure_audit_row``; the time and entity come from the row key."""
+    erased_micros, entity_id = keys.parse_erasure_audit_key(tenant_id, key)
+    deleted = {
+        qualifier[len(_DELETED_ROWS_PREFIX) :].decode(): decode_int(value)
+        for (family, qualifier), value in cells.items()
+        if family == META_FAMILY and qualifier.startswith(_DELETED_ROWS_PREFIX)
+    }
+    subject = cells.get((META_FAMILY, b"subject"), b"").decode("utf-8", "replace")
+    return ErasureRecord(tenant_id, entity_id, erased_micros, subject, deleted)
 
 
 def dimension_tombstone_row(
