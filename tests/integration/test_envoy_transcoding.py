@@ -41,6 +41,7 @@ from tests.helpers.http import Reply
 from tests.helpers.http import http as send
 
 MAX_REQUEST_BYTES = 64 * 1024
+ALLOWED_ORIGIN = "https://app.example.org"
 MAX_RESPONSE_BYTES = 1024 * 1024
 # The recording server serves every service but enrich, whose port stays closed.
 SERVED = ("ingest", "store", "query")
@@ -142,7 +143,9 @@ def recording_edge(
 def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     upstream = RecordingUpstream()
     settings = EdgeSettings(  # type: ignore[call-arg]
-        max_request_bytes=MAX_REQUEST_BYTES, max_response_bytes=MAX_RESPONSE_BYTES
+        max_request_bytes=MAX_REQUEST_BYTES,
+        max_response_bytes=MAX_RESPONSE_BYTES,
+        cors_origins=f"{ALLOWED_ORIGIN}, http://localhost:*",
     )
     with recording_edge(upstream, tmp_path_factory.mktemp("edge-run"), settings) as envoy:
         yield Edge(envoy, upstream)
@@ -609,23 +612,49 @@ def test_a_cors_preflight_on_a_rest_path_is_answered_by_envoy(edge: Edge) -> Non
         "/v1/tenants/t1/events",
         method="OPTIONS",
         headers={
-            "origin": "https://app.example.org",
+            "origin": ALLOWED_ORIGIN,
             "access-control-request-method": "POST",
             "access-control-request-headers": "authorization, content-type",
         },
     )
 
     assert reply.status == 200
-    assert reply.headers["access-control-allow-origin"] == "https://app.example.org"
+    assert reply.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
     assert "POST" in reply.headers["access-control-allow-methods"]
     assert "authorization" in reply.headers["access-control-allow-headers"]
 
 
 def test_a_cross_origin_rest_response_carries_the_allow_origin_header(edge: Edge) -> None:
-    reply = http(edge, "/v1/tenants/t1/entities/e1", headers={"origin": "https://app.example.org"})
+    reply = http(edge, "/v1/tenants/t1/entities/e1", headers={"origin": ALLOWED_ORIGIN})
 
     assert reply.status == 200
-    assert reply.headers["access-control-allow-origin"] == "https://app.example.org"
+    assert reply.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+
+
+@pytest.mark.parametrize(
+    "origin",
+    ["https://evil.example", "https://app.example.org.evil.example", "http://localhost.evil"],
+)
+def test_an_origin_not_configured_gets_no_cors_permission(edge: Edge, origin: str) -> None:
+    preflight = http(
+        edge,
+        "/v1/tenants/t1/events",
+        method="OPTIONS",
+        headers={"origin": origin, "access-control-request-method": "POST"},
+    )
+    reply = http(edge, "/v1/tenants/t1/entities/e1", headers={"origin": origin})
+
+    assert "access-control-allow-origin" not in preflight.headers
+    assert "access-control-allow-origin" not in reply.headers
+
+
+@pytest.mark.parametrize("origin", ["http://localhost:5173", "http://localhost"])
+def test_an_origin_with_any_port_allowed_matches_every_port_of_its_host(
+    edge: Edge, origin: str
+) -> None:
+    reply = http(edge, "/v1/tenants/t1/entities/e1", headers={"origin": origin})
+
+    assert reply.headers["access-control-allow-origin"] == origin
 
 
 def test_healthz_is_answered_by_envoy_without_calling_a_service(

@@ -9,7 +9,12 @@ docs/edge.md describes the resulting listener.
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
+import os
+import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +39,17 @@ MiB = 1024 * 1024
 DURATION = r"^\d+s$"
 # Largest body Envoy answers itself: the self-contained docs page at /docs is about 2.5 MB.
 MAX_DOCS_BYTES = 8 * MiB
+# An origin ending so allows every port of its host (and none).
+ANY_PORT = ":*"
+# Browsers on this machine only: front-end dev servers on any loopback port.
+LOCAL_DEV_ORIGINS = ",".join(
+    f"{scheme}://{host}{ANY_PORT}"
+    for scheme in ("http", "https")
+    for host in ("localhost", "127.0.0.1", "[::1]")
+)
+# The local edge's self-signed certificate (EVENTPIPE_EDGE_TLS=true), made once, kept with the run.
+LOCAL_TLS_DIR = REPO_ROOT / ".run" / "tls"
+CERTIFICATE_DAYS = 365
 
 
 class EdgeSettings(BaseSettings):
@@ -55,7 +71,14 @@ class EdgeSettings(BaseSettings):
         16 * MiB, ge=1024, description="Largest REST response body the transcoder buffers."
     )
     cors_origins: str = Field(
-        "*", description="Comma-separated allowed CORS origins; `*` allows any origin."
+        LOCAL_DEV_ORIGINS,
+        description="Comma-separated CORS origins browsers may call from: exact origins, "
+        "`scheme://host:*` for any port of a host, `*` for any origin. Default: loopback only.",
+    )
+    tls: bool = Field(
+        False,
+        description="Envoy terminates TLS on the public listener (HTTP/2 and HTTP/1.1 by ALPN); "
+        "locally with a self-signed certificate generated once under .run/tls.",
     )
     route_timeout: str = Field("60s", pattern=DURATION, description="Unary RPC timeout.")
     max_header_kb: int = Field(
@@ -91,7 +114,12 @@ class EdgeSettings(BaseSettings):
         origins = [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
         if not origins or "*" in origins:
             return [{"safe_regex": {"regex": ".*"}}]
-        return [{"exact": origin} for origin in origins]
+        return [
+            {"safe_regex": {"regex": re.escape(origin[: -len(ANY_PORT)]) + "(:[0-9]+)?"}}
+            if origin.endswith(ANY_PORT)
+            else {"exact": origin}
+            for origin in origins
+        ]
 
 
 @dataclass(frozen=True)
@@ -165,10 +193,13 @@ def render_envoy_config(
     body_filter: Path = BODY_FILTER,
     openapi_document: Path = OPENAPI_DOCUMENT,
     docs_page: Path = DOCS_PAGE,
+    tls_dir: Path = LOCAL_TLS_DIR,
 ) -> str:
     """The local stack's Envoy: envoy/envoy.yaml filled in, every service on this host, the body
     check inlined, the REST reference `make protos` built served at /openapi.json and /docs, and
-    jwt_authn on the local JWKS when ``auth`` is given.
+    jwt_authn on the local JWKS when ``auth`` is given. With ``edge.tls`` the listener speaks
+    TLS with the self-signed certificate of ``tls_dir`` (made on first use, see
+    ``local_certificate``).
 
     A missing template value raises KeyError.
     """
@@ -190,9 +221,13 @@ def render_envoy_config(
     config = fill_template(template, values)
     set_body_filter_source(config, {"inline_string": body_filter.read_text()})
     place_jwt_authn(config, jwt_authn_filter(auth) if auth else None)
+    if edge.tls:
+        certificate, key = local_certificate(tls_dir)
+        terminate_tls(config, certificate_chain=str(certificate), private_key=str(key))
     header = (
         f"# Rendered from {template.name} by eventpipe.stack.edge "
-        f"({'with' if auth else 'without'} JWT authentication): do not edit.\n"
+        f"({'with' if auth else 'without'} JWT authentication"
+        f"{', with TLS' if edge.tls else ''}): do not edit.\n"
     )
     return dump_config(config, header)
 
@@ -231,3 +266,89 @@ def http_filters(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
     filters: list[dict[str, Any]] = manager["http_filters"]
     return filters
+
+
+def terminate_tls(config: Mapping[str, Any], *, certificate_chain: str, private_key: str) -> None:
+    """TLS on the public listener: the certificate and key files given, TLS 1.2 at least, and
+    ALPN offering HTTP/2 (gRPC) and HTTP/1.1 (REST clients without h2)."""
+    listener = next(
+        listener
+        for listener in config["static_resources"]["listeners"]
+        if listener["name"] == "eventpipe"
+    )
+    listener["filter_chains"][0]["transport_socket"] = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+            "DownstreamTlsContext",
+            "common_tls_context": {
+                "alpn_protocols": ["h2", "http/1.1"],
+                "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+                "tls_certificates": [
+                    {
+                        "certificate_chain": {"filename": certificate_chain},
+                        "private_key": {"filename": private_key},
+                    }
+                ],
+            },
+        },
+    }
+
+
+def local_certificate(directory: Path = LOCAL_TLS_DIR) -> tuple[Path, Path]:
+    """The local edge's self-signed certificate and key (``tls.crt``, ``tls.key``, the names of a
+    Kubernetes TLS Secret), made once: for localhost, 127.0.0.1 and ::1, valid a year. Clients
+    trust ``tls.crt`` itself (``curl --cacert``, ``grpc.ssl_channel_credentials``)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    certificate_path, key_path = directory / "tls.crt", directory / "tls.key"
+    if certificate_path.exists() and key_path.exists():
+        return certificate_path, key_path
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "eventpipe local edge")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=CERTIFICATE_DAYS))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    x509.IPAddress(ipaddress.ip_address("::1")),
+                ]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    # Key first, each written whole and renamed into place: a reader never sees half a pair.
+    _write_atomically(
+        key_path,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        mode=0o600,
+    )
+    _write_atomically(certificate_path, certificate.public_bytes(serialization.Encoding.PEM))
+    return certificate_path, key_path
+
+
+def _write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
+    descriptor, staging = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    with os.fdopen(descriptor, "wb") as staged:
+        staged.write(data)
+    os.chmod(staging, mode)
+    os.replace(staging, path)

@@ -2,10 +2,12 @@
 
 ``k8s/base/envoy/envoy.yaml`` (no authentication at the edge) and
 ``k8s/components/jwt-authn/envoy.yaml`` (the prod overlay: the same plus ``jwt_authn`` on the
-identity provider's remote JWKS) are this module's output, committed because kustomize cannot
-run it; tests/unit/test_k8s_manifests.py proves the committed files equal the rendering. After a
-change to envoy/envoy.yaml, envoy/jwt_authn.yaml, envoy/kubernetes.yaml or the edge's defaults,
-run ``python -m eventpipe.stack.edge_k8s`` and commit what it writes.
+identity provider's remote JWKS, CORS for the prod overlay's ``EVENTPIPE_EDGE_CORS_ORIGINS``
+only, and with ``PROD_TLS`` TLS with the certificate of the envoy-tls Secret mounted at
+/etc/envoy/tls) are this module's output, committed because kustomize cannot run it;
+tests/unit/test_k8s_manifests.py proves the committed files equal the rendering. After a change
+to envoy/envoy.yaml, envoy/jwt_authn.yaml, envoy/kubernetes.yaml or the edge's defaults, run
+``python -m eventpipe.stack.edge_k8s`` and commit what it writes.
 
 The settings are ``EdgeSettings``' defaults (never the environment of whoever renders) with
 ``KUBERNETES_OVERRIDES``; the identity provider is the prod overlay's ``EVENTPIPE_AUTH_*``, which
@@ -34,6 +36,7 @@ from eventpipe.stack.edge import (
     place_jwt_authn,
     set_body_filter_source,
     template_values,
+    terminate_tls,
 )
 
 KUBERNETES_PARTS = REPO_ROOT / "envoy" / "kubernetes.yaml"
@@ -42,25 +45,42 @@ PROD_CONFIG = REPO_ROOT / "k8s" / "components" / "jwt-authn" / "envoy.yaml"
 PROD_KUSTOMIZATION = REPO_ROOT / "k8s" / "overlays" / "prod" / "kustomization.yaml"
 # In a cluster a unary call gets less time than locally: clients retry on another pod.
 KUBERNETES_OVERRIDES: Mapping[str, Any] = {"route_timeout": "30s"}
+# TLS on the prod listener (the envoy-tls Secret at /etc/envoy/tls, envoy/kubernetes.yaml). Off
+# until the prod overlay's Envoy probes speak HTTPS (k8s/overlays/prod/edge-tls.yaml): a plain
+# HTTP probe on a TLS listener would keep every pod unready. Flip it with that patch, re-render.
+PROD_TLS = False
 
 
-def kubernetes_settings() -> EdgeSettings:
-    """EdgeSettings' defaults with ``KUBERNETES_OVERRIDES``; every field is given, so the
-    environment of the machine that renders plays no part."""
+def kubernetes_settings(**overrides: Any) -> EdgeSettings:
+    """EdgeSettings' defaults with ``KUBERNETES_OVERRIDES`` (and ``overrides``); every field is
+    given, so the environment of the machine that renders plays no part."""
     defaults = {name: field.default for name, field in EdgeSettings.model_fields.items()}
-    return EdgeSettings(**{**defaults, **KUBERNETES_OVERRIDES})
+    return EdgeSettings(**{**defaults, **KUBERNETES_OVERRIDES, **overrides})
+
+
+def prod_settings(kustomization: Path = PROD_KUSTOMIZATION) -> EdgeSettings:
+    """The prod edge: CORS for the origins of the prod overlay's ``EVENTPIPE_EDGE_CORS_ORIGINS``
+    only, and TLS on the public listener (``PROD_TLS``)."""
+    origins = _common_literals(kustomization)["EVENTPIPE_EDGE_CORS_ORIGINS"]
+    return kubernetes_settings(tls=PROD_TLS, cors_origins=origins)
+
+
+def _common_literals(kustomization: Path) -> dict[str, str]:
+    """The literals of the prod overlay's eventpipe-common ConfigMap."""
+    document = yaml.safe_load(kustomization.read_text())
+    (common,) = [g for g in document["configMapGenerator"] if g["name"] == "eventpipe-common"]
+    return dict(literal.split("=", 1) for literal in common["literals"])
 
 
 def prod_identity_provider(kustomization: Path = PROD_KUSTOMIZATION) -> dict[str, str]:
     """``EVENTPIPE_AUTH_{JWKS_URL,ISSUER,AUDIENCE}`` of the prod overlay's eventpipe-common."""
-    document = yaml.safe_load(kustomization.read_text())
-    (common,) = [g for g in document["configMapGenerator"] if g["name"] == "eventpipe-common"]
-    literals = dict(literal.split("=", 1) for literal in common["literals"])
+    literals = _common_literals(kustomization)
     return {key: literals[f"EVENTPIPE_AUTH_{key}"] for key in ("JWKS_URL", "ISSUER", "AUDIENCE")}
 
 
 def render_kubernetes_config(*, with_auth: bool) -> str:
-    """The base config, or with ``with_auth`` the prod one."""
+    """The base config, or with ``with_auth`` the prod one: jwt_authn, TLS with the certificate
+    of the envoy-tls Secret, CORS for the configured origins only."""
     provider = prod_identity_provider()
     jwks_host = urlsplit(provider["JWKS_URL"]).hostname or ""
     parts = yaml.safe_load(
@@ -68,8 +88,9 @@ def render_kubernetes_config(*, with_auth: bool) -> str:
             JWKS_URL=provider["JWKS_URL"], JWKS_HOST=jwks_host
         )
     )
+    settings = prod_settings() if with_auth else kubernetes_settings()
     values = {
-        **template_values(kubernetes_settings()),
+        **template_values(settings),
         "LISTEN_ADDRESS": parts["listen_address"],
         "LISTEN_PORT": str(parts["listen_port"]),
         "ADMIN_PORT": str(parts["admin_port"]),
@@ -97,6 +118,8 @@ def render_kubernetes_config(*, with_auth: bool) -> str:
             jwks_source={"remote_jwks": parts["remote_jwks"]},
         )
     place_jwt_authn(config, jwt_authn)
+    if settings.tls:
+        terminate_tls(config, **parts["tls_certificate"])
     config["static_resources"]["listeners"].extend(parts["listeners"])
     clusters = config["static_resources"]["clusters"]
     config["static_resources"]["clusters"] = [
