@@ -4,13 +4,16 @@ a ratio to the raw producer ceiling measured in the same run, plus the ingest pr
 Starts its own ingest process (and an Envoy routing to it) on the local stack's Kafka, with a
 topic prefix of its own. Clients send pre-serialized requests (identity serializers), so the
 figures measure the server rather than the load generator; the generator still shares the two
-cores with the server and the broker.
+cores with the server and the broker. Each path's note says how many cores the ingest
+processes used while it ran (their CPU time from /proc over the wall time), so a ratio on a
+shared machine can be read per core.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
 import statistics
 import tempfile
 import threading
@@ -28,7 +31,13 @@ from eventpipe.stack.probes import free_port
 from google.protobuf import json_format
 
 from bench.harness import BenchContext, Measurement
-from bench.scenarios.kafka_producer_ceiling import bench_settings, ceiling, demo_events, event_count
+from bench.scenarios.kafka_producer_ceiling import (
+    bench_settings,
+    ceiling,
+    ceiling_cores,
+    demo_events,
+    event_count,
+)
 
 NAME = "ingest_throughput"
 BATCH = 1000
@@ -73,6 +82,29 @@ class MemoryWatch:
     def __exit__(self, *_exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def ingest_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live descendants (worker processes)."""
+    seconds, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            stat = Path(f"/proc/{current}/stat").read_text()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        utime, stime = stat[stat.rindex(")") + 2 :].split()[11:13]
+        seconds += (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
+        pending += [int(child) for child in children]
+    return seconds
+
+
+def _with_cores(pid: int, count: int, measure: Callable[[], float]) -> tuple[float, float]:
+    """Runs one path's measurement; returns its events/s and the cores ingest used."""
+    cpu_before = ingest_cpu_seconds(pid)
+    rate = measure()
+    return rate, (ingest_cpu_seconds(pid) - cpu_before) * rate / count
 
 
 def _batches(events: list[event_pb2.Event]) -> Iterator[list[event_pb2.Event]]:
@@ -193,6 +225,7 @@ def run(ctx: BenchContext) -> list[Measurement]:
         service, envoy = _start(settings, Path(tmp))
         try:
             assert service.pid is not None
+            pid = service.pid
             with (
                 MemoryWatch(service.pid) as memory,
                 grpc.insecure_channel(
@@ -201,11 +234,19 @@ def run(ctx: BenchContext) -> list[Measurement]:
             ):
                 measure_stream(channel, stream_payloads[:5], 5 * BATCH)  # warm-up
                 after_warmup = memory.rss()
-                stream, unary, rest, rss_after_round = [], [], [], []
+                paths: dict[str, Callable[[], float]] = {
+                    "stream": lambda: measure_stream(channel, stream_payloads, count),
+                    "unary": lambda: measure_unary(channel, unary_payloads, count),
+                    "rest": lambda: measure_rest(envoy.port, rest_bodies, count),
+                }
+                rates: dict[str, list[float]] = {name: [] for name in paths}
+                cores: dict[str, list[float]] = {name: [] for name in paths}
+                rss_after_round = []
                 for _ in range(ctx.rounds):
-                    stream.append(measure_stream(channel, stream_payloads, count))
-                    unary.append(measure_unary(channel, unary_payloads, count))
-                    rest.append(measure_rest(envoy.port, rest_bodies, count))
+                    for name, measure in paths.items():
+                        rate, cores_used = _with_cores(pid, count, measure)
+                        rates[name].append(rate)
+                        cores[name].append(cores_used)
                     rss_after_round.append(memory.rss())
                 peak = memory.peak()
         finally:
@@ -215,21 +256,35 @@ def run(ctx: BenchContext) -> list[Measurement]:
     baseline = "raw producer"
     mib = 1024 * 1024
     total = 3 * count * ctx.rounds
+
+    def used(name: str) -> str:
+        return f"ingest used {statistics.median(cores[name]):.2f} cores (median of the rounds)"
+
     return [
-        Measurement("StreamEvents", statistics.median(stream), "events/s", baseline, raw),
         Measurement(
-            f"IngestEvents ({CLIENT_THREADS} clients)",
-            statistics.median(unary),
+            "StreamEvents",
+            statistics.median(rates["stream"]),
             "events/s",
             baseline,
             raw,
+            note=f"StreamEvents: {used('stream')}; the raw producer used "
+            f"{ceiling_cores(ctx):.2f} cores",
+        ),
+        Measurement(
+            f"IngestEvents ({CLIENT_THREADS} clients)",
+            statistics.median(rates["unary"]),
+            "events/s",
+            baseline,
+            raw,
+            note=f"IngestEvents: {used('unary')}",
         ),
         Measurement(
             f"REST events:batch via Envoy ({CLIENT_THREADS} clients)",
-            statistics.median(rest),
+            statistics.median(rates["rest"]),
             "events/s",
             baseline,
             raw,
+            note=f"REST: {used('rest')} (Envoy's own CPU not counted)",
         ),
         Measurement(
             "ingest peak RSS (VmHWM)",

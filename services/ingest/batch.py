@@ -6,6 +6,9 @@ to the event as it will be written; an event whose ``event_id`` an earlier valid
 same batch already used is a duplicate and is not written twice. An invalid event never
 affects its neighbours. Request-level problems (bad tenant, empty or too large a batch) refuse
 the whole request.
+
+This runs once per event on the hot path, so a valid event costs one serialization (whose
+length is the size rule's input) and no object beyond its key and value.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from eventpipe.common.v1 import event_pb2
 from eventpipe.core.errors import ResourceExhausted, Violation, invalid_fields
 from eventpipe.core.results import ItemOutcome, ItemStatus
 from eventpipe.core.storage.times import timestamp_from_micros
-from eventpipe.core.topic_contract import message_headers, message_key
+from eventpipe.core.topic_contract import message_headers, tenant_key_prefix
 from eventpipe.core.validation import MAX_BATCH_EVENTS, EventLimits, check_id, validate_event
 
 from ingest.outcome import INVALID_ARGUMENT
-from ingest.ports import OutgoingMessage
+
+_FOREIGN_TENANT = (Violation("tenant_id", "must be empty or equal the tenant_id of the request"),)
 
 
 @dataclass
@@ -29,15 +33,21 @@ class PreparedBatch:
     """A validated batch: outcomes decided so far, and the messages still to be written."""
 
     tenant_id: str
-    size: int
-    # One slot per event; None while the event waits for Kafka's confirmation.
-    outcomes: list[ItemOutcome | None]
-    messages: list[OutgoingMessage] = field(default_factory=list)
-    # message_indexes[i] is the request index of messages[i].
-    message_indexes: list[int] = field(default_factory=list)
-    message_ids: list[str] = field(default_factory=list)
+    # The event id of each request index.
+    ids: list[str] = field(default_factory=list)
+    # Outcomes decided without Kafka (invalid, duplicate), by request index; an index that is
+    # neither here nor among the messages does not exist.
+    refused: dict[int, ItemOutcome] = field(default_factory=dict)
+    # The messages to write: keys[i], values[i] is the event at request index indexes[i].
+    keys: list[bytes] = field(default_factory=list)
+    values: list[bytes] = field(default_factory=list)
+    indexes: list[int] = field(default_factory=list)
     headers: list[tuple[str, bytes]] = field(default_factory=list)
     message_bytes: int = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.ids)
 
 
 def check_request(tenant_id: str, event_count: int, request_bytes: int, max_bytes: int) -> None:
@@ -75,40 +85,46 @@ def prepare_batch(
     the admin scope) judges event times against the backfill horizon and marks the messages.
     """
     ingest_time = timestamp_from_micros(now_micros)
-    prepared = PreparedBatch(tenant_id=tenant_id, size=len(events), outcomes=[None] * len(events))
+    prepared = PreparedBatch(tenant_id=tenant_id)
     prepared.headers = message_headers(
         event_pb2.Event(tenant_id=tenant_id, ingest_time=ingest_time),
         traceparent,
         backfill=backfill,
     )
+    key_prefix = tenant_key_prefix(tenant_id)
+    ids, refused = prepared.ids, prepared.refused
+    keys, values, indexes = prepared.keys, prepared.values, prepared.indexes
     seen_ids: set[str] = set()
+    message_bytes = 0
     for index, event in enumerate(events):
         event_id = event.event_id
-        if event.tenant_id and event.tenant_id != tenant_id:
-            prepared.outcomes[index] = ItemOutcome(
-                index,
-                event_id,
-                ItemStatus.REJECTED,
-                INVALID_ARGUMENT,
-                (Violation("tenant_id", "must be empty or equal the tenant_id of the request"),),
-            )
-            continue
-        event.tenant_id = tenant_id
+        ids.append(event_id)
+        own_tenant = event.tenant_id
+        if own_tenant != tenant_id:
+            if own_tenant:
+                refused[index] = ItemOutcome(
+                    index, event_id, ItemStatus.REJECTED, INVALID_ARGUMENT, _FOREIGN_TENANT
+                )
+                continue
+            event.tenant_id = tenant_id
         event.ingest_time.CopyFrom(ingest_time)
-        violations = validate_event(event, now_micros, limits, backfill=backfill)
+        # Deterministic: map entries in key order, so equal events give equal bytes.
+        value = event.SerializeToString(deterministic=True)
+        violations = validate_event(
+            event, now_micros, limits, backfill=backfill, serialized_size=len(value)
+        )
         if violations:
-            prepared.outcomes[index] = ItemOutcome(
+            refused[index] = ItemOutcome(
                 index, event_id, ItemStatus.REJECTED, INVALID_ARGUMENT, tuple(violations)
             )
             continue
         if event_id in seen_ids:
-            prepared.outcomes[index] = ItemOutcome(index, event_id, ItemStatus.DUPLICATE)
+            refused[index] = ItemOutcome(index, event_id, ItemStatus.DUPLICATE)
             continue
         seen_ids.add(event_id)
-        # Deterministic: map entries in key order, so equal events give equal bytes.
-        value = event.SerializeToString(deterministic=True)
-        prepared.messages.append(OutgoingMessage(message_key(tenant_id, event.entity_id), value))
-        prepared.message_indexes.append(index)
-        prepared.message_ids.append(event_id)
-        prepared.message_bytes += len(value)
+        keys.append(key_prefix + event.entity_id.encode())
+        values.append(value)
+        indexes.append(index)
+        message_bytes += len(value)
+    prepared.message_bytes = message_bytes
     return prepared

@@ -9,12 +9,14 @@ written, the rest carries that code per item.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable, Sequence
 
 from eventpipe.common.v1 import event_pb2
 from eventpipe.core.errors import ResourceExhausted, Unavailable
+from eventpipe.core.kafka import MessageLike
 from eventpipe.core.results import ItemOutcome, ItemStatus
 from eventpipe.core.validation import EventLimits
 
@@ -24,40 +26,42 @@ from ingest.capacity import InFlightLimiter
 from ingest.outcome import RESOURCE_EXHAUSTED, UNAVAILABLE, BatchOutcome
 from ingest.ports import EventLog
 
-_PENDING = "pending"  # sentinel distinct from None (written) and any error text
-
 
 class _Delivery:
-    """Collects the delivery reports of one batch; frees its capacity once all arrived."""
+    """Counts the delivery reports of one batch; frees its capacity once all arrived.
 
-    __slots__ = ("_lock", "_on_complete", "_remaining", "done", "errors")
+    One bound method, ``report``, is the callback of every message of the batch: a confirmed
+    message costs one call and one tick of an atomic counter (``next`` on ``itertools.count``
+    holds the GIL throughout), no lock and no per-message object. Only failures are recorded,
+    by the message's value (unique within a batch), so an event is accepted exactly when its
+    message was reported and is not among the failures.
+    """
+
+    __slots__ = ("_expected", "_on_complete", "_ticks", "done", "failures")
 
     def __init__(self, expected: int, on_complete: Callable[[], None]) -> None:
-        self.errors: list[str | None] = [_PENDING] * expected
-        self._remaining = expected
-        self._lock = threading.Lock()
-        self.done = threading.Event()
+        self._expected = expected
+        self._ticks = itertools.count(1)
         self._on_complete = on_complete
+        self.done = threading.Event()
+        self.failures: list[tuple[bytes | None, object]] = []
 
-    def report(self, index: int, error: str | None) -> None:
-        self.errors[index] = error
-        with self._lock:
-            self._remaining -= 1
-            finished = self._remaining == 0
-        if finished:
-            self._on_complete()
-            self.done.set()
+    def report(self, error: object | None, message: MessageLike) -> None:
+        if error is not None:
+            # Recorded before the tick, so a batch seen done has all its failures.
+            self.failures.append((message.value(), error))
+        if next(self._ticks) == self._expected:
+            self._finish()
 
     def expect_fewer(self, missing: int) -> None:
         """Some messages were never queued: they will send no report."""
-        if missing == 0:
-            return
-        with self._lock:
-            self._remaining -= missing
-            finished = self._remaining == 0
-        if finished:
-            self._on_complete()
-            self.done.set()
+        for _ in range(missing):
+            if next(self._ticks) == self._expected:
+                self._finish()
+
+    def _finish(self) -> None:
+        self._on_complete()
+        self.done.set()
 
 
 class PendingBatch:
@@ -71,6 +75,7 @@ class PendingBatch:
         wait_seconds: float,
         started: float,
         retry_after: float,
+        describe_failure: Callable[[object], str] = str,
     ) -> None:
         self.prepared = prepared
         self._delivery = delivery
@@ -78,44 +83,27 @@ class PendingBatch:
         self._wait_seconds = wait_seconds
         self._started = started
         self._retry_after = retry_after
+        self._describe_failure = describe_failure
 
     def result(self) -> BatchOutcome:
         """The per-event outcome; raises Unavailable when nothing of the batch was written."""
         prepared = self.prepared
-        outcomes = prepared.outcomes
+        refused = prepared.refused
         written = 0
         if self._delivery is not None:
-            self._delivery.done.wait(self._wait_seconds)
-            errors = self._delivery.errors
-            for position, index in enumerate(prepared.message_indexes):
-                event_id = prepared.message_ids[position]
-                if position >= self._queued:
-                    outcomes[index] = ItemOutcome(
-                        index,
-                        event_id,
-                        ItemStatus.REJECTED,
-                        RESOURCE_EXHAUSTED,
-                        detail="the producer queue is full",
-                    )
-                    continue
-                error = errors[position]
-                if error is None:
-                    outcomes[index] = ItemOutcome(index, event_id, ItemStatus.ACCEPTED)
-                    written += 1
-                else:
-                    detail = "no delivery report in time" if error == _PENDING else error
-                    outcomes[index] = ItemOutcome(
-                        index,
-                        event_id,
-                        ItemStatus.REJECTED,
-                        UNAVAILABLE,
-                        detail=f"Kafka did not confirm the write ({detail})",
-                    )
+            delivery = self._delivery
+            confirmed = delivery.done.wait(self._wait_seconds)
+            failures = list(delivery.failures)
+            queued = self._queued
+            if confirmed and not failures and queued == len(prepared.values):
+                written = queued  # the common case: nothing to do per event
+            else:
+                written = self._refuse_unwritten(confirmed, failures)
             metrics.PRODUCE_LATENCY.observe(time.perf_counter() - self._started)
-        outcome = BatchOutcome([item for item in outcomes if item is not None])
-        if prepared.messages and written == 0:
+        outcome = BatchOutcome(prepared.ids, refused)
+        if prepared.values and written == 0:
             _count_refused(prepared, UNAVAILABLE)
-            first = next(i for i in outcome.items if i.code == UNAVAILABLE)
+            first = next(item for item in refused.values() if item.code == UNAVAILABLE)
             raise Unavailable(
                 f"Kafka did not confirm the write, nothing was acknowledged: {first.detail}",
                 retry_after_seconds=self._retry_after,
@@ -123,6 +111,36 @@ class PendingBatch:
         for (status, reason), count in outcome.tally().items():
             metrics.EVENTS.labels(prepared.tenant_id, status, reason).inc(count)
         return outcome
+
+    def _refuse_unwritten(
+        self, confirmed: bool, failures: list[tuple[bytes | None, object]]
+    ) -> int:
+        """Marks every message that is not known written as refused; returns how many were.
+
+        Without every report in time, no message of the batch counts as written: only failures
+        are tracked, so a missing report cannot be told from a confirmation.
+        """
+        prepared = self.prepared
+        refused, ids = prepared.refused, prepared.ids
+        failed = {value: self._describe_failure(error) for value, error in failures}
+        written = 0
+        for position, index in enumerate(prepared.indexes):
+            if position >= self._queued:
+                detail, code = "the producer queue is full", RESOURCE_EXHAUSTED
+            elif not confirmed:
+                detail, code = (
+                    "Kafka did not confirm the write (no delivery report in time)",
+                    UNAVAILABLE,
+                )
+            elif (reason := failed.get(prepared.values[position])) is not None:
+                detail, code = f"Kafka did not confirm the write ({reason})", UNAVAILABLE
+            else:
+                written += 1
+                continue
+            refused[index] = ItemOutcome(
+                index, ids[index], ItemStatus.REJECTED, code, detail=detail
+            )
+        return written
 
 
 def _count_refused(prepared: PreparedBatch, code: str) -> None:
@@ -181,7 +199,7 @@ class IngestPipeline:
             backfill=backfill,
         )
         started = time.perf_counter()
-        count = len(prepared.messages)
+        count = len(prepared.values)
         if count == 0:
             return PendingBatch(prepared, None, 0, 0.0, started, self.retry_after_seconds)
         nbytes = prepared.message_bytes
@@ -192,7 +210,9 @@ class IngestPipeline:
                 retry_after_seconds=self.retry_after_seconds,
             )
         delivery = _Delivery(count, lambda: self.limiter.release(count, nbytes))
-        queued = self.event_log.produce(prepared.messages, prepared.headers, delivery.report)
+        queued = self.event_log.produce(
+            prepared.keys, prepared.values, prepared.headers, delivery.report
+        )
         delivery.expect_fewer(count - queued)
         if queued == 0:
             _count_refused(prepared, RESOURCE_EXHAUSTED)
@@ -201,7 +221,13 @@ class IngestPipeline:
                 retry_after_seconds=self.retry_after_seconds,
             )
         return PendingBatch(
-            prepared, delivery, queued, self.wait_seconds, started, self.retry_after_seconds
+            prepared,
+            delivery,
+            queued,
+            self.wait_seconds,
+            started,
+            self.retry_after_seconds,
+            self.event_log.describe_failure,
         )
 
     def ingest(

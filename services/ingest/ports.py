@@ -7,19 +7,16 @@ an in-memory fake. Nothing here knows about Kafka or gRPC.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
-DeliveryReport = Callable[[int, str | None], None]
-"""Called once per message with its index in the produced batch and an error (None: written)."""
+from eventpipe.core.kafka import MessageLike
 
+DeliveryReport = Callable[[object | None, MessageLike], None]
+"""Called once per message: ``(error, message)``, error None when the log confirmed the write.
 
-@dataclass(frozen=True, slots=True)
-class OutgoingMessage:
-    """One record for the raw-events log, already in the topic contract's format."""
-
-    key: bytes
-    value: bytes
+One callable serves a whole batch (no per-message closure): on success it only counts, and on
+a failure it identifies the message by its ``value()``, which is unique within a batch (every
+event of a batch has its own event id)."""
 
 
 class EventLog(Protocol):
@@ -27,16 +24,21 @@ class EventLog(Protocol):
 
     def produce(
         self,
-        messages: Sequence[OutgoingMessage],
+        keys: Sequence[bytes],
+        values: Sequence[bytes],
         headers: list[tuple[str, bytes]],
         on_delivery: DeliveryReport,
     ) -> int:
-        """Queues ``messages`` in order; returns how many were queued.
+        """Queues the messages ``(keys[i], values[i])`` in order; returns how many were queued.
 
-        Fewer than ``len(messages)`` means the local queue filled up: the rest was not queued and
+        Fewer than ``len(values)`` means the local queue filled up: the rest was not queued and
         will get no report. Every queued message gets exactly one ``on_delivery`` call, from
         another thread, once the log confirmed or gave up on it.
         """
+        ...
+
+    def describe_failure(self, error: object) -> str:
+        """What a person reads about a failed delivery's ``error``."""
         ...
 
     def queue_depth(self) -> int:

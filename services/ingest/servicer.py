@@ -30,22 +30,52 @@ _STATUS = {
 }
 
 
-def item_result(item: ItemOutcome) -> results_pb2.ItemResult:
-    result = results_pb2.ItemResult(index=item.index, id=item.id, status=_STATUS[item.status])
+def _fill_item_result(result: results_pb2.ItemResult, item: ItemOutcome) -> None:
+    result.index = item.index
+    result.id = item.id
+    result.status = _STATUS[item.status]
     if item.status is ItemStatus.REJECTED:
         result.code = code_pb2.Code.Value(item.code)
         result.message = item.message
     for violation in item.violations:
         result.violations.add(field=violation.field, description=violation.description)
+
+
+def item_result(item: ItemOutcome) -> results_pb2.ItemResult:
+    result = results_pb2.ItemResult()
+    _fill_item_result(result, item)
     return result
 
 
-def _summary(outcome: BatchOutcome) -> results_pb2.BatchSummary:
-    return results_pb2.BatchSummary(
-        accepted_count=outcome.accepted,
-        duplicate_count=outcome.duplicates,
-        rejected_count=outcome.rejected,
-    )
+_ACCEPTED = results_pb2.ITEM_STATUS_ACCEPTED
+
+
+def _fill_batch_answer(
+    response: ingest_pb2.IngestEventsResponse | ingest_pb2.StreamEventsResponse,
+    outcome: BatchOutcome,
+) -> None:
+    """Writes one result per event, in order, and the summary, into ``response``.
+
+    An accepted event is one ``add`` with three scalars (``repeated.add`` builds in place,
+    about twice as fast as constructing each ItemResult and passing the list); only refused
+    events go through their ItemOutcome.
+    """
+    add = response.results.add
+    refused = outcome.refused
+    if not refused:
+        for index, event_id in enumerate(outcome.ids):
+            add(index=index, id=event_id, status=_ACCEPTED)
+    else:
+        for index, event_id in enumerate(outcome.ids):
+            item = refused.get(index)
+            if item is None:
+                add(index=index, id=event_id, status=_ACCEPTED)
+            else:
+                _fill_item_result(add(), item)
+    summary = response.summary
+    summary.accepted_count = outcome.accepted
+    summary.duplicate_count = outcome.duplicates
+    summary.rejected_count = outcome.rejected
 
 
 def _traceparent(context: grpc.ServicerContext) -> str | None:
@@ -116,7 +146,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 request_bytes=request.ByteSize(),
                 traceparent=traceparent,
             )
-        item = outcome.items[0]
+        item = outcome.item(0)
         if item.status is ItemStatus.REJECTED:
             # One event: its refusal is the RPC's status, fields named as in the request.
             violations = [
@@ -150,9 +180,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                     "rejected": outcome.rejected,
                 },
             )
-        return ingest_pb2.IngestEventsResponse(
-            results=[item_result(item) for item in outcome.items], summary=_summary(outcome)
-        )
+        response = ingest_pb2.IngestEventsResponse()
+        _fill_batch_answer(response, outcome)
+        return response
 
     def StreamEvents(
         self,
@@ -174,8 +204,6 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 draining=self.stream_drain.draining,
                 traceparent=traceparent,
             ):
-                yield ingest_pb2.StreamEventsResponse(
-                    batch_id=batch_id,
-                    results=[item_result(item) for item in outcome.items],
-                    summary=_summary(outcome),
-                )
+                response = ingest_pb2.StreamEventsResponse(batch_id=batch_id)
+                _fill_batch_answer(response, outcome)
+                yield response

@@ -46,15 +46,10 @@ _END = object()
 
 
 def _rejected_batch(batch: StreamBatch, error: InvalidArgument) -> BatchOutcome:
-    return BatchOutcome(
+    violations = tuple(error.violations)
+    return BatchOutcome.of_items(
         [
-            ItemOutcome(
-                index,
-                event.event_id,
-                ItemStatus.REJECTED,
-                INVALID_ARGUMENT,
-                tuple(error.violations),
-            )
+            ItemOutcome(index, event.event_id, ItemStatus.REJECTED, INVALID_ARGUMENT, violations)
             for index, event in enumerate(batch.events)
         ]
     )

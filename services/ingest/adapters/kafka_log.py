@@ -12,24 +12,19 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, Producer
 from eventpipe.core.config import CommonSettings
 from eventpipe.core.kafka import producer_config
 
-from ingest.ports import DeliveryReport, OutgoingMessage
+from ingest.ports import DeliveryReport
 
 log = logging.getLogger(__name__)
 
 # Java clients hash keys with murmur2; librdkafka's default (crc32) would put the same key on a
 # different partition, so a direct Java producer and ingest would not agree on an entity's order.
 PARTITIONER = "murmur2_random"
-
-
-def _report(on_delivery: DeliveryReport, index: int, err: KafkaError | None, _msg: Message) -> None:
-    on_delivery(index, None if err is None else f"{err.name()}: {err.str()}")
 
 
 class KafkaEventLog:
@@ -90,29 +85,29 @@ class KafkaEventLog:
 
     def produce(
         self,
-        messages: Sequence[OutgoingMessage],
+        keys: Sequence[bytes],
+        values: Sequence[bytes],
         headers: list[tuple[str, bytes]],
         on_delivery: DeliveryReport,
     ) -> int:
         if self._fatal is not None:
             self._replace_broken_producer()
-        producer = self._producer
+        produce = self._producer.produce
         topic = self.topic
         kafka_headers: list[tuple[str, str | bytes | None]] = list(headers)
-        queued = 0
-        for index, message in enumerate(messages):
+        # The batch's one callback goes to librdkafka as it is: no per-message closure, and the
+        # poll thread makes one Python call per report.
+        for queued, (key, value) in enumerate(zip(keys, values, strict=True)):
             try:
-                producer.produce(
-                    topic,
-                    message.value,
-                    message.key,
-                    headers=kafka_headers,
-                    on_delivery=partial(_report, on_delivery, index),
-                )
+                produce(topic, value, key, headers=kafka_headers, on_delivery=on_delivery)
             except BufferError:
-                break
-            queued += 1
-        return queued
+                return queued
+        return len(values)
+
+    def describe_failure(self, error: object) -> str:
+        if isinstance(error, KafkaError):
+            return f"{error.name()}: {error.str()}"
+        return str(error)
 
     def queue_depth(self) -> int:
         return len(self._producer)

@@ -5,7 +5,6 @@ event_time. Raw retention 400 days and a 365-day horizon, as a history load is c
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +17,11 @@ from eventpipe.core.config import CommonSettings
 from eventpipe.core.storage.times import timestamp_from_micros
 from eventpipe.core.topic_contract import HEADER_BACKFILL
 from eventpipe.core.waiting import wait_until
-from eventpipe.ingest.v1 import ingest_pb2
-from eventpipe.stack.components import BigtableEmulator, GrpcService, KafkaBroker
-from eventpipe.stack.probes import free_port
+from eventpipe.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from eventpipe.stack.components import KafkaBroker
 from google.rpc import code_pb2
 
-from tests.conftest import Isolation, start_or_fail
+from tests.conftest import Isolation, StartService
 from tests.integration.ingest.conftest import IngestUnderTest, read_topic, start_ingest
 from tests.integration.ingest.events import now_micros
 from tests.integration.store.conftest import FAST_STORE_ENV, stored_event_cells
@@ -36,69 +34,32 @@ RETENTION = {
 
 
 @dataclass
-class History:
-    """Ingest with auth on and a store consumer, on one isolation's topics and tables."""
+class Keys:
+    """The test's signing key and JWKS: ingest verifies the tokens minted here."""
 
-    ingest: IngestUnderTest
-    store: GrpcService
-    common: CommonSettings
     private_key: bytes
     jwks: Path
 
-    def metadata(self, *scopes: str) -> list[tuple[str, str]]:
-        token = mint_token(
-            self.private_key, self.jwks, tenant_id=self.ingest.tenant_id, scopes=scopes
-        )
+    def metadata(self, tenant_id: str, *scopes: str) -> list[tuple[str, str]]:
+        token = mint_token(self.private_key, self.jwks, tenant_id=tenant_id, scopes=scopes)
         return [("authorization", f"Bearer {token}")]
+
+    def env(self) -> dict[str, str]:
+        return {"EVENTPIPE_AUTH_JWKS_FILE": str(self.jwks), **RETENTION}
 
 
 @pytest.fixture(scope="module")
-def history(
-    run_dir: Path,
-    kafka_broker: KafkaBroker,
-    bigtable_emulator: BigtableEmulator,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[History]:
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
     private_path, jwks = generate_local_keys(tmp_path_factory.mktemp("auth"))
-    isolation = Isolation.new()
-    ingest = start_ingest(
-        run_dir,
-        kafka_broker,
-        isolation,
-        env={"EVENTPIPE_AUTH_JWKS_FILE": str(jwks), **RETENTION},
-    )
-    port = free_port()
-    store = GrpcService(
-        "store",
-        run_dir / "services" / f"store-{port}-{uuid.uuid4().hex[:6]}",
-        port,
-        {
-            "EVENTPIPE_KAFKA_BOOTSTRAP_SERVERS": kafka_broker.bootstrap_servers,
-            "EVENTPIPE_BIGTABLE_PROJECT": "eventpipe-local",
-            "EVENTPIPE_BIGTABLE_INSTANCE": "eventpipe",
-            "BIGTABLE_EMULATOR_HOST": bigtable_emulator.emulator_host,
-            "EVENTPIPE_TOPIC_PREFIX": isolation.topic_prefix,
-            "EVENTPIPE_TABLE_PREFIX": isolation.table_prefix,
-            "EVENTPIPE_STORE_HOST": "127.0.0.1",
-            "EVENTPIPE_STORE_PORT": str(port),
-            "EVENTPIPE_STORE_METRICS_PORT": str(free_port()),
-            **FAST_STORE_ENV,
-            **RETENTION,
-        },
-    )
-    try:
-        start_or_fail(store, 90)
-        common = ingest.settings.model_copy(
-            update={
-                "table_prefix": isolation.table_prefix,
-                "bigtable_project": "eventpipe-local",
-                "bigtable_instance": "eventpipe",
-            }
-        )
-        yield History(ingest, store, common, private_path.read_bytes(), jwks)
-    finally:
-        store.stop()
-        ingest.service.stop()
+    return Keys(private_path.read_bytes(), jwks)
+
+
+@pytest.fixture(scope="module")
+def ingest(run_dir: Path, kafka_broker: KafkaBroker, keys: Keys) -> Iterator[IngestUnderTest]:
+    """Ingest with auth on, for the tests that need no store."""
+    running = start_ingest(run_dir, kafka_broker, Isolation.new(), env=keys.env())
+    yield running
+    running.service.stop()
 
 
 def old_event(event_id: str, days_old: float) -> event_pb2.Event:
@@ -109,64 +70,84 @@ def old_event(event_id: str, days_old: float) -> event_pb2.Event:
 
 
 def ingest_events(
-    history: History, events: list[event_pb2.Event], *, backfill: bool, scopes: tuple[str, ...]
+    address: str,
+    metadata: list[tuple[str, str]],
+    tenant_id: str,
+    events: list[event_pb2.Event],
+    *,
+    backfill: bool,
 ) -> ingest_pb2.IngestEventsResponse:
-    with history.ingest.channel() as channel:
-        reply: ingest_pb2.IngestEventsResponse = history.ingest.stub(channel).IngestEvents(
-            ingest_pb2.IngestEventsRequest(
-                tenant_id=history.ingest.tenant_id, events=events, backfill=backfill
-            ),
-            metadata=history.metadata(*scopes),
+    with grpc.insecure_channel(address) as channel:
+        reply: ingest_pb2.IngestEventsResponse = ingest_pb2_grpc.IngestServiceStub(
+            channel
+        ).IngestEvents(
+            ingest_pb2.IngestEventsRequest(tenant_id=tenant_id, events=events, backfill=backfill),
+            metadata=metadata,
             timeout=30,
         )
         return reply
 
 
 def test_an_admin_backfill_of_a_200_day_old_event_is_acknowledged_marked_and_stored(
-    history: History,
+    start_service: StartService,
+    common_settings: CommonSettings,
+    isolation: Isolation,
+    keys: Keys,
 ) -> None:
+    start_service("store", env={**FAST_STORE_ENV, **RETENTION}, timeout=90)
+    service = start_service("ingest", env=keys.env())
+    tenant = isolation.tenant_id
     reply = ingest_events(
-        history, [old_event("hist-200", 200)], backfill=True, scopes=("ingest", "admin")
+        service.address,
+        keys.metadata(tenant, "ingest", "admin"),
+        tenant,
+        [old_event("hist-200", 200)],
+        backfill=True,
     )
     assert [r.status for r in reply.results] == [results_pb2.ITEM_STATUS_ACCEPTED]
-    key_prefix = f"{history.ingest.tenant_id}#".encode()
-    (message,) = read_topic(
-        history.ingest.settings,
-        1,
-        key_prefix=key_prefix,
-        until=lambda found: any(b"hist-200" in (m.value() or b"") for m in found),
-    )
+    (message,) = read_topic(common_settings, 1, key_prefix=f"{tenant}#".encode())
     assert (HEADER_BACKFILL, b"1") in (message.headers() or [])
     wait_until(
-        lambda: "hist-200" in stored_event_cells(history.common),
+        lambda: "hist-200" in stored_event_cells(common_settings),
         timeout=60,
         what="the backfilled event stored by the store consumer",
     )
 
 
-def test_a_backfill_without_the_admin_scope_is_permission_denied(history: History) -> None:
+def ingest_one(
+    ingest: IngestUnderTest, keys: Keys, event: event_pb2.Event, *scopes: str, backfill: bool
+) -> ingest_pb2.IngestEventsResponse:
+    return ingest_events(
+        ingest.address,
+        keys.metadata(ingest.tenant_id, *scopes),
+        ingest.tenant_id,
+        [event],
+        backfill=backfill,
+    )
+
+
+def test_a_backfill_without_the_admin_scope_is_permission_denied(
+    ingest: IngestUnderTest, keys: Keys
+) -> None:
     with pytest.raises(grpc.RpcError) as refused:
-        ingest_events(history, [old_event("hist-denied", 200)], backfill=True, scopes=("ingest",))
+        ingest_one(ingest, keys, old_event("hist-denied", 200), "ingest", backfill=True)
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-def test_an_old_event_without_backfill_is_refused_naming_event_time(history: History) -> None:
-    reply = ingest_events(
-        history, [old_event("hist-live", 200)], backfill=False, scopes=("ingest", "admin")
-    )
-    (result,) = reply.results
-    assert result.code == code_pb2.INVALID_ARGUMENT
-    assert [v.field for v in result.violations] == ["event_time"]
-    assert "retention of 30 days" in result.message
-
-
-def test_a_backfill_beyond_the_horizon_is_refused_naming_event_time(history: History) -> None:
-    reply = ingest_events(
-        history, [old_event("hist-too-old", 370)], backfill=True, scopes=("ingest", "admin")
-    )
+@pytest.mark.parametrize(
+    ("days_old", "backfill", "reason"),
+    [
+        (200, False, "is older than the retention of 30 days"),
+        (370, True, "is older than the backfill horizon of 365 days"),
+    ],
+    ids=["an old event without backfill", "a backfill beyond the horizon"],
+)
+def test_an_event_older_than_its_window_is_refused_naming_event_time(
+    ingest: IngestUnderTest, keys: Keys, days_old: int, backfill: bool, reason: str
+) -> None:
+    event = old_event(f"hist-{days_old}-{backfill}", days_old)
+    reply = ingest_one(ingest, keys, event, "ingest", "admin", backfill=backfill)
     (result,) = reply.results
     assert result.status == results_pb2.ITEM_STATUS_REJECTED
     assert result.code == code_pb2.INVALID_ARGUMENT
-    assert [(v.field, v.description) for v in result.violations] == [
-        ("event_time", "is older than the backfill horizon of 365 days")
-    ]
+    assert [(v.field, v.description) for v in result.violations] == [("event_time", reason)]

@@ -78,13 +78,12 @@ def test_an_event_ingest_acknowledged_is_never_refused_for_a_rule_ingest_applied
     event = event_pb2.Event(event_id="e1", event_type="click", entity_id="u1")
     event.event_time.CopyFrom(timestamp_from_micros(ingest_micros + offset))
     prepared = prepare_batch("acme", [event], now_micros=ingest_micros, limits=LIMITS)
-    if not prepared.messages:
+    if not prepared.values:
         return  # ingest refused it: nothing was acknowledged
-    message = prepared.messages[0]
     produced_micros = ingest_micros + produce_delay  # librdkafka stamps at produce()
     decoded = decode_raw_event(
-        message.key,
-        message.value,
+        prepared.keys[0],
+        prepared.values[0],
         prepared.headers,
         produced_micros // 1000,
         LIMITS,
@@ -258,8 +257,6 @@ def test_what_ingest_accepted_as_backfill_the_store_accepts() -> None:
     old = event_pb2.Event(event_id="e1", event_type="click", entity_id="u1")
     old.event_time.CopyFrom(timestamp_from_micros(NOW - 300 * DAY))
     prepared = prepare_batch("acme", [old], now_micros=NOW, limits=BACKFILL_LIMITS, backfill=True)
-    (message,) = prepared.messages
-    decoded = decode_raw_event(
-        message.key, message.value, prepared.headers, NOW // 1000, BACKFILL_LIMITS, NOW
-    )
+    ((key, value),) = zip(prepared.keys, prepared.values, strict=True)
+    decoded = decode_raw_event(key, value, prepared.headers, NOW // 1000, BACKFILL_LIMITS, NOW)
     assert decoded.event_time == old.event_time

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
@@ -18,45 +19,68 @@ from google.protobuf import json_format
 from google.rpc import code_pb2
 from ingest.capacity import InFlightLimiter
 from ingest.pipeline import IngestPipeline
-from ingest.ports import DeliveryReport, OutgoingMessage
+from ingest.ports import DeliveryReport
 from ingest.servicer import item_result
 from ingest.streaming import StreamBatch, ingest_stream
 
 NOW = 1_700_000_000_000_000
 
 
+@dataclass(frozen=True)
+class Written:
+    """A message the fake log took: its key and value."""
+
+    key: bytes
+    value: bytes
+
+
+class Reported:
+    """What a delivery report names: the message, as far as ingest reads it (its value)."""
+
+    def __init__(self, message: Written) -> None:
+        self._value = message.value
+
+    def value(self) -> bytes:
+        return self._value
+
+
 class FakeLog:
     """Confirms, fails, or holds messages; can refuse to queue beyond ``capacity``."""
 
     def __init__(self, fail: set[int] | None = None, capacity: int | None = None) -> None:
-        self.written: list[OutgoingMessage] = []
+        self.written: list[Written] = []
         self.fail = fail or set()
         self.capacity = capacity
         self.hold = False
-        self.held: list[tuple[DeliveryReport, int, OutgoingMessage]] = []
+        self.held: list[tuple[DeliveryReport, int, Written]] = []
         self.headers: list[list[tuple[str, bytes]]] = []
 
     def produce(
         self,
-        messages: Sequence[OutgoingMessage],
+        keys: Sequence[bytes],
+        values: Sequence[bytes],
         headers: list[tuple[str, bytes]],
         on_delivery: DeliveryReport,
     ) -> int:
         self.headers.append(headers)
-        queued = len(messages) if self.capacity is None else min(len(messages), self.capacity)
-        for index, message in enumerate(messages[:queued]):
+        queued = len(values) if self.capacity is None else min(len(values), self.capacity)
+        for index in range(queued):
+            message = Written(keys[index], values[index])
             if self.hold:
                 self.held.append((on_delivery, index, message))
             else:
                 self._report(on_delivery, index, message)
         return queued
 
-    def _report(self, on_delivery: DeliveryReport, index: int, message: OutgoingMessage) -> None:
+    def _report(self, on_delivery: DeliveryReport, index: int, message: Written) -> None:
         if index in self.fail:
-            on_delivery(index, "_MSG_TIMED_OUT: Local: Message timed out")
+            on_delivery("_MSG_TIMED_OUT: Local: Message timed out", Reported(message))  # type: ignore[arg-type]
         else:
             self.written.append(message)
-            on_delivery(index, None)
+            on_delivery(None, Reported(message))  # type: ignore[arg-type]
+
+    def describe_failure(self, error: object) -> str:
+        return str(error)
 
     def release(self) -> None:
         held, self.held = self.held, []
