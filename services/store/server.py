@@ -18,6 +18,7 @@ from functools import partial
 from typing import cast
 
 from confluent_kafka import Consumer
+from eventpipe.core import tracing
 from eventpipe.core.bigtable import check_bigtable, ensure_tables
 from eventpipe.core.config import CommonSettings, ConfigError, load_settings
 from eventpipe.core.entity_changes import EntityChangePublisher
@@ -111,6 +112,7 @@ LIST_ERASURES = "eventpipe.store.v1.StoreService/ListEntityErasures"
 
 
 def build(settings: StoreSettings, common: CommonSettings) -> ServiceDefinition:
+    tracing.configure("store")  # off unless EVENTPIPE_OTEL_ENABLED
     ensure_topology_at_start(common)
     writer = build_writer(settings, common)
     reader = BigtableRowReader(common)
@@ -155,7 +157,7 @@ def build(settings: StoreSettings, common: CommonSettings) -> ServiceDefinition:
         readiness_checks=readiness,
         liveness_checks=liveness,
         workers=workers,
-        on_shutdown=[reader.close, writer.close],
+        on_shutdown=[reader.close, writer.close, tracing.shutdown],
     )
 
 
@@ -172,6 +174,7 @@ def consumer_main() -> int:
         print(exc.message, file=sys.stderr)
         return 2
     configure_logging("store-consumer", common.log_level)
+    tracing.configure("store")
     ensure_topology_at_start(common)
     if settings.metrics_port:
         start_metrics_server(settings.host, settings.metrics_port)
@@ -189,4 +192,5 @@ def consumer_main() -> int:
     while runner.is_alive():
         runner.join(0.5)  # the main thread stays free to take signals
     writer.close()
+    tracing.shutdown()
     return 0 if daemon.failed is None else 1

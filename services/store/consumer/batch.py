@@ -36,6 +36,7 @@ class DeadLetter:
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]]
+    reason: str = ""  # also in the headers; kept apart for the metric's reason class
 
 
 def source_of(message: MessageLike) -> str:
@@ -46,7 +47,7 @@ def dead_letter_for(message: MessageLike, reason: str) -> DeadLetter:
     headers = message_headers(message)
     headers.append((topic_contract.HEADER_DLQ_ERROR, reason[:MAX_ERROR_HEADER_CHARS].encode()))
     headers.append((topic_contract.HEADER_DLQ_SOURCE, source_of(message).encode()))
-    return DeadLetter(message.key(), message.value(), headers)
+    return DeadLetter(message.key(), message.value(), headers, reason)
 
 
 def message_timestamp_ms(message: MessageLike) -> int | None:

@@ -29,8 +29,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 from confluent_kafka import KafkaException, TopicPartition
+from eventpipe.core import tracing
+from eventpipe.core.dead_letter_reasons import reason_class
+from eventpipe.core.kafka import message_headers
+from eventpipe.core.storage.attributes import decode_int
 from eventpipe.core.storage.rows import EventRow
+from eventpipe.core.storage.tables import META_FAMILY
 from eventpipe.core.validation import EventLimits
+from opentelemetry import trace
 
 from store.consumer import metrics
 from store.consumer.backoff import Backoff
@@ -52,6 +58,7 @@ log = logging.getLogger(__name__)
 # row Bigtable will never take cannot block its partition.
 PERMANENT_FAILURE_ATTEMPTS = 3
 OFFSET_UNKNOWN = -1001  # librdkafka's OFFSET_INVALID: nothing committed yet
+MAX_SPAN_LINKS = 128  # a batch's span links at most this many of its messages' traces
 
 
 class KafkaConsumerLike(Protocol):
@@ -208,9 +215,7 @@ class ConsumerDaemon:
                     self._complete(consumer, *in_flight)
                     in_flight = None
                 if batch is not None:
-                    future = self._executor.submit(
-                        self._store_rows, batch, list(range(len(batch.rows)))
-                    )
+                    future = self._executor.submit(self._write_batch, batch)
                     in_flight = (batch, future, started)
                 self._refresh_status(consumer)
             if in_flight is not None:
@@ -240,6 +245,30 @@ class ConsumerDaemon:
 
     def _prepare(self, messages: list[Any]) -> PreparedBatch:
         return prepare_batch(messages, self._limits, int(self._clock() * 1_000_000))
+
+    def _write_batch(self, batch: PreparedBatch) -> list[RowFailure]:
+        """The first write of a batch, in one ``store.write_batch`` span (when tracing is on):
+        a child of the first message's ``traceparent``, linked to the other messages' traces."""
+        if not tracing.enabled():
+            return self._store_rows(batch, list(range(len(batch.rows))))
+        parents: list[bytes] = []
+        for message in batch.row_messages:
+            value = tracing.header_value(message_headers(message))
+            if value and value not in parents:
+                parents.append(value)
+        attributes = {"messaging.batch.message_count": batch.message_count, "rows": len(batch.rows)}
+        with tracing.span(
+            "store.write_batch", parent=parents[0] if parents else None, attributes=attributes
+        ) as span:
+            if span is not None:
+                for value in parents[1:MAX_SPAN_LINKS]:
+                    context = tracing.parent_context(value)
+                    if context is not None:
+                        span.add_link(trace.get_current_span(context).get_span_context())
+            failures = self._store_rows(batch, list(range(len(batch.rows))))
+            if span is not None:
+                span.set_attribute("rows.failed", len(failures))
+            return failures
 
     def _store_rows(self, batch: PreparedBatch, indices: list[int]) -> list[RowFailure]:
         """Stores ``batch.rows[i]`` for ``indices`` once per event id (store.consumer.
@@ -308,7 +337,9 @@ class ConsumerDaemon:
     ) -> None:
         """Waits for the batch's rows, retrying failures; then dead letters; then commits."""
         failures = future.result()
-        rows_written = self._retry_rows(consumer, batch, failures)
+        written = self._retry_rows(consumer, batch, failures)
+        self._observe_freshness(batch, written)
+        rows_written = len(written)
         self._send_dead_letters(consumer, batch.dead_letters)
         self._resume(consumer)
         self._commit(consumer, batch.next_offsets)
@@ -318,13 +349,24 @@ class ConsumerDaemon:
         metrics.ROWS_WRITTEN.inc(rows_written)
         metrics.DUPLICATES.inc(len(batch.duplicates))
         metrics.ERASED.inc(len(batch.erased))
-        metrics.DEAD_LETTERED.inc(len(batch.dead_letters))
+        for letter in batch.dead_letters:
+            metrics.DEAD_LETTERED.labels(reason_class(letter.reason)).inc()
         metrics.BATCH_LATENCY.observe(time.perf_counter() - started)
+
+    def _observe_freshness(self, batch: PreparedBatch, written: set[int]) -> None:
+        """Ack to readable, per event whose row Bigtable just confirmed."""
+        now = self._clock()
+        column = (META_FAMILY, b"ingest_time")
+        for index in written:
+            raw = batch.rows[index].cells.get(column)
+            if raw is not None:
+                metrics.FRESHNESS.observe(max(0.0, now - decode_int(raw) / 1_000_000))
 
     def _retry_rows(
         self, consumer: KafkaConsumerLike, batch: PreparedBatch, failures: list[RowFailure]
-    ) -> int:
-        """Retries until every row is written or dead-lettered; returns the rows written."""
+    ) -> set[int]:
+        """Retries until every row is written or dead-lettered; returns the indices (into
+        ``batch.rows``) of the rows written."""
         pending = list(range(len(batch.rows)))  # indices into batch.rows of the last attempt
         permanent_attempts: dict[int, int] = {}
         attempt = 0
@@ -360,7 +402,7 @@ class ConsumerDaemon:
             failures = self._store_rows(batch, retry)
         if attempt:
             log.info("batch written after %d retries", attempt)
-        return len(set(range(len(batch.rows))) - dead - batch.duplicates - batch.erased)
+        return set(range(len(batch.rows))) - dead - batch.duplicates - batch.erased
 
     def _send_dead_letters(self, consumer: KafkaConsumerLike, letters: list[DeadLetter]) -> None:
         attempt = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from eventpipe.core.dead_letter_reasons import CLASS_NAMES
 from prometheus_client import Counter, Gauge, Histogram
 
 CONSUMER_LAG = Gauge(
@@ -11,7 +12,18 @@ CONSUMER_LAG = Gauge(
 )
 ROWS_WRITTEN = Counter("eventpipe_store_rows_written_total", "Event rows written to Bigtable.")
 DEAD_LETTERED = Counter(
-    "eventpipe_store_dead_lettered_total", "Messages sent to the dead-letter topic."
+    "eventpipe_store_dead_lettered_total",
+    "Messages sent to the dead-letter topic, by reason class "
+    "(eventpipe.core.dead_letter_reasons: empty-value, undecodable, ..., other).",
+    ["reason"],
+)
+for _name in CLASS_NAMES:  # every class exported from the start, at 0
+    DEAD_LETTERED.labels(_name)
+FRESHNESS = Histogram(
+    "eventpipe_store_freshness_seconds",
+    "From ingest's acknowledgement time (the event's ingest_time, header eventpipe-ingest-time) "
+    "to the event's row being confirmed by Bigtable (readable), per stored event.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600),
 )
 BATCH_LATENCY = Histogram(
     "eventpipe_store_batch_latency_seconds",
