@@ -158,7 +158,7 @@ def _snapshot(stack: Stack, tenant: str) -> dict[str, Any]:
                 },
             },
             "profile event_count": {
-                u: decode_int(cells[META_FAMILY][PROFILE_EVENT_COUNT_QUALIFIER])
+                u: decode_int(cells[(META_FAMILY, PROFILE_EVENT_COUNT_QUALIFIER)])
                 for u in users
                 if (cells := profiles.get(row_key_for_profile(tenant, u)))
             },

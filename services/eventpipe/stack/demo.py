@@ -171,7 +171,7 @@ def _wait_until_stored(operator: EventPipeClient, timeout: float) -> bool:
     return False
 
 
-def _enrich_demo(client: EventPipeClient, operator: EventPipeClient, timeout: float = 240) -> None:
+def _enrich_demo(client: EventPipeClient, operator: EventPipeClient, timeout: float = 600) -> None:
     """Stores the demo enrichment spec and runs one batch job over the demo events."""
     try:
         if not _wait_until_stored(operator, timeout=60):
