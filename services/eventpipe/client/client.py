@@ -199,7 +199,7 @@ class EventPipeClient:
 
 
 class Entities:
-    """Reads about one entity: its profile, its events page after page, its metrics."""
+    """One entity: its profile, its events page after page, its metrics; its erasure."""
 
     def __init__(self, client: EventPipeClient) -> None:
         self._client = client
@@ -269,6 +269,25 @@ class Entities:
             event_types=event_types,
         )
         return list(self._client.query.get_entity_metrics(request).buckets)
+
+    def delete(self, entity_id: str, *, tenant_id: str | None = None) -> store_pb2.EntityErasure:
+        """Erases the entity (admin scope): raw and enriched events, metrics, profile; events
+        of it dated at or before the erasure are never stored again. Returns the record of the
+        erasure. Idempotent, so retried like a read."""
+        request = store_pb2.DeleteEntityRequest(
+            tenant_id=self._client.tenant(tenant_id), entity_id=entity_id
+        )
+        return self._client.store.delete_entity(request).erasure
+
+    def iter_erasures(
+        self, *, tenant_id: str | None = None, page_size: int = 0
+    ) -> Iterator[store_pb2.EntityErasure]:
+        """Every erasure record of the tenant (who erased which entity, when, how many rows),
+        newest first, fetched a page at a time."""
+        request = store_pb2.ListEntityErasuresRequest(
+            tenant_id=self._client.tenant(tenant_id), page_size=page_size
+        )
+        return self._client.store.iter_entity_erasures(request)
 
 
 class Dimensions:

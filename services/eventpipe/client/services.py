@@ -2,9 +2,10 @@
 ``ingest_events``), taking the request message and returning the response message.
 
 Reads, and writes keyed by an idempotency key (events by event_id, dimension records and their
-deletions by key and valid_from, a cancel), are retried on UNAVAILABLE and RESOURCE_EXHAUSTED;
-a call that makes something new each time (a spec version, a job) is tried once. Each list RPC
-also has an ``iter_`` twin that follows next_page_token and yields the items.
+deletions by key and valid_from, an entity's erasure, a cancel), are retried on UNAVAILABLE and
+RESOURCE_EXHAUSTED; a call that makes something new each time (a spec version, a job) is tried
+once. Each list RPC also has an ``iter_`` twin that follows next_page_token and yields the
+items.
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ class StoreApi:
         self.delete_dimension_record = Unary[
             store_pb2.DeleteDimensionRecordRequest, store_pb2.DeleteDimensionRecordResponse
         ](stub.DeleteDimensionRecord, retry, timeout)
+        self.delete_entity = Unary[store_pb2.DeleteEntityRequest, store_pb2.DeleteEntityResponse](
+            stub.DeleteEntity, retry, timeout
+        )
+        self.list_entity_erasures = Unary[
+            store_pb2.ListEntityErasuresRequest, store_pb2.ListEntityErasuresResponse
+        ](stub.ListEntityErasures, retry, timeout)
         self.list_raw_events = Unary[
             store_pb2.ListRawEventsRequest, store_pb2.ListRawEventsResponse
         ](stub.ListRawEvents, retry, timeout)
@@ -65,6 +72,11 @@ class StoreApi:
 
     def iter_raw_events(self, request: store_pb2.ListRawEventsRequest) -> Iterator[event_pb2.Event]:
         return items(self.list_raw_events, request, lambda page: page.events)
+
+    def iter_entity_erasures(
+        self, request: store_pb2.ListEntityErasuresRequest
+    ) -> Iterator[store_pb2.EntityErasure]:
+        return items(self.list_entity_erasures, request, lambda page: page.erasures)
 
 
 class EnrichApi:

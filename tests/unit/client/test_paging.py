@@ -45,6 +45,12 @@ class PagedServices(
         events = [event_pb2.Event(event_id=f"e-{n}") for n in numbers]
         return store_pb2.ListRawEventsResponse(events=events, next_page_token=token)
 
+    def ListEntityErasures(self, request: Any, context: Any) -> Any:
+        self.requests.append(request)
+        numbers, token = _page(request)
+        erasures = [store_pb2.EntityErasure(entity_id=f"user-{n}") for n in numbers]
+        return store_pb2.ListEntityErasuresResponse(erasures=erasures, next_page_token=token)
+
     def ListEnrichmentJobs(self, request: Any, context: Any) -> Any:
         self.requests.append(request)
         numbers, token = _page(request)
@@ -94,6 +100,12 @@ def test_jobs_are_listed_across_pages() -> None:
     seen: list[str] = []
     _with_client(lambda client: seen.extend(j.job_id for j in client.jobs.iter()))
     assert seen == [f"j-{n}" for n in range(TOTAL)]
+
+
+def test_erasure_records_are_listed_across_pages() -> None:
+    seen: list[str] = []
+    _with_client(lambda client: seen.extend(e.entity_id for e in client.entities.iter_erasures()))
+    assert seen == [f"user-{n}" for n in range(TOTAL)]
 
 
 def test_a_reader_that_stops_early_fetches_no_further_page() -> None:
