@@ -24,7 +24,7 @@ export BUF_BREAKING_AGAINST
 
 
 .PHONY: bench-tools
-.PHONY: help setup tools protos envoy-configs up down status test test-unit test-integration test-e2e test-abuse lint breaking fmt bench clean
+.PHONY: help setup tools protos envoy-configs up down status test test-unit test-integration test-e2e test-cluster test-abuse lint breaking fmt bench clean
 
 help: ## Show this help.
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}'
@@ -66,7 +66,7 @@ down: $(STAMP) ## Stop everything `make up` started (whichever profile: it is re
 status: $(STAMP) ## Show the profile, what runs and whether it is healthy.
 	$(EVENTPIPE) stack status
 
-test: setup ## Run every test tier: unit, integration (real processes), end-to-end.
+test: setup ## Run every test tier: unit, integration (real processes), end-to-end, cluster.
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 test-unit: setup ## Unit tests only (no network).
@@ -77,6 +77,9 @@ test-integration: setup ## Integration tests against real Kafka, Bigtable emulat
 
 test-e2e: setup ## End-to-end tests through Envoy.
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+test-cluster: setup ## The cluster profile's tier alone: kill -9 a broker, a consumer, restart a query replica, Spark standalone vs local (~10 min on 2 cores).
+	$(PY) -m pytest tests/cluster $(PYTEST_ARGS)
 
 test-abuse: setup ## The fault-and-abuse suite only (poison input, hostile specs, faults, tenant isolation).
 	$(PY) -m pytest tests -m abuse $(PYTEST_ARGS)

@@ -1,6 +1,7 @@
 """The cluster tier: the local stack's ``cluster`` profile (three KRaft brokers, two replicas of
 every service behind Envoy, a Spark standalone master and worker), started once for the whole
-tier on free ports under the session's run folder, and stopped at the end, also on failure.
+tier on free ports under the session's run folder, and stopped when the tier's last test ends,
+also on failure.
 
 Tests here break it on purpose (kill -9 a broker, a consumer, a replica) and must leave it
 whole for the next: each restarts what it killed before it ends, with ``restored``. Each test
@@ -11,6 +12,8 @@ prefix for the tier), as in a deployment.
 from __future__ import annotations
 
 import contextlib
+import random
+import socket
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -27,18 +30,42 @@ from eventpipe.core.storage.tables import RAW_EVENTS_TABLE
 from eventpipe.core.waiting import DeadlineExceeded, wait_until
 from eventpipe.stack import install
 from eventpipe.stack.components import SERVICE_NAMES, Component, ComponentError
-from eventpipe.stack.probes import free_port
 from eventpipe.stack.stack import CLUSTER_BROKERS, CLUSTER_REPLICAS, Stack, StackConfig
 from google.cloud.bigtable.data import BigtableDataClient, ReadRowsQuery, RowRange
 
 from tests.conftest import Isolation, install_or_fail
 
+# The cluster takes minutes to start, and every connection it makes meanwhile takes a port from
+# the kernel's ephemeral range (32768-60999 on Linux), where ``free_port`` also picks: a port
+# picked there at the start may be someone's outgoing connection by the time its process
+# starts. The cluster's ports come from below that range instead, each checked free.
+CLUSTER_PORT_RANGE = (20_000, 32_000)
+_TAKEN: set[int] = set()
 
-def _free_ports(count: int) -> list[int]:
-    ports: set[int] = set()
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_ports(count: int, taken: set[int] = _TAKEN) -> list[int]:
+    """``count`` free ports below the ephemeral range, none handed out before."""
+    ports: list[int] = []
     while len(ports) < count:
-        ports.add(free_port())
+        port = random.randint(*CLUSTER_PORT_RANGE)
+        if port not in taken and _port_is_free(port):
+            taken.add(port)
+            ports.append(port)
     return sorted(ports)
+
+
+def free_port() -> int:
+    (port,) = _free_ports(1)
+    return port
 
 
 def cluster_config(run_dir: Path) -> StackConfig:
@@ -69,7 +96,9 @@ def cluster_config(run_dir: Path) -> StackConfig:
     )
 
 
-@pytest.fixture(scope="session")
+# Package scope: the cluster stops when the tier's last test ends, not with the session, so
+# the tiers that run after it do not share the machine with three idle brokers.
+@pytest.fixture(scope="package")
 def cluster_stack(run_dir: Path) -> Iterator[Stack]:
     """The cluster profile as ``eventpipe stack up --profile cluster`` starts it (no auth, no
     demo data). Fails, never skips, when it cannot start."""
@@ -94,7 +123,7 @@ def cluster_stack(run_dir: Path) -> Iterator[Stack]:
             stack.down()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cluster_settings(cluster_stack: Stack) -> CommonSettings:
     """The settings every service of the cluster runs with."""
     env = cluster_stack.config.service_env()

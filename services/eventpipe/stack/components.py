@@ -545,22 +545,48 @@ class SparkDaemon(Component):
     startup_timeout = 90.0
     main_class = ""
 
-    def __init__(self, name: str, run_dir: Path, port: int, ui_port: int, env: Mapping[str, str]):
+    def __init__(
+        self,
+        name: str,
+        run_dir: Path,
+        port: int,
+        ui_port: int,
+        env: Mapping[str, str],
+        *,
+        auth_secret: str | None = None,
+    ) -> None:
         super().__init__(name, run_dir, port)
         self.ui_port = ui_port
         self._env = dict(env)
+        self.auth_secret = auth_secret
         self._command: list[str] = []
+
+    @property
+    def properties_path(self) -> Path:
+        """The daemon's Spark properties (``--properties-file``): the spark.authenticate secret
+        lives there, readable by its owner only, never on a command line."""
+        return self.data_dir / "spark-daemon.conf"
 
     @abstractmethod
     def daemon_args(self) -> list[str]:
         """The daemon's own arguments, as ``spark-class <main class>`` takes them."""
 
     def prepare(self) -> None:
+        properties = {"spark.authenticate": "false"}
+        if self.auth_secret is not None:
+            properties = {
+                "spark.authenticate": "true",
+                "spark.authenticate.secret": self.auth_secret,
+            }
+        self.properties_path.unlink(missing_ok=True)
+        self.properties_path.touch(mode=0o600)
+        self.properties_path.write_text("".join(f"{k} {v}\n" for k, v in properties.items()))
         home = spark_home()
+        args = [*self.daemon_args(), "--properties-file", str(self.properties_path)]
         result = subprocess.run(
             [
                 *("java", "-Xmx128m", "-cp", f"{home / 'jars'}/*"),
-                *("org.apache.spark.launcher.Main", self.main_class, *self.daemon_args()),
+                *("org.apache.spark.launcher.Main", self.main_class, *args),
             ],
             env=self.env(),
             capture_output=True,
@@ -619,8 +645,9 @@ class SparkMaster(SparkDaemon):
         name: str = "spark-master",
         *,
         workers: int = 1,
+        auth_secret: str | None = None,
     ) -> None:
-        super().__init__(name, run_dir, port, ui_port, env)
+        super().__init__(name, run_dir, port, ui_port, env, auth_secret=auth_secret)
         self.workers = workers
 
     @property
@@ -661,8 +688,9 @@ class SparkWorker(SparkDaemon):
         *,
         cores: int = 2,
         memory: str = "2g",
+        auth_secret: str | None = None,
     ) -> None:
-        super().__init__(name, run_dir, port, ui_port, env)
+        super().__init__(name, run_dir, port, ui_port, env, auth_secret=auth_secret)
         self.master = master
         self.cores = cores
         self.memory = memory

@@ -348,6 +348,10 @@ class StackConfig:
             "EVENTPIPE_TOPIC_REPLICATION_FACTOR": str(min(3, len(self.broker_ports()))),
             "EVENTPIPE_TOPIC_MIN_INSYNC_REPLICAS": str(min(2, len(self.broker_ports()))),
             "EVENTPIPE_ENRICH_SPARK_MASTER": self.spark_master_url,
+            # A replica's dead claim on a scheduled window is taken over within a lease plus a
+            # rescan: 40 s here rather than the services' 150 s, so it shows on a laptop.
+            "EVENTPIPE_ENRICH_SCHEDULER_CLAIM_LEASE_SECONDS": "30",
+            "EVENTPIPE_ENRICH_SCHEDULER_RESCAN_SECONDS": "10",
             "EVENTPIPE_ENRICH_SPARK_CONF": ";".join(f"{k}={v}" for k, v in spark_conf.items()),
         }
 
@@ -417,7 +421,7 @@ class Stack:
         self.bigtable = BigtableEmulator(run_dir, config.emulator_port)
         env = {**config.service_env(), **config.auth_env()}
         if cluster:
-            env.update(self._shared_page_token_secrets())
+            env.update(self._cluster_secrets())
         self.replicas = {
             name: [
                 GrpcService(
@@ -436,11 +440,23 @@ class Stack:
         self.spark: list[Component] = []
         if cluster:
             spark_env = {"BIGTABLE_EMULATOR_HOST": config.emulator_host}
+            auth_secret = env["EVENTPIPE_ENRICH_SPARK_AUTH_SECRET"]
             master = SparkMaster(
-                run_dir, config.spark_master_port, config.spark_master_ui_port, spark_env
+                run_dir,
+                config.spark_master_port,
+                config.spark_master_ui_port,
+                spark_env,
+                auth_secret=auth_secret,
             )
             # The worker's own RPC port is of no interest: 0 lets Spark pick one.
-            worker = SparkWorker(run_dir, master, 0, config.spark_worker_ui_port, spark_env)
+            worker = SparkWorker(
+                run_dir,
+                master,
+                0,
+                config.spark_worker_ui_port,
+                spark_env,
+                auth_secret=auth_secret,
+            )
             self.spark = [master, worker]
         self.envoy = Envoy(
             run_dir,
@@ -456,20 +472,28 @@ class Stack:
         for component in self.components():
             component.detach = True
 
-    def _shared_page_token_secrets(self) -> dict[str, str]:
-        """One page-token secret for every replica (a token one replica signs, another reads),
-        drawn once per run folder and kept beside the signing key, never committed."""
-        path = self.config.auth_dir / "page-token-secret"
+    def _shared_secret(self, name: str) -> str:
+        """A secret every replica shares, drawn once per run folder and kept (mode 0600)
+        beside the signing key in ``<run_dir>/auth/``, never committed."""
+        path = self.config.auth_dir / name
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_suffix(".partial")
             partial.touch(mode=0o600)
             partial.write_text(secrets.token_urlsafe(32))
             partial.replace(path)
-        secret = path.read_text().strip()
+        return path.read_text().strip()
+
+    def _cluster_secrets(self) -> dict[str, str]:
+        """One page-token secret for every replica (a token one replica signs, another reads)
+        and the spark.authenticate secret of enrich's drivers and the standalone daemons."""
+        page_tokens = self._shared_secret("page-token-secret")
         return {
-            f"EVENTPIPE_{name.upper()}_PAGE_TOKEN_SECRET": secret
-            for name in ("store", "enrich", "query")
+            **{
+                f"EVENTPIPE_{name.upper()}_PAGE_TOKEN_SECRET": page_tokens
+                for name in ("store", "enrich", "query")
+            },
+            "EVENTPIPE_ENRICH_SPARK_AUTH_SECRET": self._shared_secret("spark-auth-secret"),
         }
 
     def components(self) -> list[Component]:
