@@ -130,3 +130,11 @@ def test_start_up_fails_when_the_horizon_outlives_a_tables_gc_rule(
     with pytest.raises(ConfigError) as refused:
         load_settings(IngestSettings)
     assert "EVENTPIPE_BACKFILL_HORIZON_DAYS=365 exceeds " + named in str(refused.value)
+
+
+def test_an_unset_horizon_never_outlives_the_enriched_retention(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("EVENTPIPE_RAW_RETENTION_DAYS", "500")
+    monkeypatch.setenv("EVENTPIPE_ENRICHED_RETENTION_DAYS", "400")
+    assert load_settings(IngestSettings).event_limits().backfill_horizon == timedelta(days=400)
