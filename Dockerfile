@@ -17,6 +17,17 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 # move this to the pyspark pin of pyproject.toml once an official image of that version exists.
 ARG SPARK_ENTRYPOINT_IMAGE=apache/spark:4.0.1-scala2.13-java17-ubuntu
 ARG ENVOY_IMAGE=envoyproxy/envoy:distroless-v1.40.0
+ARG GO_IMAGE=golang:1.26-bookworm
+ARG NODE_IMAGE=node:20-bookworm-slim
+
+# ---------------------------------------------------------------------------------------------
+# The two tools code generation needs for the REST reference, at the versions
+# eventpipe.stack.install pins (OPENAPIV2_VERSION, SWAGGER_UI_VERSION): keep them in step.
+FROM ${GO_IMAGE} AS openapi-generator
+RUN CGO_ENABLED=0 GOBIN=/out \
+    go install github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2@v2.33.0
+FROM ${NODE_IMAGE} AS swagger-ui
+RUN mkdir /out && cd /out && npm install --no-audit --no-fund swagger-ui-dist@5.35.0
 
 # ---------------------------------------------------------------------------------------------
 # builder: a venv at /opt/venv with the dependencies and the project, generated stubs included.
@@ -35,10 +46,14 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 
 COPY protos/ protos/
 COPY services/ services/
+# Where eventpipe.stack.install.tool_path looks for them (EVENTPIPE_CACHE_DIR below).
+COPY --from=openapi-generator /out/protoc-gen-openapiv2 \
+    /opt/eventpipe-cache/go/protoc-gen-openapiv2-v2.33.0/protoc-gen-openapiv2
+COPY --from=swagger-ui /out/node_modules /opt/eventpipe-cache/npm/swagger-ui-5.35.0/node_modules
 # The one code-generation step: stubs into services/eventpipe/*/v1 and the descriptor set into
 # .build/descriptors/eventpipe.pb. It runs from the source tree (PYTHONPATH=services) because it
 # finds protos/ relative to its own file; `pip install .` then packages the generated stubs.
-RUN PYTHONPATH=services python -m eventpipe.codegen \
+RUN EVENTPIPE_CACHE_DIR=/opt/eventpipe-cache PYTHONPATH=services python -m eventpipe.codegen \
     && pip install --no-deps . \
     && cd / && python -c "import eventpipe.ingest.v1.ingest_pb2_grpc, eventpipe.query.v1.query_pb2_grpc"
 
@@ -62,6 +77,9 @@ FROM ${SPARK_ENTRYPOINT_IMAGE} AS spark-dist
 FROM ${ENVOY_IMAGE} AS envoy
 COPY --from=builder /src/.build/descriptors/eventpipe.pb /etc/envoy/descriptors/eventpipe.pb
 COPY --from=builder /src/.build/envoy/reject_unknown_fields.lua /etc/envoy/lua/reject_unknown_fields.lua
+# The REST reference Envoy serves at /openapi.json and /docs (too big for a ConfigMap).
+COPY --from=builder /src/.build/envoy/openapi.json /etc/envoy/openapi/openapi.json
+COPY --from=builder /src/.build/envoy/docs.html /etc/envoy/openapi/docs.html
 EXPOSE 8080
 
 # ---------------------------------------------------------------------------------------------

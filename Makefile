@@ -36,10 +36,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
-$(DESCRIPTORS): $(PROTOS) $(STAMP)
+# Code generation needs two installed tools (protoc-gen-openapiv2, swagger-ui): `tools` runs
+# first, order-only, so that it never makes the stubs look stale.
+$(DESCRIPTORS): $(PROTOS) $(STAMP) | tools
 	$(PY) -m eventpipe.codegen
 
-setup: $(STAMP) $(DESCRIPTORS) tools ## Install everything missing: Python deps, stubs, Kafka, emulator, buf, grpcurl, ghz, kustomize, Spark connectors.
+setup: $(STAMP) tools $(DESCRIPTORS) ## Install everything missing: Python deps, stubs, Kafka, emulator, buf, grpcurl, ghz, kustomize, promtool, Chromium, Spark connectors.
 
 # kustomize (for the Kubernetes manifest tests) is built from its Go module only when kubectl,
 # which has it built in, is not on PATH.
@@ -108,4 +110,4 @@ bench-tools: # hey (REST load) comes from Debian's packages.
 	@command -v hey >/dev/null || { apt-get update -qq && apt-get install -y -qq hey; }
 
 clean: ## Remove generated code, build output and the run directory (stop the stack first).
-	rm -rf .build .run services/eventpipe/{common,ingest,store,enrich,query}/v1
+	rm -rf .build .run services/eventpipe/{common,ingest,store,enrich,query}
