@@ -20,6 +20,8 @@ from typing import Any
 
 from grpc_tools import protoc
 
+from eventpipe.stack import install
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROTO_ROOT = REPO_ROOT / "protos"
 PYTHON_OUT = REPO_ROOT / "services"
@@ -62,9 +64,6 @@ ERROR_DESCRIPTION = (
 
 def _tool(name: str) -> Path:
     """An installed tool's path; SystemExit naming `make setup` when it is missing."""
-    # The tool cache is the stack tooling's knowledge (it installs before it generates), so it is
-    # looked up at run time: the layer contract keeps eventpipe.stack above this module.
-    install = importlib.import_module("eventpipe.stack.install")
     try:
         path: Path = install.tool_path(name)
     except install.InstallError:
