@@ -45,10 +45,9 @@ PROD_CONFIG = REPO_ROOT / "k8s" / "components" / "jwt-authn" / "envoy.yaml"
 PROD_KUSTOMIZATION = REPO_ROOT / "k8s" / "overlays" / "prod" / "kustomization.yaml"
 # In a cluster a unary call gets less time than locally: clients retry on another pod.
 KUBERNETES_OVERRIDES: Mapping[str, Any] = {"route_timeout": "30s"}
-# TLS on the prod listener (the envoy-tls Secret at /etc/envoy/tls, envoy/kubernetes.yaml). Off
-# until the prod overlay's Envoy probes speak HTTPS (k8s/overlays/prod/edge-tls.yaml): a plain
-# HTTP probe on a TLS listener would keep every pod unready. Flip it with that patch, re-render.
-PROD_TLS = False
+# TLS on the prod listener (the envoy-tls Secret at /etc/envoy/tls, envoy/kubernetes.yaml); the
+# prod overlay's Envoy probes speak HTTPS to match (k8s/overlays/prod/edge-tls.yaml).
+PROD_TLS = True
 
 
 def kubernetes_settings(**overrides: Any) -> EdgeSettings:
