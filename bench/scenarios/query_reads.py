@@ -558,49 +558,40 @@ def _read_measurements(fig: dict[str, Figures]) -> list[Measurement]:
             f = fig[f"{method}.{label}"]
             # REST is compared with the same answer over direct gRPC: the Envoy overhead.
             ref_name = f"{method}.grpc.cached" if label == "rest.cached" else raw
-            ref = fig[ref_name]
-            for stat, unit, better in (
-                ("p50_ms", "ms", False),
-                ("p99_ms", "ms", False),
-                ("qps", "req/s", True),
-            ):
-                measurements.append(
-                    Measurement(
-                        name=f"{method}.{label}.{stat.removesuffix('_ms')}",
-                        value=getattr(f, stat),
-                        unit=unit,
-                        baseline_name=f"{ref_name}.{stat.removesuffix('_ms')}",
-                        baseline_value=getattr(ref, stat),
-                        higher_is_better=better,
-                    )
-                )
+            measurements += _compared(f"{method}.{label}", f, ref_name, fig[ref_name])
             cores_of = "envoy" if label.startswith("rest") else "query"
-            measurements.append(
-                Measurement(
-                    name=f"{method}.{label}.{cores_of}_cores",
-                    value=f.server_cores,
-                    unit="cores",
-                    higher_is_better=False,
-                )
-            )
-        for stat, unit in (("p50_ms", "ms"), ("p99_ms", "ms"), ("qps", "req/s")):
-            measurements.append(
-                Measurement(
-                    name=f"{raw}.{stat.removesuffix('_ms')}",
-                    value=getattr(base, stat),
-                    unit=unit,
-                    higher_is_better=stat == "qps",
-                )
-            )
+            measurements.append(_cores(f"{method}.{label}.{cores_of}_cores", f.server_cores))
+        measurements += _compared(raw, base)
+        measurements.append(_cores(f"{raw}.bench_process_cores", base.server_cores))
+    return measurements
+
+
+STATS = (("p50_ms", "ms", False), ("p99_ms", "ms", False), ("qps", "req/s", True))
+"""Each figure's statistics: field, unit, whether higher is better."""
+
+
+def _compared(
+    name: str, figures: Figures, ref_name: str | None = None, ref: Figures | None = None
+) -> list[Measurement]:
+    """p50, p99 and QPS of ``name``, each against the same statistic of ``ref`` if given."""
+    measurements = []
+    for stat, unit, better in STATS:
+        short = stat.removesuffix("_ms")
         measurements.append(
             Measurement(
-                name=f"{raw}.bench_process_cores",
-                value=base.server_cores,
-                unit="cores",
-                higher_is_better=False,
+                name=f"{name}.{short}",
+                value=getattr(figures, stat),
+                unit=unit,
+                baseline_name=f"{ref_name}.{short}" if ref is not None else None,
+                baseline_value=getattr(ref, stat) if ref is not None else None,
+                higher_is_better=better,
             )
         )
     return measurements
+
+
+def _cores(name: str, value: float) -> Measurement:
+    return Measurement(name=name, value=value, unit="cores", higher_is_better=False)
 
 
 def _serving_measurements(fig: dict[str, Figures], worker_counts: list[int]) -> list[Measurement]:
@@ -612,22 +603,7 @@ def _serving_measurements(fig: dict[str, Figures], worker_counts: list[int]) -> 
             name = f"GetEntity.grpc.cached.w{workers}.c{concurrency}"
             floor = f"Health.w{workers}.c{concurrency}"
             f, h = fig[name], fig[floor]
-            for stat, unit, better in (
-                ("p50_ms", "ms", False),
-                ("p99_ms", "ms", False),
-                ("qps", "req/s", True),
-            ):
-                short = stat.removesuffix("_ms")
-                measurements.append(
-                    Measurement(
-                        name=f"{name}.{short}",
-                        value=getattr(f, stat),
-                        unit=unit,
-                        baseline_name=f"{floor}.{short}",
-                        baseline_value=getattr(h, stat),
-                        higher_is_better=better,
-                    )
-                )
+            measurements += _compared(name, f, floor, h)
             measurements.append(
                 Measurement(
                     name=f"{name}.qps_per_query_core",
@@ -639,12 +615,5 @@ def _serving_measurements(fig: dict[str, Figures], worker_counts: list[int]) -> 
             )
             for who, value_of in (("query", "server_cores"), ("ghz", "client_cores")):
                 for label, figures in ((name, f), (floor, h)):
-                    measurements.append(
-                        Measurement(
-                            name=f"{label}.{who}_cores",
-                            value=getattr(figures, value_of),
-                            unit="cores",
-                            higher_is_better=False,
-                        )
-                    )
+                    measurements.append(_cores(f"{label}.{who}_cores", getattr(figures, value_of)))
     return measurements

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from eventpipe.core.config import EventLimitSettings, ServiceSettings
-from eventpipe.core.server import default_worker_count
+from eventpipe.core.server import workers_field
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -17,13 +17,7 @@ class IngestSettings(ServiceSettings, EventLimitSettings):
     metrics_port: int = Field(
         9101, ge=0, le=65535, description="Prometheus /metrics port; 0 picks a free one."
     )
-    workers: int = Field(
-        default_factory=default_worker_count,
-        ge=1,
-        le=64,
-        description="Server processes sharing the port under one supervisor (docs/serving.md); "
-        "default: the CPU limit from cgroups, else the machine's CPUs; 1: a single process.",
-    )
+    workers: int = workers_field()
     max_batch_bytes: int = Field(
         4 * 1024 * 1024,
         ge=1024,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from eventpipe.core.config import ServiceSettings
-from eventpipe.core.server import default_worker_count
+from eventpipe.core.server import workers_field
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -26,13 +26,7 @@ class QuerySettings(ServiceSettings):
     metrics_port: int = Field(
         9104, ge=0, le=65535, description="Prometheus /metrics port; 0 picks a free one."
     )
-    workers: int = Field(
-        default_factory=default_worker_count,
-        ge=1,
-        le=64,
-        description="Server processes sharing the port under one supervisor (docs/serving.md); "
-        "default: the CPU limit from cgroups, else the machine's CPUs; 1: a single process.",
-    )
+    workers: int = workers_field()
     page_token_secret: SecretStr = Field(
         SecretStr(LOCAL_DEV_PAGE_TOKEN_SECRET),
         description="HMAC key of page tokens; production MUST set it, the same on every replica.",

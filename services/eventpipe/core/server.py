@@ -48,6 +48,7 @@ from typing import Any, Protocol, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from pydantic import Field
 
 from eventpipe.core.auth import AuthInterceptor, AuthSettings, TokenVerifier, current_tenant
 from eventpipe.core.config import CommonSettings, ConfigError, ServiceSettings, load_settings
@@ -401,6 +402,18 @@ def cpu_limit(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int | None:
 def default_worker_count() -> int:
     """Worker processes by default: the CPU limit, else every CPU the machine has."""
     return cpu_limit() or os.cpu_count() or 1
+
+
+def workers_field() -> Any:
+    """The ``workers`` setting of a service that scales with cores (query, ingest); the others
+    keep ``ServiceSettings.workers`` (1)."""
+    return Field(
+        default_factory=default_worker_count,
+        ge=1,
+        le=64,
+        description="Server processes sharing the port under one supervisor (docs/serving.md); "
+        "default: the CPU limit from cgroups, else the machine's CPUs; 1: a single process.",
+    )
 
 
 class WorkerState:

@@ -86,6 +86,8 @@ def worker_of_two(tmp_path: Path) -> Iterator[tuple[RunningServer, WorkerBoard]]
     """An in-process server that is worker 0 of 2 on a real board; the test plays worker 1."""
     board_path = tmp_path / "workers.board"
     board = WorkerBoard.create(board_path, 2)
+    settings = ServiceSettings(host="127.0.0.1", port=0)
+    SharedStreamCounts.create(tmp_path / "streams.counts", 2, settings.max_streams)
     definition = ServiceDefinition(
         name="worker-test",
         grpc_service_names=["eventpipe.ingest.v1.IngestService"],
@@ -95,9 +97,7 @@ def worker_of_two(tmp_path: Path) -> Iterator[tuple[RunningServer, WorkerBoard]]
         ),
     )
     role = WorkerRole(index=0, count=2, board_path=board_path, supervisor_pid=os.getppid())
-    running = create_server(
-        definition, ServiceSettings(host="127.0.0.1", port=0), start_metrics=False, worker=role
-    )
+    running = create_server(definition, settings, start_metrics=False, worker=role)
     running.readiness_interval = 0.1
     yield running, board
     running.stop(0)
