@@ -33,7 +33,7 @@ from eventpipe.core.storage.erasures import (
     erasure_record_from_row,
     erasure_row,
 )
-from eventpipe.core.storage.rows import EVENT_ID_CLAIM_QUALIFIER, EventRow
+from eventpipe.core.storage.rows import EventRow
 from eventpipe.core.storage.tables import (
     ENRICHED_EVENTS_TABLE,
     ENTITY_METRICS_TABLE,
@@ -46,6 +46,7 @@ from eventpipe.core.storage.tables import (
 )
 from eventpipe.core.validation import check_id
 
+from store.consumer.idempotency import claims_row
 from store.ports import KeyReader, RowReader, RowWriter, StoredRow
 from store.writes import deletion, write_with_retries
 
@@ -154,12 +155,7 @@ class EntityEraser:
             stored = self._key_reader.read_keys(EVENT_IDS_TABLE, sorted(claim_keys))
         except Exception as exc:
             raise Unavailable(f"Bigtable read failed: {exc}", 1.0) from None
-        own = [
-            row.key
-            for row in stored
-            if row.cells.get((META_FAMILY, EVENT_ID_CLAIM_QUALIFIER), b"").split(b"\n")[0]
-            == claim_keys[row.key]
-        ]
+        own = [row.key for row in stored if claims_row(row.cells, claim_keys[row.key])]
         self._write(EVENT_IDS_TABLE, [deletion(key) for key in own], True)
         return len(own)
 

@@ -27,7 +27,7 @@ from eventpipe.core.storage.erasures import (
     erasures_from_rows,
     is_erased,
 )
-from eventpipe.core.storage.rows import EVENT_ID_CLAIM_QUALIFIER, EventRow
+from eventpipe.core.storage.rows import EventRow
 from eventpipe.core.storage.tables import (
     ERASURES_TABLE,
     EVENT_IDS_TABLE,
@@ -35,7 +35,7 @@ from eventpipe.core.storage.tables import (
     RAW_EVENTS_TABLE,
 )
 
-from store.consumer.idempotency import code_of
+from store.consumer.idempotency import claims_row, code_of
 from store.ports import KeyReader, RowFailure, RowWriter
 from store.writes import deletion
 
@@ -82,12 +82,7 @@ def delete_erased_rows(
     except Exception as exc:
         message = f"reading the claims of erased events: {exc}".splitlines()[0][:300]
         return [RowFailure(p, code_of(exc), message) for p in range(len(rows))]
-    own = [
-        claim.key
-        for claim in claims
-        if claim.cells.get((META_FAMILY, EVENT_ID_CLAIM_QUALIFIER), b"").split(b"\n")[0]
-        == rows[claim_keys[claim.key]].key
-    ]
+    own = [c.key for c in claims if claims_row(c.cells, rows[claim_keys[c.key]].key)]
     failures: dict[int, RowFailure] = {}
     for failure in writer.write_rows(EVENT_IDS_TABLE, [deletion(k) for k in own], replace=True):
         position = claim_keys[own[failure.index]]

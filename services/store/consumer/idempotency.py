@@ -21,7 +21,7 @@ top of the MutateRows of the rows (docs/store.md has the figures).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from eventpipe.core.storage.rows import EVENT_ID_CLAIM_QUALIFIER, EventRow, event_id_claim_row
@@ -36,6 +36,12 @@ class StoreOutcome:
 
     failures: list[RowFailure] = field(default_factory=list)
     duplicates: list[int] = field(default_factory=list)
+
+
+def claims_row(claim_cells: Mapping[tuple[str, bytes], bytes], row_key: bytes) -> bool:
+    """Whether a stored claim names the event row ``row_key`` (its value starts with it)."""
+    value = claim_cells.get((META_FAMILY, EVENT_ID_CLAIM_QUALIFIER), b"")
+    return value.split(b"\n", 1)[0] == row_key
 
 
 def code_of(exc: BaseException) -> str:
