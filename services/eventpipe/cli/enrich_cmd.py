@@ -141,13 +141,21 @@ def put_spec(args: argparse.Namespace) -> int:
 
 def get(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        print(_describe(client.jobs.get(args.job_id)))
+        try:
+            print(_describe(client.jobs.get(args.job_id)))
+        except EventPipeError as exc:
+            print(f"refused: {grpc_client.refusal(exc)}", file=sys.stderr)
+            return 2
     return 0
 
 
 def cancel(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        print(_describe(client.jobs.cancel(args.job_id)))
+        try:
+            print(_describe(client.jobs.cancel(args.job_id)))
+        except EventPipeError as exc:
+            print(f"refused: {grpc_client.refusal(exc)}", file=sys.stderr)
+            return 2
     return 0
 
 

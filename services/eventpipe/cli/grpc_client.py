@@ -8,10 +8,14 @@ import os
 
 import grpc
 
-from eventpipe.client import EventPipeClient, EventPipeError
+from eventpipe.client import EventPipeClient, EventPipeError, RetryPolicy
 from eventpipe.client.channel import open_channel
 
 TOKEN_ENV = "EVENTPIPE_TOKEN"
+RETRY_DEADLINE_ENV = "EVENTPIPE_CLIENT_RETRY_DEADLINE_SECONDS"
+# A person waits at the terminal: a service that stays unreachable is reported after 30 s,
+# not after the library's 120 s, unless the variable asks for another deadline.
+CLI_RETRY_DEADLINE_SECONDS = 30.0
 
 
 def add_token_argument(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +37,10 @@ def channel(address: str, token: str | None = None) -> grpc.Channel:
 
 def client(address: str, token: str | None = None, tenant_id: str | None = None) -> EventPipeClient:
     """The library's client on one service address, with the token (argument or environment)."""
-    return EventPipeClient(address, token=resolve_token(token), tenant_id=tenant_id)
+    retry = None
+    if RETRY_DEADLINE_ENV not in os.environ:
+        retry = RetryPolicy(deadline=CLI_RETRY_DEADLINE_SECONDS)
+    return EventPipeClient(address, token=resolve_token(token), tenant_id=tenant_id, retry=retry)
 
 
 def refusal(error: EventPipeError) -> str:

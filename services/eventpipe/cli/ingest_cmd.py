@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from eventpipe.cli import grpc_client
 from eventpipe.client import EventPipeError, ItemOutcome, ItemStatus
+from eventpipe.client.settings import ClientSettings
 from eventpipe.common.v1 import event_pb2, results_pb2
 from eventpipe.ingest.v1 import ingest_pb2
 
@@ -157,7 +158,10 @@ def stream_file(
         if backfill:
             producer = client.producer(
                 backfill=True,
-                settings=dataclasses.replace(client.producer_settings, max_batch_events=batch_size),
+                # History is bulk work: its events keep the library's delivery deadline.
+                settings=dataclasses.replace(
+                    ClientSettings().producer(), max_batch_events=batch_size
+                ),
             )
             for event in read_events(path, summary):
                 future = producer.send(event)

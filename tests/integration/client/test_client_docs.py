@@ -46,6 +46,8 @@ def test_the_page_has_examples_of_every_helper() -> None:
         "client.events.stream",
         "client.entities.iter_events",
         "client.dimensions.upsert",
+        "client.dimensions.delete",
+        "client.entities.delete",
         "client.jobs.wait",
         "client.producer(backfill=True)",
         "except InvalidArgument",

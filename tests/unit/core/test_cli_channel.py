@@ -51,3 +51,14 @@ def test_no_token_sends_no_header(address: str, monkeypatch: Any) -> None:
     monkeypatch.delenv(grpc_client.TOKEN_ENV, raising=False)
     with grpc_client.channel(address) as channel:
         assert _call(channel) == ""
+
+
+def test_the_cli_gives_up_on_an_unreachable_service_after_30_seconds_unless_told(
+    monkeypatch: Any,
+) -> None:
+    monkeypatch.delenv(grpc_client.RETRY_DEADLINE_ENV, raising=False)
+    with grpc_client.client("127.0.0.1:1") as client:
+        assert client.retry.deadline == grpc_client.CLI_RETRY_DEADLINE_SECONDS == 30
+    monkeypatch.setenv(grpc_client.RETRY_DEADLINE_ENV, "5")
+    with grpc_client.client("127.0.0.1:1") as client:
+        assert client.retry.deadline == 5
