@@ -13,7 +13,6 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from datetime import timedelta
 from functools import partial
 from typing import cast
 
@@ -27,8 +26,7 @@ from eventpipe.core.logging import configure_logging
 from eventpipe.core.metrics import start_metrics_server
 from eventpipe.core.page_tokens import PageTokenCodec
 from eventpipe.core.server import BackgroundWorker, ServiceDefinition, run_service
-from eventpipe.core.storage.tables import table_specs
-from eventpipe.core.topology import ensure_topology
+from eventpipe.core.topology import ensure_topology, topology_table_specs
 from eventpipe.core.waiting import wait_until
 from eventpipe.store.v1 import store_pb2, store_pb2_grpc
 
@@ -50,13 +48,7 @@ log = logging.getLogger(__name__)
 
 def ensure_store_tables(common: CommonSettings) -> None:
     """Recreates missing tables (a fresh emulator keeps none); cheap when all exist."""
-    ensure_tables(
-        common,
-        table_specs(
-            raw_retention=timedelta(days=common.raw_retention_days),
-            enriched_retention=timedelta(days=common.enriched_retention_days),
-        ),
-    )
+    ensure_tables(common, topology_table_specs(common))
 
 
 def ensure_topology_at_start(common: CommonSettings) -> None:

@@ -35,10 +35,12 @@ def topic_specs(settings: CommonSettings) -> list[TopicSpec]:
 
 
 def topology_table_specs(settings: CommonSettings) -> list[TableSpec]:
-    """The tables, with GC rules from the retention settings."""
+    """The tables, with GC rules from the retention settings (the erasure tombstones outlive
+    raw rows by the raw topic's retention, so a replay cannot bring an erased entity back)."""
     return table_specs(
         raw_retention=timedelta(days=settings.raw_retention_days),
         enriched_retention=timedelta(days=settings.enriched_retention_days),
+        kafka_retention=timedelta(hours=settings.kafka_retention_hours),
     )
 
 

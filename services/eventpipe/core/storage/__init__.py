@@ -10,6 +10,8 @@
 - ``tables``: the tables of every service (the pipeline's and enrich's state tables), their
   families and GC rules.
 - ``times``: Timestamp <-> microseconds and Bigtable cell times.
+- ``erasures``: the entity-erasure tombstone and audit record, and the dimension-record
+  tombstone version (``m:deleted``), with their codecs.
 
 See docs/schema.md for the layout and the reasons behind it.
 """
