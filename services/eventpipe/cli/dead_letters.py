@@ -23,6 +23,10 @@ from google.protobuf.message import DecodeError
 
 from eventpipe.common.v1 import event_pb2
 from eventpipe.core import topic_contract
+from eventpipe.core.dead_letter_reasons import (  # the one table, shared with the store's metric
+    CLASS_NAMES as CLASS_NAMES,
+)
+from eventpipe.core.dead_letter_reasons import reason_class
 from eventpipe.core.kafka import MessageLike, message_headers
 from eventpipe.core.validation import EventLimits
 
@@ -30,31 +34,6 @@ from eventpipe.core.validation import EventLimits
 # again can be traced. The contract ignores headers it does not know.
 HEADER_REPLAY_OF = "eventpipe-dlq-replay-of"
 _DLQ_HEADERS = frozenset({topic_contract.HEADER_DLQ_ERROR, topic_contract.HEADER_DLQ_SOURCE})
-
-# (class, how its reasons start), in the order they are tried: docs/store.md lists the reasons.
-REASON_CLASSES: tuple[tuple[str, str], ...] = (
-    ("empty-value", "empty message value"),
-    ("undecodable", "value is not a serialized"),
-    ("schema-header", f"unsupported {topic_contract.HEADER_SCHEMA}"),
-    ("tenant-header", f"{topic_contract.HEADER_TENANT} header"),
-    ("ingest-time-header", f"{topic_contract.HEADER_INGEST_TIME} header"),
-    ("untrusted-ingest-time", "untrusted ingest_time"),
-    ("invalid-event", "invalid event:"),
-    ("key", "message key must be"),
-    ("decode-error", "cannot decode the message"),
-    ("row-error", "cannot turn the message into a row"),
-    ("bigtable", "bigtable refused the row"),
-)
-OTHER_CLASS = "other"
-CLASS_NAMES: tuple[str, ...] = (*(name for name, _ in REASON_CLASSES), OTHER_CLASS)
-
-
-def reason_class(reason: str) -> str:
-    """The class of a dead-letter reason (``other`` for a reason no class describes)."""
-    for name, prefix in REASON_CLASSES:
-        if reason.startswith(prefix):
-            return name
-    return OTHER_CLASS
 
 
 @dataclass(frozen=True)
