@@ -17,6 +17,7 @@ import argparse
 import os
 import re
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -139,24 +140,25 @@ def put_spec(args: argparse.Namespace) -> int:
     return 0
 
 
-def get(args: argparse.Namespace) -> int:
+def _show_job(
+    args: argparse.Namespace, action: Callable[[EventPipeClient], enrich_pb2.EnrichmentJob]
+) -> int:
     with _client(args) as client:
         try:
-            print(_describe(client.jobs.get(args.job_id)))
+            job = action(client)
         except EventPipeError as exc:
             print(f"refused: {grpc_client.refusal(exc)}", file=sys.stderr)
             return 2
+    print(_describe(job))
     return 0
+
+
+def get(args: argparse.Namespace) -> int:
+    return _show_job(args, lambda client: client.jobs.get(args.job_id))
 
 
 def cancel(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        try:
-            print(_describe(client.jobs.cancel(args.job_id)))
-        except EventPipeError as exc:
-            print(f"refused: {grpc_client.refusal(exc)}", file=sys.stderr)
-            return 2
-    return 0
+    return _show_job(args, lambda client: client.jobs.cancel(args.job_id))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
