@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 
+from eventpipe.core import tracing
 from eventpipe.core.config import CommonSettings
 from eventpipe.core.kafka import check_kafka
 from eventpipe.core.server import ServiceDefinition, run_service
@@ -34,6 +35,7 @@ def kafka_event_log(settings: IngestSettings, common: CommonSettings) -> KafkaEv
 def build(
     settings: IngestSettings, common: CommonSettings, event_log: EventLog | None = None
 ) -> ServiceDefinition:
+    tracing.configure("ingest")  # off unless EVENTPIPE_OTEL_ENABLED; in each worker process
     event_log = event_log or kafka_event_log(settings, common)
     pipeline = IngestPipeline(
         event_log,
@@ -57,7 +59,7 @@ def build(
         # Stopped before the gRPC server drains: idle streams end instead of holding the grace.
         workers=[servicer.stream_drain],
         # After the gRPC server drained: whatever is still queued gets its chance to be written.
-        on_shutdown=[partial(event_log.close, settings.produce_timeout_seconds)],
+        on_shutdown=[partial(event_log.close, settings.produce_timeout_seconds), tracing.shutdown],
     )
 
 
