@@ -19,13 +19,14 @@ from eventpipe.stack.components import KafkaBroker
 from eventpipe.stack.stack import Stack
 
 from tests.cluster.conftest import (
-    assert_each_stored_once,
+    CLUSTER_TEST_TIMEOUT,
     raw_topic_event_ids,
     restored,
     wait_stored,
 )
+from tests.integration.store.conftest import assert_each_exactly_once
 
-pytestmark = [pytest.mark.cluster, pytest.mark.abuse]
+pytestmark = [pytest.mark.cluster, pytest.mark.abuse, pytest.mark.timeout(CLUSTER_TEST_TIMEOUT)]
 
 BATCHES = 40
 BATCH_SIZE = 100
@@ -130,4 +131,4 @@ def test_killing_a_partition_leader_mid_stream_loses_and_doubles_nothing_acknowl
     in_kafka = raw_topic_event_ids(cluster_settings, tenant)
     not_taken = sender.acknowledged - in_kafka.keys()
     assert not not_taken, f"{len(not_taken)} acknowledged events are not in Kafka"
-    assert_each_stored_once(wait_stored(cluster_settings, tenant, sent), sent)
+    assert_each_exactly_once(wait_stored(cluster_settings, tenant, sent), sent)

@@ -14,7 +14,9 @@ from eventpipe.core.config import CommonSettings
 from eventpipe.stack.components import SERVICE_NAMES, SparkMaster
 from eventpipe.stack.stack import CLUSTER_BROKERS, CLUSTER_REPLICAS, Stack, StackConfig
 
-pytestmark = [pytest.mark.cluster]
+from tests.cluster.conftest import CLUSTER_TEST_TIMEOUT
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(CLUSTER_TEST_TIMEOUT)]
 
 
 def test_every_component_of_the_profile_is_healthy(cluster_stack: Stack) -> None:

@@ -14,10 +14,15 @@ from eventpipe.core.waiting import wait_until
 from eventpipe.stack.stack import Stack
 from eventpipe.store.v1 import store_pb2_grpc
 
-from tests.cluster.conftest import assert_each_stored_once, restored, stored_rows, wait_stored
-from tests.integration.store.conftest import consumer_status, make_event, produce_events
+from tests.cluster.conftest import CLUSTER_TEST_TIMEOUT, restored, stored_rows, wait_stored
+from tests.integration.store.conftest import (
+    assert_each_exactly_once,
+    consumer_status,
+    make_event,
+    produce_events,
+)
 
-pytestmark = [pytest.mark.cluster, pytest.mark.abuse]
+pytestmark = [pytest.mark.cluster, pytest.mark.abuse, pytest.mark.timeout(CLUSTER_TEST_TIMEOUT)]
 
 TOTAL = 20_000
 
@@ -69,5 +74,5 @@ def test_killing_one_of_two_consumers_mid_stream_rebalances_without_loss_or_doub
             what="the survivor to hold every partition",
         )
         ids = {event.event_id for event in events}
-        assert_each_stored_once(wait_stored(cluster_settings, tenant, ids), ids)
+        assert_each_exactly_once(wait_stored(cluster_settings, tenant, ids), ids)
     assert survivor.safe_is_healthy()

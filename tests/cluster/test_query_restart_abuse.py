@@ -14,10 +14,10 @@ from eventpipe.core.waiting import wait_until
 from eventpipe.query.v1 import query_pb2, query_pb2_grpc
 from eventpipe.stack.stack import Stack
 
-from tests.cluster.conftest import restored, wait_stored
+from tests.cluster.conftest import CLUSTER_TEST_TIMEOUT, restored, wait_stored
 from tests.integration.store.conftest import make_event, produce_events
 
-pytestmark = [pytest.mark.cluster, pytest.mark.abuse]
+pytestmark = [pytest.mark.cluster, pytest.mark.abuse, pytest.mark.timeout(CLUSTER_TEST_TIMEOUT)]
 
 READERS = 4
 EVENTS = 20
