@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from enrich.adapters.spark_engine import SparkEngine
+from enrich.adapters.spec_codec import spec_from_proto
 from enrich.domain.spec import validate_spec
 from enrich.domain.work import BatchWork
 from eventpipe.common.v1 import event_pb2
@@ -69,7 +70,7 @@ def test_an_as_of_join_sees_the_old_version_before_a_tombstone_and_no_match_from
         row.set_cell(family, qualifier, value, cell_time(tombstone.timestamp_micros))
     assert tables[DIMENSIONS_TABLE].mutate_rows([row])[0].code == 0
 
-    spec = validate_spec(dataset.test_spec(), version=1)
+    spec = validate_spec(spec_from_proto(dataset.test_spec()), version=1)
     engine.run_batch(BatchWork("job-tombstones", tenant, spec, BASE - HOUR, BASE + DAY))
 
     enriched = {
