@@ -15,7 +15,7 @@ from eventpipe.core.server import ServiceDefinition, run_service
 from eventpipe.enrich.v1 import enrich_pb2, enrich_pb2_grpc
 
 from enrich.adapters.bigtable_io import BigtableTarget
-from enrich.adapters.entity_changes import EntityChangePublisher
+from enrich.adapters.entity_changes import JobOutputAnnouncer
 from enrich.adapters.repository import (
     ENRICH_JOBS_TABLE,
     ENRICH_SPECS_TABLE,
@@ -83,7 +83,7 @@ def build(settings: EnrichSettings, common: CommonSettings) -> ServiceDefinition
             settings.dimension_refresh_seconds,
             settings.event_limits(),
         ),
-        on_entities_changed=EntityChangePublisher(common).publish,
+        on_entities_changed=JobOutputAnnouncer(common).publish,
     )
     manager = JobManager(
         BigtableSpecStore(core_bigtable.table(common, ENRICH_SPECS_TABLE)),

@@ -155,8 +155,3 @@ def read_rows(
             if chunk.commit_row:
                 yield key, cells
                 cells = {}
-
-
-read_cells = read_rows
-"""The store's name for ``read_rows`` (``services/store/adapters/bigtable.py``); the same
-function, kept until that call site uses ``read_rows``."""

@@ -53,8 +53,8 @@ class EntityChange:
 class EntityChangePublisher:
     """Announces changed entities on the entity-changes topic and waits for Kafka's acks.
 
-    For every writer that rewrites or deletes an entity's views (the store's ``DeleteEntity``;
-    enrichment has its own copy in ``enrich.adapters.entity_changes``, to move here).
+    For every writer that rewrites or deletes an entity's views (the store's ``DeleteEntity``,
+    enrichment's jobs through ``enrich.adapters.entity_changes``).
     """
 
     def __init__(self, settings: CommonSettings) -> None:

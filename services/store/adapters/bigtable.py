@@ -106,7 +106,7 @@ class BigtableRowWriter:
         (a row set of up to a batch of keys), without the data API's per-cell objects."""
         if not keys:
             return []
-        rows = bigtable_rows.read_cells(
+        rows = bigtable_rows.read_rows(
             self._client, self.table_name(table), keys=keys, timeout=self._attempt_timeout
         )
         return [StoredRow(key, cells) for key, cells in rows]
