@@ -202,7 +202,13 @@ class KafkaBroker(Component):
         }
         replicas, min_isr = "1", "1"
         if self.quorum is not None:
-            quorum = {"controller.quorum.voters": self.quorum.voters_setting()}
+            quorum = {
+                "controller.quorum.voters": self.quorum.voters_setting(),
+                # The log cleaner's dedupe buffer (128 MiB by default) alone took half of a
+                # 256 MiB heap: a broker died of OutOfMemoryError at start. 16 MiB is plenty
+                # for the few compacted topics of a local cluster.
+                "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
+            }
             replicas = str(min(3, self.quorum.size))
             min_isr = str(min(2, self.quorum.size))
         settings = {
