@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from eventpipe.core.config import EventLimitSettings, ServiceSettings
+from eventpipe.core.config import EventLimitSettings, PageTokenSettings, ServiceSettings
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -25,7 +25,7 @@ def _entries(value: str) -> list[str]:
     return [item.strip() for item in value.split(";") if item.strip()]
 
 
-class EnrichSettings(ServiceSettings, EventLimitSettings):
+class EnrichSettings(ServiceSettings, EventLimitSettings, PageTokenSettings):
     """The enrich service's settings; shared ones are in eventpipe.core.config.CommonSettings."""
 
     model_config = SettingsConfigDict(env_prefix="EVENTPIPE_ENRICH_", extra="ignore", frozen=True)
@@ -154,14 +154,6 @@ class EnrichSettings(ServiceSettings, EventLimitSettings):
         "for every *.jar in it; empty = none. Default: the folder `make tools` fills "
         "($EVENTPIPE_CACHE_DIR/spark-connectors/spark-4.2.0/jars). The service never resolves "
         "them itself (python -m eventpipe.stack.spark_connectors does).",
-    )
-
-    page_token_secret: SecretStr | None = Field(
-        None,
-        min_length=16,
-        description="HMAC key of ListEnrichmentJobs page tokens (at least 16 characters); unset "
-        "means a random per-process key (tokens then only work against the replica that "
-        "issued them, and not after a restart).",
     )
 
     @model_validator(mode="after")

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from eventpipe.core.config import CommonSettings, EventLimitSettings, ServiceSettings
-from pydantic import Field, SecretStr, model_validator
+from eventpipe.core.config import (
+    CommonSettings,
+    EventLimitSettings,
+    PageTokenSettings,
+    ServiceSettings,
+)
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 
-class StoreSettings(ServiceSettings, EventLimitSettings):
+class StoreSettings(ServiceSettings, EventLimitSettings, PageTokenSettings):
     """The store service's settings; shared ones are in eventpipe.core.config.CommonSettings,
     the event-time limits (re-validation) in EventLimitSettings."""
 
@@ -53,28 +58,6 @@ class StoreSettings(ServiceSettings, EventLimitSettings):
         le=300_000,
         description="Kafka session timeout: how soon a killed consumer's partitions move on.",
     )
-    page_token_secret: SecretStr | None = Field(
-        None,
-        description="HMAC key of ListRawEvents page tokens; unset means a random per-process "
-        "key (tokens then only work against the replica that issued them).",
-    )
-    require_page_token_secret: bool = Field(
-        False,
-        description="Refuse to start without page_token_secret (true in production, where every "
-        "replica must sign with the one shared secret).",
-    )
-
-    @model_validator(mode="after")
-    def _shared_page_token_secret(self) -> StoreSettings:
-        secret = self.page_token_secret
-        if secret is not None and len(secret.get_secret_value()) < 16:
-            raise ValueError("page_token_secret must be at least 16 characters")
-        if secret is None and self.require_page_token_secret:
-            raise ValueError(
-                "page_token_secret is required (set EVENTPIPE_STORE_PAGE_TOKEN_SECRET, the same "
-                "on every replica); without it each replica signs with a random key of its own"
-            )
-        return self
 
     def group_id(self, common: CommonSettings) -> str:
         return self.consumer_group or f"{common.topic_prefix}store"

@@ -187,6 +187,41 @@ class ServiceSettings(BaseSettings):
     )
 
 
+class PageTokenSettings(BaseSettings):
+    """The HMAC key of a service's page tokens, mixed into its settings (store, enrich).
+
+    Unset, each process signs with a random key of its own, so a token works only against the
+    replica that issued it; ``require_page_token_secret`` (true in Kubernetes) refuses to start
+    without the shared secret. The variables carry the service's prefix, e.g.
+    ``EVENTPIPE_STORE_PAGE_TOKEN_SECRET`` and ``EVENTPIPE_STORE_REQUIRE_PAGE_TOKEN_SECRET``.
+    """
+
+    page_token_secret: SecretStr | None = Field(
+        None,
+        description="HMAC key of the service's page tokens (at least 16 characters); unset "
+        "means a random per-process key (tokens then only work against the replica that "
+        "issued them, and not after a restart).",
+    )
+    require_page_token_secret: bool = Field(
+        False,
+        description="Refuse to start without page_token_secret (true in production, where every "
+        "replica must sign with the one shared secret).",
+    )
+
+    @model_validator(mode="after")
+    def _shared_page_token_secret(self) -> PageTokenSettings:
+        secret = self.page_token_secret
+        variable = f"{self.model_config.get('env_prefix', '')}PAGE_TOKEN_SECRET".upper()
+        if secret is not None and len(secret.get_secret_value()) < 16:
+            raise ValueError(f"page_token_secret ({variable}) must be at least 16 characters")
+        if secret is None and self.require_page_token_secret:
+            raise ValueError(
+                f"page_token_secret is required (set {variable}, the same on every replica); "
+                "without it each replica signs with a random key of its own"
+            )
+        return self
+
+
 class EventLimitSettings(BaseSettings):
     """The event-time limits, one definition for every service that judges an event.
 

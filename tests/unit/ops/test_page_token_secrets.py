@@ -8,6 +8,7 @@ paging broke whenever the next page landed on another replica).
 from __future__ import annotations
 
 import pytest
+from enrich.config import EnrichSettings
 from eventpipe.core.config import ConfigError, load_settings
 from eventpipe.core.errors import EventPipeError
 from eventpipe.core.page_tokens import PageTokenCodec
@@ -26,8 +27,12 @@ def codec(secret: str, rpc: str) -> PageTokenCodec:
 
 @pytest.mark.parametrize(
     ("settings_class", "prefix"),
-    [(QuerySettings, "EVENTPIPE_QUERY_"), (StoreSettings, "EVENTPIPE_STORE_")],
-    ids=["query, instead of signing with the public development secret", "store"],
+    [
+        (QuerySettings, "EVENTPIPE_QUERY_"),
+        (StoreSettings, "EVENTPIPE_STORE_"),
+        (EnrichSettings, "EVENTPIPE_ENRICH_"),
+    ],
+    ids=["query, instead of signing with the public development secret", "store", "enrich"],
 )
 def test_in_prod_a_service_without_its_shared_secret_refuses_to_start_naming_the_variable(
     monkeypatch: pytest.MonkeyPatch, settings_class: type, prefix: str
