@@ -237,8 +237,10 @@ def test_the_try_lines_make_up_prints_give_every_event_an_event_time(e2e_stack: 
     assert "Authorization" not in ingest[0]  # this stack runs without auth
 
 
-def test_the_cluster_profile_runs_three_brokers_and_two_of_each_service_on_derived_ports() -> None:
-    config = StackConfig(profile="cluster")
+def test_the_cluster_profile_runs_three_brokers_and_two_of_each_service_on_derived_ports(
+    tmp_path: Path,
+) -> None:
+    config = StackConfig(run_dir=tmp_path, profile="cluster")
 
     assert config.broker_ports() == [(9092, 9093), (9094, 9095), (9096, 9097)]
     assert config.kafka_bootstrap_servers == "127.0.0.1:9092,127.0.0.1:9094,127.0.0.1:9096"
@@ -248,13 +250,20 @@ def test_the_cluster_profile_runs_three_brokers_and_two_of_each_service_on_deriv
     assert env["EVENTPIPE_TOPIC_REPLICATION_FACTOR"] == "3"
     assert env["EVENTPIPE_TOPIC_MIN_INSYNC_REPLICAS"] == "2"
     assert env["EVENTPIPE_ENRICH_SPARK_MASTER"] == "spark://127.0.0.1:7077"
-    names = [c.name for c in Stack(config, progress=lambda _m: None).components()]
+    stack = Stack(config, progress=lambda _m: None)
+    names = [c.name for c in stack.components()]
     assert names[:3] == ["kafka-1", "kafka-2", "kafka-3"]
     assert {"ingest-1", "ingest-2", "store-2", "enrich-2", "query-2", "spark-worker"} <= set(names)
+    # The replicas share one page-token secret and one Spark secret, kept in the run folder.
+    first, second = (replica.env() for replica in stack.replicas["query"])
+    secret = "EVENTPIPE_QUERY_PAGE_TOKEN_SECRET"
+    assert first[secret] == second[secret] == (tmp_path / "auth" / "page-token-secret").read_text()
+    assert stack.replicas["enrich"][1].env()["EVENTPIPE_ENRICH_SPARK_AUTH_SECRET"]
+    assert (tmp_path / "auth" / "spark-auth-secret").stat().st_mode & 0o077 == 0
 
 
-def test_the_default_profile_is_one_of_everything_without_spark_daemons() -> None:
-    config = StackConfig()
+def test_the_default_profile_is_one_of_everything_without_spark_daemons(tmp_path: Path) -> None:
+    config = StackConfig(run_dir=tmp_path)
     stack = Stack(config, progress=lambda _m: None)
 
     assert [c.name for c in stack.components()] == [
@@ -310,8 +319,8 @@ def test_envoy_balances_every_cluster_of_a_service_over_its_replicas_and_accepts
     validate_envoy_config(path)
 
 
-def test_tls_tells_the_edge_renderer_and_the_printed_lines_speak_https() -> None:
-    config = StackConfig(tls=True, envoy_port=8443)
+def test_tls_tells_the_edge_renderer_and_the_printed_lines_speak_https(tmp_path: Path) -> None:
+    config = StackConfig(run_dir=tmp_path, tls=True, envoy_port=8443)
     stack = Stack(config, progress=lambda _m: None)
 
     assert config.edge_env() == {"EVENTPIPE_EDGE_TLS": "true"}
