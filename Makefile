@@ -80,7 +80,7 @@ test-integration: setup ## Integration tests against real Kafka, Bigtable emulat
 test-e2e: setup ## End-to-end tests through Envoy.
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
-test-cluster: setup ## The cluster profile's tier alone: kill -9 a broker, a consumer, restart a query replica, Spark standalone vs local (~10 min on 2 cores).
+test-cluster: setup ## The cluster profile's tier alone: kill -9 a broker, a consumer, restart a query replica, Spark standalone vs local (5-15 min on 2 cores, docs/cluster.md).
 	$(PY) -m pytest tests/cluster $(PYTEST_ARGS)
 
 test-abuse: setup ## The fault-and-abuse suite only (poison input, hostile specs, faults, tenant isolation).

@@ -416,6 +416,7 @@ class Envoy(Component):
         self.admin_port = admin_port
         self.upstream_ports = dict(upstream_ports)
         self.replica_ports = {name: list(ports) for name, ports in (replica_ports or {}).items()}
+        self.scheme = "http"
         self.auth = auth
         self.edge_settings = edge_settings
 
@@ -429,7 +430,8 @@ class Envoy(Component):
 
     @property
     def base_url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        """The public listener's URL: ``https`` once a start rendered it with TLS."""
+        return f"{self.scheme}://{HOST}:{self.port}"
 
     @property
     def admin_url(self) -> str:
@@ -444,6 +446,7 @@ class Envoy(Component):
             settings = self.edge_settings or load_settings(EdgeSettings)
         except ConfigError as exc:
             raise ComponentError(exc.message) from None
+        self.scheme = "https" if settings.tls else "http"
         self.access_log_path.parent.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(
             render_envoy_config(
