@@ -46,7 +46,7 @@ setup: $(STAMP) tools $(DESCRIPTORS) ## Install everything missing: Python deps,
 # kustomize (for the Kubernetes manifest tests) is built from its Go module only when kubectl,
 # which has it built in, is not on PATH.
 tools: $(STAMP)
-	$(EVENTPIPE) stack install
+	$(PY) -m eventpipe.stack.install
 	$(PY) -m eventpipe.stack.spark_connectors
 
 protos: $(STAMP) ## Generate Python stubs (.py, _grpc.py, .pyi) and the Envoy descriptor set.

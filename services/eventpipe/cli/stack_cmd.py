@@ -63,19 +63,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _install(args: argparse.Namespace) -> int:
-    tools = args.tools or list(install.ALL_TOOLS)
-    unknown = sorted(set(tools) - set(install.ALL_TOOLS))
-    if unknown:
-        print(f"unknown tool(s): {', '.join(unknown)}", file=sys.stderr)
-        return 2
-    try:
-        paths = install.install(tools)
-    except install.InstallError as exc:
-        print(f"install failed: {exc}", file=sys.stderr)
-        return 1
-    for name, path in paths.items():
-        print(f"{name:<12} {path}")
-    return 0
+    return install.main(args.tools or [])
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

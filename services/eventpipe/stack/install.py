@@ -313,3 +313,28 @@ def install(names: Iterable[str] = ALL_TOOLS, progress: Progress = print) -> dic
             progress(f"installed {name} in {time.monotonic() - started:.0f}s")
         paths[name] = tool_path(name)
     return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m eventpipe.stack.install [TOOL ...]`` (also ``eventpipe stack install``).
+
+    It imports nothing of the project, so `make setup` runs it before code generation (which
+    needs protoc-gen-openapiv2 and swagger-ui) has written the stubs the CLI imports.
+    """
+    tools = list(argv if argv is not None else sys.argv[1:]) or list(ALL_TOOLS)
+    unknown = sorted(set(tools) - set(ALL_TOOLS))
+    if unknown:
+        print(f"unknown tool(s): {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    try:
+        paths = install(tools)
+    except InstallError as exc:
+        print(f"install failed: {exc}", file=sys.stderr)
+        return 1
+    for name, path in paths.items():
+        print(f"{name:<20} {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
