@@ -11,6 +11,7 @@ from pathlib import Path
 from eventpipe.core import bigtable as core_bigtable
 from eventpipe.core.bigtable import check_bigtable
 from eventpipe.core.config import CommonSettings
+from eventpipe.core.kafka import spark_kafka_options
 from eventpipe.core.server import ServiceDefinition, run_service
 from eventpipe.enrich.v1 import enrich_pb2, enrich_pb2_grpc
 
@@ -77,7 +78,7 @@ def build(settings: EnrichSettings, common: CommonSettings) -> ServiceDefinition
         cancel_grace_seconds=settings.cancel_grace_seconds,
         probe_timeout_seconds=settings.session_probe_timeout_seconds,
         streams=StreamSource(
-            common.kafka_bootstrap_servers,
+            spark_kafka_options(common),
             common.raw_topic,
             Path(settings.run_dir).resolve() / "checkpoints",
             settings.dimension_refresh_seconds,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,7 +68,8 @@ BatchRequest = BatchWork
 class StreamSource:
     """Where streaming jobs read and keep their state (the service's settings)."""
 
-    bootstrap_servers: str
+    # Spark's Kafka source options: bootstrap servers and security (core.kafka.spark_kafka_options)
+    kafka_options: Mapping[str, str]
     topic: str
     checkpoint_root: Path
     dimension_refresh_seconds: float = 30.0
@@ -357,7 +358,7 @@ class SparkEngine:
             work.job_id,
             work.tenant_id,
             work.spec,
-            self.streams.bootstrap_servers,
+            self.streams.kafka_options,
             self.streams.topic,
             work.trigger_seconds,
             str(checkpoint),

@@ -19,6 +19,7 @@ from enrich.adapters.spec_codec import spec_from_proto
 from enrich.domain.spec import validate_spec
 from eventpipe.common.v1 import event_pb2
 from eventpipe.core import bigtable as core_bigtable
+from eventpipe.core.kafka import spark_kafka_options
 from eventpipe.core.storage.tables import (
     DIMENSIONS_TABLE,
     ENRICHED_EVENTS_TABLE,
@@ -164,7 +165,7 @@ def start_test_stream(
             f"stream-{tenant_id}",
             tenant_id,
             validate_spec(spec_from_proto(dataset.test_spec()), version=1),
-            common_settings.kafka_bootstrap_servers,
+            spark_kafka_options(common_settings),
             common_settings.raw_topic,
             trigger_seconds,
             str(checkpoint),

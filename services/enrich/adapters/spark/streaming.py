@@ -10,7 +10,7 @@ import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -75,7 +75,8 @@ class StreamingRequest:
     job_id: str
     tenant_id: str
     spec: CheckedSpec
-    bootstrap_servers: str
+    # Spark's Kafka source options: bootstrap servers and security (core.kafka.spark_kafka_options)
+    kafka_options: Mapping[str, str]
     topic: str
     trigger_seconds: float
     checkpoint_dir: str
@@ -339,7 +340,7 @@ def start_streaming_query(engine: SparkEngine, request: StreamingRequest) -> Str
     listen_for_lag(spark)
     query: Any = (
         spark.readStream.format("kafka")
-        .option("kafka.bootstrap.servers", request.bootstrap_servers)
+        .options(**request.kafka_options)
         .option("subscribe", request.topic)
         .option("includeHeaders", "true")  # decode_raw_event checks them
         .option("startingOffsets", "latest")
