@@ -328,6 +328,10 @@ def load_settings(cls: type[SettingsT]) -> SettingsT:
         lines = [f"invalid configuration for {cls.__name__}:"]
         for error in exc.errors():
             field = ".".join(str(part) for part in error["loc"])
+            if not field:
+                # A rule across fields (a model validator): its message names the variables.
+                lines.append(f"  {error['msg']}")
+                continue
             lines.append(f"  {prefix}{field.upper()}: {error['msg']} (got {error.get('input')!r})")
         raise ConfigError("\n".join(lines)) from None
 

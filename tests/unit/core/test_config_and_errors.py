@@ -53,3 +53,17 @@ def test_other_errors_keep_their_code_and_message() -> None:
     status = status_for(NotFound("no such entity"))
     assert status.code == grpc.StatusCode.NOT_FOUND
     assert status.details == "no such entity"
+
+
+def test_a_rule_across_settings_is_reported_by_its_own_words_without_a_bare_prefix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from eventpipe.core.config import ConfigError, load_settings
+    from store.config import StoreSettings
+
+    monkeypatch.setenv("EVENTPIPE_STORE_REQUIRE_PAGE_TOKEN_SECRET", "true")
+    monkeypatch.delenv("EVENTPIPE_STORE_PAGE_TOKEN_SECRET", raising=False)
+    with pytest.raises(ConfigError) as failure:
+        load_settings(StoreSettings)
+    assert "EVENTPIPE_STORE_:" not in failure.value.message
+    assert "EVENTPIPE_STORE_PAGE_TOKEN_SECRET" in failure.value.message
