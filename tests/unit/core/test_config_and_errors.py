@@ -58,7 +58,6 @@ def test_other_errors_keep_their_code_and_message() -> None:
 def test_a_rule_across_settings_is_reported_by_its_own_words_without_a_bare_prefix(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from eventpipe.core.config import ConfigError, load_settings
     from store.config import StoreSettings
 
     monkeypatch.setenv("EVENTPIPE_STORE_REQUIRE_PAGE_TOKEN_SECRET", "true")
