@@ -108,6 +108,10 @@ def query_service(
             "EVENTPIPE_QUERY_PAGE_TOKEN_SECRET": PAGE_TOKEN_SECRET,
             # Long enough that only an invalidation can refresh an answer within a test.
             "EVENTPIPE_QUERY_CACHE_TTL_SECONDS": "600",
+            # One worker: these tests read one process's cache through two paths (this gRPC
+            # channel and Envoy's REST connection), which several workers would split between
+            # caches of their own. Several workers' caches: test_query_workers.py.
+            "EVENTPIPE_QUERY_WORKERS": "1",
         },
     )
     start_or_fail(service, 90)
